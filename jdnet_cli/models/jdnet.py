@@ -1,0 +1,231 @@
+"""JDNet (Wang et al., ACM MM 2020): joint self-attention, scale aggregation, self-calibrated convs.
+
+Network only. Module attribute names follow the authors' released ``ODE_DerainNet`` so that their
+checkpoints load as they are; the classes are named after what each block is.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .pairwise_attention import pairwise_attention_fast, pairwise_attention_reference, position_planes
+
+SLOPE = 0.2
+NUM_SCALES = 4
+AttentionOp = Callable[..., torch.Tensor]
+
+
+def _lrelu() -> nn.LeakyReLU:
+    return nn.LeakyReLU(SLOPE)
+
+
+class PairwiseSelfAttention(nn.Module):
+    """SAN's pairwise attention, kernel 7, share 8: one 7x7 weight map serves all 8 channels."""
+
+    def __init__(self, channels: int, rel_planes: int = 2, out_planes: int = 8):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, rel_planes, 1)
+        self.conv2 = nn.Conv2d(channels, rel_planes, 1)
+        self.conv3 = nn.Conv2d(channels, out_planes, 1)
+        self.conv_w = nn.Sequential(
+            _lrelu(),
+            nn.Conv2d(rel_planes + 2, rel_planes, 1, bias=False),
+            nn.Conv2d(rel_planes, 1, 1),
+        )
+        self.conv_p = nn.Conv2d(2, 2, 1)
+        self.op: AttentionOp = pairwise_attention_fast
+
+    def forward(self, x: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+        p = self.conv_p(loc.to(x.dtype))
+        return self.op(
+            self.conv1(x),
+            self.conv2(x),
+            self.conv3(x),
+            p,
+            self.conv_w[1].weight.flatten(1),
+            self.conv_w[2].weight.flatten(1),
+            self.conv_w[2].bias,
+            SLOPE,
+        )
+
+
+class SelfAttentionBottleneck(nn.Module):
+    """y = conv1x1(LReLU(BN(SAM(LReLU(BN(x)))))) + x."""
+
+    def __init__(self, channels: int, attn_planes: int = 8):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.sam = PairwiseSelfAttention(channels, out_planes=attn_planes)
+        self.bn2 = nn.BatchNorm2d(attn_planes)
+        self.conv = nn.Conv2d(attn_planes, channels, 1)
+        self.act = _lrelu()
+
+    def forward(self, x: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+        h = self.sam(self.act(self.bn1(x)), loc)
+        return self.conv(self.act(self.bn2(h))) + x
+
+
+class StridedResBlock(nn.Module):
+    """Halves the resolution: c = LReLU(conv3x3/2(x)); out = c + conv3x3(LReLU(conv3x3(c)))."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.convert = nn.Sequential(nn.Conv2d(channels, channels, 3, 2, 1), _lrelu())
+        self.res = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, 1, 1), _lrelu(), nn.Conv2d(channels, channels, 3, 1, 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.convert(x)
+        return c + self.res(c)
+
+
+class SelfCalibratedConv(nn.Module):
+    """SC-conv: a 4x-downsampled context branch gates the full-resolution features."""
+
+    def __init__(self, channels: int, pool: int = 4):
+        super().__init__()
+        self.k2 = nn.Sequential(nn.AvgPool2d(pool, pool), nn.Conv2d(channels, channels, 3, 1, 1))
+        self.k3 = nn.Sequential(nn.Conv2d(channels, channels, 3, 1, 1))
+        self.k4 = nn.Sequential(nn.Conv2d(channels, channels, 3, 1, 1), _lrelu())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        context = F.interpolate(self.k2(x), size=x.shape[-2:])
+        gate = torch.sigmoid(x + context)
+        return self.k4(self.k3(x) * gate)
+
+
+class SelfCalibratedBottleneck(nn.Module):
+    """Split into a plain 3x3 branch and an SC-conv branch, fuse with 1x1, add the input."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        half = channels // 2
+        self.conv1_a = nn.Conv2d(channels, half, 1)
+        self.k1 = nn.Sequential(nn.Conv2d(half, half, 3, 1, 1), _lrelu())
+        self.conv1_b = nn.Conv2d(channels, half, 1)
+        self.scconv = SelfCalibratedConv(half)
+        self.conv3 = nn.Conv2d(channels, channels, 1)
+        self.act = _lrelu()
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        a = self.k1(self.act(self.conv1_a(z)))
+        b = self.scconv(self.act(self.conv1_b(z)))
+        return self.act(self.conv3(torch.cat([a, b], 1)) + z)
+
+
+class JointUnit(nn.Module):
+    """Self-attention, then scale aggregation over a 4-level stride-2 pyramid, then SC bottleneck."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.san = SelfAttentionBottleneck(channels)
+        self.res_list = nn.ModuleList(StridedResBlock(channels) for _ in range(NUM_SCALES))
+        self.conv11 = nn.Sequential(nn.Conv2d(channels * (NUM_SCALES + 1), channels, 1), _lrelu())
+        self.scn = SelfCalibratedBottleneck(channels)
+
+    def forward(self, x: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+        y = self.san(x, loc)
+        size = y.shape[-2:]
+        conv = self.conv11[0]
+        c = y.shape[1]
+        # conv11(cat(y, up(s1..s4))) == sum_j up(W_j * s_j): nearest upsampling commutes with a
+        # 1x1 conv, so each scale is projected at its own (smaller) size and no 5x concat is built.
+        fused = F.conv2d(y, conv.weight[:, :c], conv.bias)
+        s = y
+        for j, block in enumerate(self.res_list, start=1):
+            s = block(s)
+            fused = fused + F.interpolate(F.conv2d(s, conv.weight[:, j * c : (j + 1) * c]), size=size)
+        return self.scn(self.conv11[1](fused) + y)
+
+
+def _memory_format(t: torch.Tensor) -> torch.memory_format:
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _fuse_prefix(fuse: nn.Sequential, feats: torch.Tensor, k: int) -> torch.Tensor:
+    """LReLU(conv1x1(feats[:, :k])) without copying the channel prefix out of the buffer."""
+    conv, act = fuse[0], fuse[1]
+    if _memory_format(feats) is torch.channels_last:
+        # A channels-last prefix is strided; a conv would copy it, a GEMM reads it in place.
+        n, c, h, w = feats.shape
+        rows = feats.permute(0, 2, 3, 1).reshape(n * h * w, c)[:, :k]
+        out = torch.addmm(conv.bias, rows, conv.weight.view(conv.out_channels, k).t())
+        return act(out.view(n, h, w, -1).permute(0, 3, 1, 2))
+    return act(conv(feats[:, :k]))
+
+
+class DenseJointUnits(nn.Module):
+    """Joint units with dense connections: unit i's input is a 1x1 fusion of all earlier outputs."""
+
+    def __init__(self, channels: int, num_units: int):
+        super().__init__()
+        self.units = nn.ModuleList(JointUnit(channels) for _ in range(num_units))
+        self.conv1x1 = nn.ModuleList(
+            nn.Sequential(nn.Conv2d((i + 2) * channels, channels, 1), _lrelu()) for i in range(num_units)
+        )
+
+    def forward(self, f0: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and f0.requires_grad:
+            return self._forward_autograd(f0, loc)
+        n, c, h, w = f0.shape
+        # One preallocated buffer instead of a growing list: each unit writes its channel slice and
+        # each fusion conv reads the contiguous prefix, so no unit re-copies the features before it.
+        feats = torch.empty((n, c * (len(self.units) + 1), h, w), dtype=f0.dtype, device=f0.device, memory_format=_memory_format(f0))
+        feats[:, :c] = f0
+        current = f0
+        for i, (unit, fuse) in enumerate(zip(self.units, self.conv1x1)):
+            feats[:, (i + 1) * c : (i + 2) * c] = unit(current, loc)
+            current = _fuse_prefix(fuse, feats, (i + 2) * c)
+        return current
+
+    def _forward_autograd(self, f0: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+        # Autograd saves each fusion's input, so the shared buffer cannot be written in place.
+        feats = f0
+        current = f0
+        for unit, fuse in zip(self.units, self.conv1x1):
+            feats = torch.cat([feats, unit(current, loc)], 1)
+            current = fuse(feats)
+        return current
+
+
+class JDNet(nn.Module):
+    """Predicts the rain layer R and returns x - R. Input and output: N x 3 x H x W RGB in [0, 1]."""
+
+    def __init__(self, channels: int = 32, num_units: int = 32):
+        super().__init__()
+        self.channels = channels
+        self.num_units = num_units
+        self.enterBlock = nn.Sequential(nn.Conv2d(3, channels, 3, 1, 1), _lrelu())
+        self.derain_net = DenseJointUnits(channels, num_units)
+        self.exitBlock = nn.Sequential(nn.Conv2d(channels, 3, 3, 1, 1), _lrelu())
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        origin: tuple[int, int] = (0, 0),
+        full_size: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
+        """Derain ``x``; for a tile, ``origin``/``full_size`` place it in the whole image."""
+        h, w = x.shape[-2:]
+        loc = position_planes(h, w, origin=origin, full_size=full_size, dtype=x.dtype, device=x.device)
+        rain = self.exitBlock(self.derain_net(self.enterBlock(x), loc))
+        return x - rain
+
+    def set_attention_op(self, op: AttentionOp) -> "JDNet":
+        """Switch every SAM block to ``op`` (the reference op for tests, a fast op for inference)."""
+        for module in self.modules():
+            if isinstance(module, PairwiseSelfAttention):
+                module.op = op
+        return self
+
+
+ATTENTION_OPS: dict[str, AttentionOp] = {
+    "reference": pairwise_attention_reference,
+    "fast": pairwise_attention_fast,
+}

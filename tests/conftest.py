@@ -1,0 +1,70 @@
+"""Shared fixtures: ../shared data (skip when absent), tiny weight files, CLI runners."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("JDNET_SHARED", REPO.parent / "shared"))
+
+
+def shared_path(*parts: str) -> Path:
+    """Path under ../shared, skipping the test when it is not there."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not available")
+    return path
+
+
+def make_tiny_model(channels: int = 8, units: int = 2, seed: int = 0):
+    """A small JDNet with random but fixed weights and non-trivial BN statistics."""
+    from jdnet_cli.models import JDNet
+
+    torch.manual_seed(seed)
+    model = JDNet(channels, units)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    # Keep the rain layer small so outputs stay in a sensible range.
+    model.exitBlock[0].weight.data.mul_(0.1)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """A project-format weights file of a 2-unit, 8-channel model."""
+    from jdnet_cli.checkpoint import save_weights
+
+    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
+    save_weights(make_tiny_model(), path, {"note": "test"})
+    return path
+
+
+def write_png(path: Path, h: int, w: int, seed: int = 0, channels: int = 3, dtype=np.uint8) -> np.ndarray:
+    """Write a random image with OpenCV and return the array written (BGR order)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    hi = 65535 if dtype == np.uint16 else 255
+    shape = (h, w) if channels == 1 else (h, w, channels)
+    arr = rng.integers(0, hi + 1, size=shape, dtype=np.int64).astype(dtype)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), arr)
+    return arr
+
+
+def run_cli(*args: str, cwd: Path | None = None, input: bytes | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m jdnet_cli`` as a user would, capturing bytes."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "jdnet_cli", *args], cwd=cwd, input=input, capture_output=True, env=full_env, timeout=600
+    )
