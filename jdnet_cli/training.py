@@ -1,0 +1,270 @@
+"""Training loop: patches, SSIM/L1/MSE losses, Adam with step decay, exact resume, DDP via torchrun."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .atomic import atomic_path
+from .checkpoint import save_weights
+from .datasets import PairedPatches, SyntheticRainPatches, find_pairs
+from .errors import JDNetError
+from .metrics import score_pair, ssim_torch
+from .models import JDNet
+
+LOSSES = ("ssim", "l1", "mse", "l1+ssim")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; stored in checkpoints and the exported weights' metadata."""
+
+    out_dir: str
+    data: str | None = None
+    clean: str | None = None
+    steps: int = 1000
+    batch_size: int = 16
+    patch_size: int = 64
+    lr: float = 5e-4
+    loss: str = "ssim"
+    flips: bool = False
+    rotations: bool = False
+    seed: int = 0
+    channels: int = 32
+    num_units: int = 32
+    save_every: int = 100
+    log_every: int = 10
+    val: str | None = None
+    val_every: int = 0
+    val_limit: int = 0
+    device: str = "auto"
+    threads: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def loss_fn(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The training loss by name; SSIM is maximised, so its loss is -SSIM as in the paper's code."""
+    if name == "ssim":
+        return lambda out, ref: -ssim_torch(out, ref)
+    if name == "l1":
+        return F.l1_loss
+    if name == "mse":
+        return F.mse_loss
+    if name == "l1+ssim":
+        return lambda out, ref: F.l1_loss(out, ref) + (1.0 - ssim_torch(out, ref))
+    raise JDNetError(f"unknown loss {name!r} (choose from {', '.join(LOSSES)})")
+
+
+def _dist_info() -> tuple[int, int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _pick_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(name)
+
+
+def _rng_state(rng: np.random.Generator) -> dict:
+    return {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+
+
+def _set_rng_state(rng: np.random.Generator, state: dict) -> None:
+    rng.bit_generator.state = state["numpy"]
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+
+
+class Trainer:
+    """Owns model, optimiser, schedule, data and logging for one run (one process of a DDP job)."""
+
+    def __init__(self, cfg: TrainConfig, on_log: Callable[[dict], None] | None = None):
+        if cfg.loss not in LOSSES:
+            raise JDNetError(f"unknown loss {cfg.loss!r} (choose from {', '.join(LOSSES)})")
+        if (cfg.data is None) == (cfg.clean is None):
+            raise JDNetError("give exactly one of a paired dataset (DATA) or --clean DIR")
+        self.cfg = cfg
+        self.rank, self.world, local_rank = _dist_info()
+        self.device = _pick_device(cfg.device, local_rank)
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.out_dir = Path(cfg.out_dir)
+        self.on_log = on_log
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        # Each rank draws from its own stream, so ranks see different patches (their own shard).
+        self.rng = np.random.default_rng([cfg.seed, self.rank])
+        self.data = self._load_data()
+        self.model = JDNet(cfg.channels, cfg.num_units).to(self.device)
+        if self.device.type == "cpu":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.net: torch.nn.Module = self.model
+        if self.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        milestones = sorted({max(1, int(cfg.steps * 0.6)), max(1, int(cfg.steps * 0.8))})
+        self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, milestones=milestones, gamma=0.1)
+        self.amp = self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.loss = loss_fn(cfg.loss)
+        self.step = 0
+        self.elapsed = 0.0
+        self.val_pairs = find_pairs(cfg.val)[: cfg.val_limit or None] if cfg.val else []
+
+    # -- data ---------------------------------------------------------------------------------
+    def _load_data(self) -> PairedPatches | SyntheticRainPatches:
+        if self.cfg.clean:
+            data = SyntheticRainPatches(self.cfg.clean)
+            data.images = data.images[self.rank :: self.world] or data.images
+            return data
+        pairs = find_pairs(self.cfg.data)
+        return PairedPatches(pairs[self.rank :: self.world] or pairs)
+
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw one batch of (rainy, clean) patches as N x 3 x P x P tensors on the device."""
+        rainy, clean = zip(
+            *(self.data.sample(self.rng, self.cfg.patch_size, self.cfg.flips, self.cfg.rotations) for _ in range(self.cfg.batch_size))
+        )
+
+        def to_tensor(arrs: tuple[np.ndarray, ...]) -> torch.Tensor:
+            t = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).to(self.device)
+            return t.contiguous(memory_format=torch.channels_last) if self.device.type == "cpu" else t.contiguous()
+
+        return to_tensor(rainy), to_tensor(clean)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / "checkpoint.pt"
+
+    def save_checkpoint(self) -> None:
+        """Everything needed to continue bit-exactly, written atomically (rank 0 only)."""
+        if self.rank != 0:
+            return
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "rng": _rng_state(self.rng),
+            "config": asdict(self.cfg),
+        }
+        with atomic_path(self.checkpoint_path) as tmp:
+            torch.save(state, tmp)
+
+    def resume(self, path: str | Path | None = None) -> None:
+        """Restore model, optimiser, scheduler, step and RNG states from a training checkpoint."""
+        path = Path(path) if path else self.checkpoint_path
+        if not path.is_file():
+            raise JDNetError(f"{path}: no checkpoint to resume from")
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.elapsed = float(state.get("elapsed", 0.0))
+        _set_rng_state(self.rng, state["rng"])
+        if self.world > 1:
+            # Rank streams differ; re-derive them deterministically from the resumed step.
+            self.rng = np.random.default_rng([self.cfg.seed, self.rank, self.step])
+
+    # -- logging and validation ----------------------------------------------------------------
+    def log(self, record: dict) -> None:
+        """Append one JSON line to train_log.jsonl and forward it to the progress display."""
+        if self.rank != 0:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / "train_log.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.on_log:
+            self.on_log(record)
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean PSNR-Y / SSIM-Y of the current model over the validation pairs."""
+        self.model.eval()
+        scores = []
+        for pair in self.val_pairs:
+            rainy, clean = pair.load()
+            x = torch.from_numpy(rainy).permute(2, 0, 1)[None].to(self.device)
+            out = self.model(x).clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
+            out = np.round(out * 255.0) / 255.0
+            scores.append(score_pair(out, clean))
+        self.model.train()
+        return {k: float(np.mean([s[k] for s in scores])) for k in ("psnr_y", "ssim_y")}
+
+    # -- the loop -------------------------------------------------------------------------------
+    def train_step(self) -> float:
+        """One optimisation step; returns the loss."""
+        rainy, clean = self.batch()
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            out = self.net(rainy)
+            loss = self.loss(out.float(), clean)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+        self.step += 1
+        return float(loss.detach())
+
+    def run(self, should_stop: Callable[[], bool] = lambda: False) -> None:
+        """Train until ``cfg.steps`` (or ``should_stop()``), checkpointing every ``save_every`` steps."""
+        self.model.train()
+        cfg = self.cfg
+        window_t, window_n, losses = time.perf_counter(), 0, []
+        while self.step < cfg.steps and not should_stop():
+            t0 = time.perf_counter()
+            losses.append(self.train_step())
+            self.elapsed += time.perf_counter() - t0
+            window_n += 1
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                now = time.perf_counter()
+                self.log({
+                    "step": self.step,
+                    "loss": float(np.mean(losses)),
+                    "lr": self.opt.param_groups[0]["lr"],
+                    "it_s": window_n / max(now - window_t, 1e-9),
+                    "elapsed_s": round(self.elapsed, 2),
+                })
+                window_t, window_n, losses = now, 0, []
+            if cfg.val_every and self.val_pairs and self.step % cfg.val_every == 0 and self.rank == 0:
+                self.log({"step": self.step, "val": self.validate()})
+            if self.step % cfg.save_every == 0:
+                self.save_checkpoint()
+        self.save_checkpoint()
+
+    def export(self, dest: str | Path | None = None, half: bool = True) -> Path:
+        """Write inference weights with the run's metadata (rank 0 only)."""
+        dest = Path(dest) if dest else self.out_dir / "jdnet.pt"
+        if self.rank == 0:
+            meta = {
+                "training": {k: v for k, v in asdict(self.cfg).items() if k not in ("extra",)},
+                "steps_done": self.step,
+                "train_seconds": round(self.elapsed, 1),
+                "hardware": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or platform.machine(),
+                "threads": torch.get_num_threads(),
+                "world_size": self.world,
+                "torch": torch.__version__,
+                "python": sys.version.split()[0],
+            }
+            save_weights(self.model, dest, meta, half=half)
+        return dest
