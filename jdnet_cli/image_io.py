@@ -1,0 +1,148 @@
+"""Reading and writing still images as float RGB arrays, with formats, bit depth and atomic writes."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .atomic import atomic_path
+from .errors import JDNetError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+@dataclass
+class Image:
+    """Decoded image: ``rgb`` float32 H x W x 3 in [0, 1] plus what is needed to write it back."""
+
+    rgb: np.ndarray
+    bit_depth: int = 8
+    alpha: np.ndarray | None = None  # untouched original alpha channel (native dtype)
+    grayscale: bool = False
+    extras: dict = field(default_factory=dict)
+
+
+def is_image_path(path: Path) -> bool:
+    """True if the file extension is one we read."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def decode_image(data: bytes, name: str = "<image>", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image:
+    """Decode encoded image bytes into an :class:`Image`; raise JDNetError with a one-line reason."""
+    if not data:
+        raise JDNetError(f"{name}: empty file")
+    buf = np.frombuffer(data, np.uint8)
+    arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    if arr is None:
+        raise JDNetError(f"{name}: not a readable image (unknown format or corrupt data)")
+    return _from_array(arr, name, max_pixels)
+
+
+def _from_array(arr: np.ndarray, name: str, max_pixels: int) -> Image:
+    if arr.size == 0:
+        raise JDNetError(f"{name}: image has no pixels")
+    if arr.shape[0] * arr.shape[1] > max_pixels:
+        raise JDNetError(f"{name}: {arr.shape[1]}x{arr.shape[0]} exceeds --max-pixels {max_pixels}")
+    if arr.dtype == np.uint8:
+        depth, scale = 8, 255.0
+    elif arr.dtype == np.uint16:
+        depth, scale = 16, 65535.0
+    elif arr.dtype == np.float32:
+        depth, scale = 32, 1.0
+    else:
+        raise JDNetError(f"{name}: unsupported sample type {arr.dtype}")
+    alpha = None
+    gray = arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 1)
+    if gray:
+        rgb = np.repeat(arr.reshape(arr.shape[0], arr.shape[1], 1), 3, axis=2)
+    elif arr.shape[2] == 4:
+        alpha = arr[..., 3].copy()
+        rgb = arr[..., 2::-1]
+    elif arr.shape[2] == 3:
+        rgb = arr[..., ::-1]
+    else:
+        raise JDNetError(f"{name}: unsupported channel count {arr.shape[2]}")
+    rgb = np.ascontiguousarray(rgb, dtype=np.float32) / np.float32(scale)
+    return Image(rgb=rgb, bit_depth=depth, alpha=alpha, grayscale=gray)
+
+
+def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image:
+    """Read an image file; raise JDNetError naming the file on any problem."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise JDNetError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise JDNetError(f"{path}: is a directory") from None
+    except PermissionError:
+        raise JDNetError(f"{path}: permission denied") from None
+    except OSError as err:
+        raise JDNetError(f"{path}: cannot read ({err.strerror or err})") from None
+    return decode_image(data, str(path), max_pixels)
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Read an image file as float32 RGB in [0, 1] (for datasets and metrics)."""
+    return read_image(path).rgb
+
+
+def _to_array(img: Image, ext: str) -> np.ndarray:
+    ext = ext.lower()
+    depth = img.bit_depth
+    if depth == 16 and ext not in (".png", ".tif", ".tiff"):
+        depth = 8  # the target format cannot hold 16 bits
+    if depth == 32 and ext not in (".tif", ".tiff"):
+        depth = 8
+    rgb = np.clip(img.rgb, 0.0, 1.0)
+    if depth == 8:
+        arr = np.round(rgb * 255.0).astype(np.uint8)
+    elif depth == 16:
+        arr = np.round(rgb * 65535.0).astype(np.uint16)
+    else:
+        arr = rgb.astype(np.float32)
+    if img.grayscale:
+        return arr.mean(axis=2).round().astype(arr.dtype) if depth != 32 else arr.mean(axis=2)
+    bgr = arr[..., ::-1]
+    if img.alpha is not None and ext in (".png", ".tif", ".tiff", ".webp"):
+        alpha = img.alpha
+        if alpha.dtype != bgr.dtype:
+            alpha = _convert_alpha(alpha, bgr.dtype)
+        bgr = np.dstack([bgr, alpha])
+    return np.ascontiguousarray(bgr)
+
+
+def _convert_alpha(alpha: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    src = np.iinfo(alpha.dtype).max if alpha.dtype.kind == "u" else 1.0
+    dst = np.iinfo(dtype).max if np.dtype(dtype).kind == "u" else 1.0
+    return np.round(alpha.astype(np.float64) * dst / src).astype(dtype)
+
+
+def _encode_params(ext: str, quality: int) -> list[int]:
+    if ext in (".jpg", ".jpeg"):
+        return [cv2.IMWRITE_JPEG_QUALITY, quality]
+    if ext == ".webp":
+        return [cv2.IMWRITE_WEBP_QUALITY, min(quality, 100) if quality < 100 else 101]
+    return []
+
+
+def encode_image(img: Image, ext: str, quality: int = 95) -> bytes:
+    """Encode to bytes in the format named by ``ext`` (e.g. '.png')."""
+    ext = ext.lower() if ext.startswith(".") else "." + ext.lower()
+    if ext not in IMAGE_EXTENSIONS:
+        raise JDNetError(f"unsupported output format {ext!r} (use one of {', '.join(IMAGE_EXTENSIONS)})")
+    ok, buf = cv2.imencode(ext, _to_array(img, ext), _encode_params(ext, quality))
+    if not ok:
+        raise JDNetError(f"could not encode image as {ext}")
+    return buf.tobytes()
+
+
+def write_image(path: str | Path, img: Image, quality: int = 95) -> None:
+    """Encode and write atomically (temp file in the same directory, then rename)."""
+    path = Path(path)
+    data = encode_image(img, path.suffix, quality)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)

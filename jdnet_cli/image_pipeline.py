@@ -1,0 +1,21 @@
+"""Derain an image file end to end: decode, run the Derainer, re-encode with the same depth and alpha."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from .derainer import Derainer
+from .image_io import DEFAULT_MAX_PIXELS, Image, read_image, write_image
+
+
+def derain_image(derainer: Derainer, img: Image) -> Image:
+    """Derain the colour channels; alpha, bit depth and grayscale-ness are carried over."""
+    out = derainer(img.rgb)
+    if img.grayscale:
+        out = out.mean(axis=2, keepdims=True).repeat(3, axis=2)
+    return replace(img, rgb=out)
+
+
+def derain_file(derainer: Derainer, src: Path, dest: Path, max_pixels: int = DEFAULT_MAX_PIXELS, quality: int = 95) -> None:
+    """Read ``src``, derain it, and write ``dest`` atomically."""
+    write_image(dest, derain_image(derainer, read_image(src, max_pixels)), quality)

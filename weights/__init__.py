@@ -1,0 +1,1 @@
+"""Shipped weights; installed as the ``jdnet_cli.weights`` package so they travel in the wheel."""
