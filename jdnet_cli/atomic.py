@@ -17,6 +17,10 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
     # pick a format from the name still work.
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part" + (suffix or dest.suffix), dir=dest.parent)
     os.close(fd)
+    # mkstemp makes 0600 files; give the output the permissions a plain open() would (umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     tmp_path = Path(tmp)
     try:
         yield tmp_path

@@ -1,0 +1,30 @@
+"""Atomic writes: all-or-nothing, normal permissions, temp files cleaned up on failure."""
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from jdnet_cli.atomic import atomic_path, atomic_write_bytes
+
+
+def test_written_file_has_umask_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "a.bin", b"data")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.bin").read_bytes() == b"data"
+    assert stat.S_IMODE((tmp_path / "a.bin").stat().st_mode) == 0o644
+
+
+def test_failure_leaves_old_file_and_no_temp(tmp_path):
+    dest = tmp_path / "keep.txt"
+    dest.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(dest) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("boom")
+    assert dest.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
