@@ -263,7 +263,7 @@ class Trainer:
                 "hardware": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or platform.machine(),
                 "threads": torch.get_num_threads(),
                 "world_size": self.world,
-                "torch": torch.__version__,
+                "torch": str(torch.__version__),  # TorchVersion would not pass weights_only loading
                 "python": sys.version.split()[0],
             }
             save_weights(self.model, dest, meta, half=half)
