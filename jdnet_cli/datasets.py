@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -166,3 +168,38 @@ class SyntheticRainPatches:
         rainy = render_rain(clean, rng, self.style)
         m = self.MARGIN
         return rainy[m : m + size, m : m + size], clean[m : m + size, m : m + size]
+
+
+def write_synthetic_pairs(
+    clean_dir: str | Path, out_dir: str | Path, seed: int = 0, style: RainStyle = RainStyle(),
+    on_pair: Callable[[Path], None] | None = None,
+) -> int:
+    """Render rain over every image in ``clean_dir`` into OUT/rain and OUT/norain (same PNG names)."""
+    from .image_io import Image, write_image
+
+    src, out = Path(clean_dir), Path(out_dir)
+    if not src.is_dir():
+        raise JDNetError(f"{src}: not a directory")
+    files = _images(src)
+    if not files:
+        raise JDNetError(f"{src}: no images found")
+    names: dict[str, Path] = {}
+    for p in files:
+        other = names.setdefault(p.stem + ".png", p)
+        if other != p:
+            raise JDNetError(f"{p}: same name as {other.name}; both would be written as {p.stem}.png")
+    inputs = {p.resolve() for p in files}
+    for name in names:
+        for dest in (out / "rain" / name, out / "norain" / name):
+            if dest.resolve() in inputs:
+                raise JDNetError(f"{dest}: would overwrite an input image; choose another OUT_DIR")
+    for name, path in names.items():
+        clean = read_rgb(path)
+        # A per-file stream, keyed by name: adding or removing a photo leaves the others' rain as it was.
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+        rainy = render_rain(clean, rng, style)
+        write_image(out / "norain" / name, Image(rgb=np.round(clean * 255.0) / 255.0))
+        write_image(out / "rain" / name, Image(rgb=rainy))
+        if on_pair:
+            on_pair(path)
+    return len(names)
