@@ -74,10 +74,15 @@ def train(
             )
         stop = {"requested": False}
         previous = signal.getsignal(signal.SIGINT)
+
+        def on_sigint(*_) -> None:
+            stop["requested"] = True
+            signal.signal(signal.SIGINT, previous)  # a second Ctrl-C interrupts at once
+
         if trainer.world == 1:
             # Finish the current step, checkpoint, then exit: a DDP job is left to torchrun's own handling,
             # since ranks stopping at different steps would hang in the next all-reduce.
-            signal.signal(signal.SIGINT, lambda *_: stop.__setitem__("requested", True))
+            signal.signal(signal.SIGINT, on_sigint)
         try:
             _run(trainer, console, lead, lambda: stop["requested"])
         finally:
