@@ -150,14 +150,16 @@ class SyntheticRainPatches:
 
     MARGIN = 24  # streaks are rendered past the patch edge so they enter it naturally
 
-    def __init__(self, clean_dir: str | Path, style: RainStyle = RainStyle()):
+    def __init__(self, clean_dir: str | Path, style: RainStyle = RainStyle(), rank: int = 0, world: int = 1, limit: int = 0):
         folder = Path(clean_dir)
         if not folder.is_dir():
             raise JDNetError(f"{folder}: not a directory")
         files = _images(folder)
         if not files:
             raise JDNetError(f"{folder}: no images found")
-        self.images = [read_rgb(p) for p in files]
+        # Shard before decoding: a DDP rank holds only its own share of the photos in memory.
+        self.files = shard(files[: limit or None], rank, world)
+        self.images = [read_rgb(p) for p in self.files]
         self.style = style
 
     def sample(self, rng: np.random.Generator, size: int, flips: bool, rotations: bool) -> tuple[np.ndarray, np.ndarray]:

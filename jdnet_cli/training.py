@@ -143,9 +143,7 @@ class Trainer:
     # -- data ---------------------------------------------------------------------------------
     def _load_data(self) -> PairedPatches | SyntheticRainPatches:
         if self.cfg.clean:
-            data = SyntheticRainPatches(self.cfg.clean)
-            data.images = shard(data.images, self.rank, self.world)
-            return data
+            return SyntheticRainPatches(self.cfg.clean, rank=self.rank, world=self.world)
         return PairedPatches(shard(find_pairs(self.cfg.data), self.rank, self.world))
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -197,3 +197,12 @@ def test_shard_gives_each_rank_its_own_items():
     assert shard(items, 0, 2) == [0, 2, 4, 6]
     assert shard(items, 1, 2) == [1, 3, 5]
     assert shard([5], 1, 2) == [5]
+
+
+def test_synthetic_patches_decode_only_their_rank_share(tmp_path):
+    for i in range(3):
+        write_png(tmp_path / f"{i}.png", 8, 8, seed=i)
+    assert [p.name for p in SyntheticRainPatches(tmp_path, rank=0, world=2).files] == ["0.png", "2.png"]
+    rank1 = SyntheticRainPatches(tmp_path, rank=1, world=2)
+    assert [p.name for p in rank1.files] == ["1.png"] and len(rank1.images) == 1
+    assert [p.name for p in SyntheticRainPatches(tmp_path, limit=2).files] == ["0.png", "1.png"]
