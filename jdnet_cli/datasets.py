@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -12,9 +14,16 @@ from .image_io import is_image_path, read_rgb
 from .synthetic_rain import RainStyle, render_rain
 
 LAYOUTS_HELP = (
-    "rain/ + norain/ folders (rain-N <-> norain-N, or equal names); rainy/ + norain/; "
-    "input/ + target/; or a folder of side-by-side pair images (left half clean, right half rainy)"
+    "rain/ + norain/ (also rainy/ + norain/, rain/ + clean/, data/ + gt/), pairing rain-N with norain-N "
+    "or equal names; rainy/ with norain-N images beside it (Rain100L/H test sets); rain-N beside norain-N "
+    "in one folder (Rain100L/H training sets); input/ + target/; or a folder of side-by-side pair images "
+    "(left half clean, right half rainy)"
 )
+# (rainy folder, clean folder) names, tried in this order.
+FOLDER_LAYOUTS = (("rain", "norain"), ("rainy", "norain"), ("input", "target"), ("rain", "clean"), ("data", "gt"))
+_RAIN_PREFIX = re.compile(r"^(no)?rain(y)?(?=[-_\d])[-_]?")
+_RAINY_NAME = re.compile(r"^rain(y)?[-_]?\d")
+_CLEAN_NAME = re.compile(r"^norain[-_]?\d")
 
 
 @dataclass(frozen=True)
@@ -31,7 +40,13 @@ class Pair:
             img = read_rgb(self.rainy)
             half = img.shape[1] // 2
             return np.ascontiguousarray(img[:, half : 2 * half]), np.ascontiguousarray(img[:, :half])
-        return read_rgb(self.rainy), read_rgb(self.clean)
+        rainy, clean = read_rgb(self.rainy), read_rgb(self.clean)
+        if rainy.shape != clean.shape:
+            raise JDNetError(
+                f"{self.rainy}: {rainy.shape[1]}x{rainy.shape[0]} does not match its clean twin {self.clean} "
+                f"({clean.shape[1]}x{clean.shape[0]})"
+            )
+        return rainy, clean
 
 
 def _images(folder: Path) -> list[Path]:
@@ -39,21 +54,22 @@ def _images(folder: Path) -> list[Path]:
 
 
 def _match_key(name: str) -> str:
-    stem = Path(name).stem.lower()
-    stem = re.sub(r"^(no)?rain(y)?[-_]?", "", stem)
-    stem = re.sub(r"x2$", "", stem)
-    return stem
+    """The part of a file name shared by a rainy image and its clean twin: rain-007 / norain-7 -> '7'."""
+    stem = _RAIN_PREFIX.sub("", Path(name).stem.lower())
+    stem = re.sub(r"(?<=\d)x2$", "", stem)  # Rain100H's "norain-1x2" names
+    return str(int(stem)) if stem.isdigit() else stem
 
 
-def _pair_folders(rain_dir: Path, clean_dir: Path) -> list[Pair]:
-    clean_by_key = {}
-    for p in _images(clean_dir):
+def _pair_lists(rain_files: list[Path], clean_files: list[Path]) -> list[Pair]:
+    clean_by_key: dict[str, Path] = {}
+    for p in clean_files:
         clean_by_key.setdefault(_match_key(p.name), p)
-    pairs = []
-    for r in _images(rain_dir):
-        c = clean_by_key.get(_match_key(r.name))
-        if c is not None:
-            pairs.append(Pair(r, c))
+    return [Pair(r, clean_by_key[_match_key(r.name)]) for r in rain_files if _match_key(r.name) in clean_by_key]
+
+
+def _checked(pairs: list[Pair], where: str) -> list[Pair]:
+    if not pairs:
+        raise JDNetError(f"{where}: no rainy image has a clean twin (rain-N <-> norain-N, or equal names)")
     return pairs
 
 
@@ -62,27 +78,23 @@ def find_pairs(root: str | Path) -> list[Pair]:
     root = Path(root)
     if not root.is_dir():
         raise JDNetError(f"{root}: not a directory")
-    candidates = [("rain", "norain"), ("rainy", "norain"), ("input", "target"), ("rain", "clean"), ("data", "gt")]
-    for rain_name, clean_name in candidates:
+    for rain_name, clean_name in FOLDER_LAYOUTS:
         if (root / rain_name).is_dir() and (root / clean_name).is_dir():
-            pairs = _pair_folders(root / rain_name, root / clean_name)
-            if not pairs:
-                raise JDNetError(f"{root}: {rain_name}/ and {clean_name}/ hold no matching image names")
-            return pairs
-    # Rain100H/L-style flat folder: rain-N.png beside norain-N.png.
+            pairs = _pair_lists(_images(root / rain_name), _images(root / clean_name))
+            return _checked(pairs, f"{root}: {rain_name}/ and {clean_name}/")
     files = _images(root)
-    rain_files = [p for p in files if re.match(r"^rain(y)?[-_]", p.name.lower())]
-    clean_files = [p for p in files if re.match(r"^norain[-_]", p.name.lower())]
-    if rain_files and clean_files:
-        return _pair_folders_flat(rain_files, clean_files)
+    clean_beside = [p for p in files if _CLEAN_NAME.match(p.name.lower())]
+    # PReNet's copies of the Rain100L/H test sets: rainy/rain-N.png, with norain-N.png beside rainy/.
+    for rain_name in ("rainy", "rain"):
+        if (root / rain_name).is_dir() and clean_beside:
+            return _checked(_pair_lists(_images(root / rain_name), clean_beside), f"{root}: {rain_name}/ and norain-N files")
+    # Rain100L/H training sets: rain-N.png beside norain-N.png in one folder.
+    rain_beside = [p for p in files if _RAINY_NAME.match(p.name.lower())]
+    if rain_beside and clean_beside:
+        return _checked(_pair_lists(rain_beside, clean_beside), f"{root}: rain-N and norain-N files")
     if files and all(_looks_side_by_side(p) for p in files[:3]):
         return [Pair(p, p, side_by_side=True) for p in files]
     raise JDNetError(f"{root}: unknown dataset layout; understood layouts: {LAYOUTS_HELP}")
-
-
-def _pair_folders_flat(rain_files: list[Path], clean_files: list[Path]) -> list[Pair]:
-    clean_by_key = {_match_key(p.name): p for p in clean_files}
-    return [Pair(r, clean_by_key[_match_key(r.name)]) for r in rain_files if _match_key(r.name) in clean_by_key]
 
 
 def _looks_side_by_side(path: Path) -> bool:
@@ -90,6 +102,11 @@ def _looks_side_by_side(path: Path) -> bool:
 
     img = cv2.imread(str(path), cv2.IMREAD_REDUCED_COLOR_4)
     return img is not None and img.shape[1] >= 2 * img.shape[0] * 0.9
+
+
+def shard(items: list, rank: int, world: int) -> list:
+    """Every ``world``-th item starting at ``rank`` (a DDP rank's own share); all items if too few."""
+    return items[rank::world] or items
 
 
 def random_crop(arrays: list[np.ndarray], size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -133,14 +150,16 @@ class SyntheticRainPatches:
 
     MARGIN = 24  # streaks are rendered past the patch edge so they enter it naturally
 
-    def __init__(self, clean_dir: str | Path, style: RainStyle = RainStyle()):
+    def __init__(self, clean_dir: str | Path, style: RainStyle = RainStyle(), rank: int = 0, world: int = 1, limit: int = 0):
         folder = Path(clean_dir)
         if not folder.is_dir():
             raise JDNetError(f"{folder}: not a directory")
         files = _images(folder)
         if not files:
             raise JDNetError(f"{folder}: no images found")
-        self.images = [read_rgb(p) for p in files]
+        # Shard before decoding: a DDP rank holds only its own share of the photos in memory.
+        self.files = shard(files[: limit or None], rank, world)
+        self.images = [read_rgb(p) for p in self.files]
         self.style = style
 
     def sample(self, rng: np.random.Generator, size: int, flips: bool, rotations: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -151,3 +170,38 @@ class SyntheticRainPatches:
         rainy = render_rain(clean, rng, self.style)
         m = self.MARGIN
         return rainy[m : m + size, m : m + size], clean[m : m + size, m : m + size]
+
+
+def write_synthetic_pairs(
+    clean_dir: str | Path, out_dir: str | Path, seed: int = 0, style: RainStyle = RainStyle(),
+    on_pair: Callable[[Path], None] | None = None,
+) -> int:
+    """Render rain over every image in ``clean_dir`` into OUT/rain and OUT/norain (same PNG names)."""
+    from .image_io import Image, write_image
+
+    src, out = Path(clean_dir), Path(out_dir)
+    if not src.is_dir():
+        raise JDNetError(f"{src}: not a directory")
+    files = _images(src)
+    if not files:
+        raise JDNetError(f"{src}: no images found")
+    names: dict[str, Path] = {}
+    for p in files:
+        other = names.setdefault(p.stem + ".png", p)
+        if other != p:
+            raise JDNetError(f"{p}: same name as {other.name}; both would be written as {p.stem}.png")
+    inputs = {p.resolve() for p in files}
+    for name in names:
+        for dest in (out / "rain" / name, out / "norain" / name):
+            if dest.resolve() in inputs:
+                raise JDNetError(f"{dest}: would overwrite an input image; choose another OUT_DIR")
+    for name, path in names.items():
+        clean = read_rgb(path)
+        # A per-file stream, keyed by name: adding or removing a photo leaves the others' rain as it was.
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+        rainy = render_rain(clean, rng, style)
+        write_image(out / "norain" / name, Image(rgb=np.round(clean * 255.0) / 255.0))
+        write_image(out / "rain" / name, Image(rgb=rainy))
+        if on_pair:
+            on_pair(path)
+    return len(names)

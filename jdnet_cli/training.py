@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from .atomic import atomic_path
 from .checkpoint import save_weights
-from .datasets import PairedPatches, SyntheticRainPatches, find_pairs
+from .datasets import PairedPatches, SyntheticRainPatches, find_pairs, shard
+from .devices import resolve_device
 from .errors import JDNetError
 from .metrics import score_pair, ssim_torch
 from .models import JDNet
@@ -71,19 +72,30 @@ def _dist_info() -> tuple[int, int, int]:
 
 
 def _pick_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(name)
+    # Under torchrun each process takes the GPU of its LOCAL_RANK unless a device index was given.
+    device = resolve_device(name)
+    if device.type == "cuda" and device.index is None:
+        return torch.device(f"cuda:{local_rank}")
+    return device
 
 
-def _rng_state(rng: np.random.Generator) -> dict:
-    return {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+def _rng_state(rng: np.random.Generator, device: torch.device) -> dict:
+    state = {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
 
 
-def _set_rng_state(rng: np.random.Generator, state: dict) -> None:
+def _set_rng_state(rng: np.random.Generator, state: dict, device: torch.device) -> None:
     rng.bit_generator.state = state["numpy"]
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     random.setstate((3, tuple(state["python"]), None))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+# Fields that may differ on --resume without changing what the run computes.
+_RESUME_FREE_FIELDS = {"out_dir", "save_every", "log_every", "val", "val_every", "val_limit", "device", "threads", "extra"}
 
 
 class Trainer:
@@ -97,6 +109,8 @@ class Trainer:
         self.cfg = cfg
         self.rank, self.world, local_rank = _dist_info()
         self.device = _pick_device(cfg.device, local_rank)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # NCCL collectives use the current device
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         if cfg.threads:
@@ -129,11 +143,8 @@ class Trainer:
     # -- data ---------------------------------------------------------------------------------
     def _load_data(self) -> PairedPatches | SyntheticRainPatches:
         if self.cfg.clean:
-            data = SyntheticRainPatches(self.cfg.clean)
-            data.images = data.images[self.rank :: self.world] or data.images
-            return data
-        pairs = find_pairs(self.cfg.data)
-        return PairedPatches(pairs[self.rank :: self.world] or pairs)
+            return SyntheticRainPatches(self.cfg.clean, rank=self.rank, world=self.world)
+        return PairedPatches(shard(find_pairs(self.cfg.data), self.rank, self.world))
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw one batch of (rainy, clean) patches as N x 3 x P x P tensors on the device."""
@@ -153,7 +164,13 @@ class Trainer:
         return self.out_dir / "checkpoint.pt"
 
     def save_checkpoint(self) -> None:
-        """Everything needed to continue bit-exactly, written atomically (rank 0 only)."""
+        """Everything needed to continue bit-exactly, written atomically by rank 0 (all ranks call it)."""
+        rng = _rng_state(self.rng, self.device)
+        rank_rngs = [rng]
+        if self.world > 1:
+            # Every rank draws its own patches, so every rank's RNG state goes into the checkpoint.
+            rank_rngs = [None] * self.world
+            dist.all_gather_object(rank_rngs, {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in rng.items()})
         if self.rank != 0:
             return
         state = {
@@ -163,28 +180,44 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "elapsed": self.elapsed,
-            "rng": _rng_state(self.rng),
+            "rng": rank_rngs[0],
+            "rank_rngs": rank_rngs,
+            "world_size": self.world,
             "config": asdict(self.cfg),
         }
         with atomic_path(self.checkpoint_path) as tmp:
             torch.save(state, tmp)
 
-    def resume(self, path: str | Path | None = None) -> None:
-        """Restore model, optimiser, scheduler, step and RNG states from a training checkpoint."""
+    def resume(self, path: str | Path | None = None) -> list[str]:
+        """Restore model, optimiser, scheduler, step and RNG states; return config fields that differ."""
         path = Path(path) if path else self.checkpoint_path
         if not path.is_file():
             raise JDNetError(f"{path}: no checkpoint to resume from")
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            saved_cfg = dict(state["config"])
+        except Exception as err:  # a truncated or foreign file can raise nearly anything
+            raise JDNetError(f"{path}: not a jdnet training checkpoint ({str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__})") from None
+        arch = (saved_cfg.get("channels"), saved_cfg.get("num_units"))
+        if arch != (self.cfg.channels, self.cfg.num_units):
+            raise JDNetError(
+                f"{path}: checkpoint is a {arch[0]}-channel, {arch[1]}-unit model; "
+                f"this run asks for {self.cfg.channels} channels, {self.cfg.num_units} units"
+            )
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         self.elapsed = float(state.get("elapsed", 0.0))
-        _set_rng_state(self.rng, state["rng"])
-        if self.world > 1:
-            # Rank streams differ; re-derive them deterministically from the resumed step.
+        rank_rngs = state.get("rank_rngs") or [state["rng"]]
+        if len(rank_rngs) == self.world:
+            _set_rng_state(self.rng, rank_rngs[self.rank], self.device)
+        else:
+            # A different world size cannot replay the same streams; derive fresh ones from the step.
             self.rng = np.random.default_rng([self.cfg.seed, self.rank, self.step])
+        mine = asdict(self.cfg)
+        return sorted(k for k in mine if k not in _RESUME_FREE_FIELDS and saved_cfg.get(k) != mine[k])
 
     # -- logging and validation ----------------------------------------------------------------
     def log(self, record: dict) -> None:
@@ -217,7 +250,8 @@ class Trainer:
         rainy, clean = self.batch()
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
             out = self.net(rainy)
-            loss = self.loss(out.float(), clean)
+        # The loss runs in fp32 outside autocast: SSIM's variances (E[x^2] - mu^2) cancel badly in fp16.
+        loss = self.loss(out.float(), clean)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.opt)
@@ -226,26 +260,29 @@ class Trainer:
         self.step += 1
         return float(loss.detach())
 
-    def run(self, should_stop: Callable[[], bool] = lambda: False) -> None:
+    def run(self, should_stop: Callable[[], bool] = lambda: False, on_step: Callable[[int], None] | None = None) -> None:
         """Train until ``cfg.steps`` (or ``should_stop()``), checkpointing every ``save_every`` steps."""
         self.model.train()
         cfg = self.cfg
-        window_t, window_n, losses = time.perf_counter(), 0, []
+        # it/s counts training steps only, so validation and checkpoint time do not depress it.
+        window_s, window_n, losses = 0.0, 0, []
         while self.step < cfg.steps and not should_stop():
             t0 = time.perf_counter()
             losses.append(self.train_step())
-            self.elapsed += time.perf_counter() - t0
-            window_n += 1
+            dt = time.perf_counter() - t0
+            self.elapsed += dt
+            window_s, window_n = window_s + dt, window_n + 1
+            if on_step:
+                on_step(self.step)
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                now = time.perf_counter()
                 self.log({
                     "step": self.step,
                     "loss": float(np.mean(losses)),
                     "lr": self.opt.param_groups[0]["lr"],
-                    "it_s": window_n / max(now - window_t, 1e-9),
+                    "it_s": window_n / max(window_s, 1e-9),
                     "elapsed_s": round(self.elapsed, 2),
                 })
-                window_t, window_n, losses = now, 0, []
+                window_s, window_n, losses = 0.0, 0, []
             if cfg.val_every and self.val_pairs and self.step % cfg.val_every == 0 and self.rank == 0:
                 self.log({"step": self.step, "val": self.validate()})
             if self.step % cfg.save_every == 0:
@@ -263,8 +300,13 @@ class Trainer:
                 "hardware": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or platform.machine(),
                 "threads": torch.get_num_threads(),
                 "world_size": self.world,
-                "torch": str(torch.__version__),  # TorchVersion would not pass weights_only loading
+                "torch": str(torch.__version__),  # TorchVersion would not load with weights_only=True
                 "python": sys.version.split()[0],
             }
             save_weights(self.model, dest, meta, half=half)
         return dest
+
+    def close(self) -> None:
+        """Leave the process group (DDP runs); harmless otherwise."""
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()

@@ -6,6 +6,8 @@ import sys
 import typer
 
 from .derain import derain
+from .rain import rain
+from .train import train
 
 app = typer.Typer(
     name="jdnet",
@@ -22,6 +24,8 @@ def _root() -> None:
 
 
 app.command("derain")(derain)
+app.command("train")(train)
+app.command("rain")(rain)
 
 
 def main() -> None:

@@ -1,0 +1,130 @@
+"""``jdnet train``: train JDNet on a paired dataset or on clean photos with synthetic rain."""
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import JDNetError
+from ..training import LOSSES, Trainer, TrainConfig
+from .console import err_console, fail, interactive
+
+
+def _log_line(record: dict) -> str:
+    if "val" in record:
+        v = record["val"]
+        return f"step {record['step']}: val PSNR-Y {v['psnr_y']:.3f} dB, SSIM-Y {v['ssim_y']:.4f}"
+    return f"step {record['step']}: loss {record['loss']:.5f}, lr {record['lr']:.3g}, {record['it_s']:.2f} it/s"
+
+
+def train(
+    data: Optional[Path] = typer.Argument(None, metavar="[DATA]", help="Paired dataset folder (layout auto-detected)."),
+    clean: Optional[Path] = typer.Option(None, "--clean", help="Clean photos; rainy inputs are rendered on the fly."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoint.pt, train_log.jsonl, jdnet.pt."),
+    steps: int = typer.Option(1000, "--steps", min=1, help="Optimisation steps in total."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Patches per step (per process under torchrun)."),
+    patch_size: int = typer.Option(64, "--patch-size", min=16, help="Random crop size."),
+    lr: float = typer.Option(5e-4, "--lr", help="Adam learning rate; x0.1 at 60% and 80% of --steps."),
+    loss: str = typer.Option("ssim", "--loss", help=f"One of {', '.join(LOSSES)} (ssim means -SSIM)."),
+    flips: bool = typer.Option(False, "--flips/--no-flips", help="Random horizontal flips."),
+    rotations: bool = typer.Option(False, "--rotations/--no-rotations", help="Random 90-degree rotations."),
+    seed: int = typer.Option(0, "--seed", help="Seed for weights init and patch sampling."),
+    channels: int = typer.Option(32, "--channels", min=2, help="Feature channels (the paper: 32)."),
+    units: int = typer.Option(32, "--units", min=1, help="Joint units (the paper: 32)."),
+    save_every: int = typer.Option(500, "--save-every", min=1, help="Checkpoint every N steps."),
+    log_every: int = typer.Option(10, "--log-every", min=1, help="Log (JSONL and progress) every N steps."),
+    val: Optional[Path] = typer.Option(None, "--val", help="Paired set scored (PSNR-Y, SSIM-Y) every --val-every steps."),
+    val_every: int = typer.Option(1000, "--val-every", min=1, help="Validation interval in steps."),
+    val_limit: int = typer.Option(0, "--val-limit", min=0, help="Score only the first N validation pairs (0: all)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (torchrun: each rank its LOCAL_RANK GPU)."),
+    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (0: PyTorch's default)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt exactly where it stopped."),
+    export: Optional[Path] = typer.Option(None, "--export", help="Where to write the inference weights (default OUT/jdnet.pt)."),
+) -> None:
+    """Train JDNet (-SSIM, Adam, 64x64 crops by default); run under torchrun for DDP."""
+    if channels % 2:
+        fail("--channels must be even (the self-calibrated convolution splits the channels in two)")
+    cfg = TrainConfig(
+        out_dir=str(out), data=str(data) if data else None, clean=str(clean) if clean else None,
+        steps=steps, batch_size=batch_size, patch_size=patch_size, lr=lr, loss=loss, flips=flips,
+        rotations=rotations, seed=seed, channels=channels, num_units=units, save_every=save_every,
+        log_every=log_every, val=str(val) if val else None, val_every=val_every if val else 0,
+        val_limit=val_limit, device=device, threads=threads,
+    )
+    if not resume and (out / "checkpoint.pt").exists():
+        fail(f"{out / 'checkpoint.pt'} exists: pass --resume to continue it, or choose another --out")
+    console = err_console()
+    try:
+        trainer = Trainer(cfg)
+        lead = trainer.rank == 0
+        if resume:
+            changed = trainer.resume()
+            if lead:
+                console.print(f"resumed {trainer.checkpoint_path} at step {trainer.step}", markup=False)
+                if changed:
+                    console.print(f"note: options differ from the checkpoint's run: {', '.join(changed)}", markup=False)
+        if lead:
+            source = f"{len(trainer.data.images)} clean images + synthetic rain" if clean else f"{len(trainer.data.images)} pairs"
+            console.print(
+                f"training JDNet({channels} ch, {units} units) on {source} per process, {trainer.world} process(es), "
+                f"{trainer.device}, batch {batch_size}, patch {patch_size}, loss {loss}",
+                markup=False,
+            )
+        stop = {"requested": False}
+        previous = signal.getsignal(signal.SIGINT)
+
+        def on_sigint(*_) -> None:
+            stop["requested"] = True
+            signal.signal(signal.SIGINT, previous)  # a second Ctrl-C interrupts at once
+
+        if trainer.world == 1:
+            # Finish the current step, checkpoint, then exit: a DDP job is left to torchrun's own handling,
+            # since ranks stopping at different steps would hang in the next all-reduce.
+            signal.signal(signal.SIGINT, on_sigint)
+        try:
+            _run(trainer, console, lead, lambda: stop["requested"])
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if stop["requested"]:
+            console.print(f"interrupted at step {trainer.step}; checkpoint saved, continue with --resume", markup=False)
+            trainer.close()
+            raise typer.Exit(130)
+        dest = trainer.export(export)
+        if lead:
+            console.print(f"done: {trainer.step} steps in {trainer.elapsed:.1f}s; weights: {dest}", markup=False)
+        trainer.close()
+    except JDNetError as err:
+        fail(str(err))
+
+
+def _run(trainer: Trainer, console, lead: bool, should_stop) -> None:
+    """The loop with a rich progress bar on a terminal, plain log lines otherwise (rank 0 only)."""
+    if not lead:
+        trainer.run(should_stop)
+        return
+    if not interactive():
+        trainer.on_log = lambda rec: console.print(_log_line(rec), markup=False)
+        trainer.run(should_stop)
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+        TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[speed]}  {task.fields[val]}"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        console=console,
+    )
+    with progress:
+        task = progress.add_task("train", total=trainer.cfg.steps, completed=trainer.step, loss="-", lr="-", speed="", val="")
+
+        def on_log(rec: dict) -> None:
+            if "val" in rec:
+                v = rec["val"]
+                progress.update(task, val=f"val {v['psnr_y']:.2f} dB / {v['ssim_y']:.4f}")
+            else:
+                progress.update(task, loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2g}", speed=f"{rec['it_s']:.2f} it/s")
+
+        trainer.on_log = on_log
+        trainer.run(should_stop, on_step=lambda step: progress.update(task, completed=step))

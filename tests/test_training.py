@@ -1,0 +1,229 @@
+"""Training: exact resume, schedule, losses, checkpoints, validation, export, the CLI and DDP on gloo."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from jdnet_cli.checkpoint import load_model
+from jdnet_cli.errors import JDNetError
+from jdnet_cli.metrics import ssim, ssim_torch
+from jdnet_cli.training import TrainConfig, Trainer, loss_fn
+
+from .conftest import REPO, write_png
+
+# 4 channels, 1 unit, 16x16 patches: a step costs milliseconds, yet every code path runs.
+TINY = dict(batch_size=2, patch_size=16, channels=4, num_units=1, threads=1, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def paired(tmp_path_factory) -> Path:
+    """Three 24x28 rain/norain pairs."""
+    root = tmp_path_factory.mktemp("paired")
+    for i in range(3):
+        write_png(root / "norain" / f"norain-{i}.png", 24, 28, seed=i)
+        write_png(root / "rain" / f"rain-{i}.png", 24, 28, seed=10 + i)
+    return root
+
+
+def _cfg(out: Path, data: Path, **kw) -> TrainConfig:
+    return TrainConfig(out_dir=str(out), data=str(data), **{**TINY, "steps": 6, "save_every": 100, "log_every": 1, **kw})
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_resume_continues_bit_exactly(tmp_path, paired):
+    kw = dict(loss="l1+ssim", flips=True, rotations=True, seed=3)
+    straight = Trainer(_cfg(tmp_path / "a", paired, **kw))
+    straight.run()
+    first = Trainer(_cfg(tmp_path / "b", paired, **kw))
+    first.run(should_stop=lambda: first.step >= 4)  # past the first lr milestone (step 3)
+    assert torch.load(first.checkpoint_path, weights_only=True)["step"] == 4
+    second = Trainer(_cfg(tmp_path / "b", paired, **kw))
+    assert second.resume() == []
+    assert second.step == 4
+    second.run()
+    assert second.step == straight.step == 6
+    for (name, a), (_, b) in zip(straight.model.state_dict().items(), second.model.state_dict().items()):
+        assert torch.equal(a, b), name  # parameters and BN statistics
+    assert straight.opt.param_groups[0]["lr"] == second.opt.param_groups[0]["lr"]
+    sa, sb = straight.opt.state_dict()["state"], second.opt.state_dict()["state"]
+    assert all(torch.equal(sa[k]["exp_avg_sq"], sb[k]["exp_avg_sq"]) for k in sa)
+    losses_a = [r["loss"] for r in _log(tmp_path / "a")]
+    losses_b = [r["loss"] for r in _log(tmp_path / "b")]
+    assert losses_a == losses_b  # the log continues where it stopped, with the same losses
+
+
+def test_a_different_seed_trains_differently(tmp_path, paired):
+    a = Trainer(_cfg(tmp_path / "a", paired, steps=1, seed=0))
+    b = Trainer(_cfg(tmp_path / "b", paired, steps=1, seed=1))
+    assert not torch.equal(a.model.enterBlock[0].weight, b.model.enterBlock[0].weight)
+
+
+def test_lr_decays_tenfold_at_60_and_80_percent(tmp_path, paired):
+    Trainer(_cfg(tmp_path, paired, steps=10)).run()
+    lrs = [r["lr"] for r in _log(tmp_path)]  # lr in force after each step
+    assert lrs == pytest.approx([5e-4] * 5 + [5e-5] * 2 + [5e-6] * 3, rel=1e-9)
+
+
+def test_checkpoints_are_periodic_and_atomic(tmp_path, paired):
+    trainer = Trainer(_cfg(tmp_path, paired, steps=5, save_every=2))
+    seen = {}
+
+    def on_step(step: int) -> None:
+        path = trainer.checkpoint_path
+        seen[step] = torch.load(path, weights_only=True)["step"] if path.exists() else None
+
+    trainer.run(on_step=on_step)
+    assert seen == {1: None, 2: None, 3: 2, 4: 2, 5: 4}
+    ckpt = torch.load(trainer.checkpoint_path, weights_only=True)
+    assert ckpt["step"] == 5 and ckpt["world_size"] == 1 and ckpt["config"]["steps"] == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "train_log.jsonl"]  # no temp files left
+
+
+def test_resume_reports_changed_options_and_refuses_other_architectures(tmp_path, paired):
+    Trainer(_cfg(tmp_path, paired, steps=2)).run()
+    changed = Trainer(_cfg(tmp_path, paired, steps=4, lr=1e-3, log_every=5)).resume()
+    assert changed == ["lr", "steps"]
+    with pytest.raises(JDNetError, match="checkpoint is a 4-channel, 1-unit model; this run asks for 6 channels, 1 units"):
+        Trainer(_cfg(tmp_path, paired, channels=6)).resume()
+    with pytest.raises(JDNetError, match="no checkpoint to resume from"):
+        Trainer(_cfg(tmp_path / "new", paired)).resume()
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(JDNetError, match="junk.pt: not a jdnet training checkpoint"):
+        Trainer(_cfg(tmp_path, paired)).resume(tmp_path / "junk.pt")
+
+
+def test_validation_is_logged_every_n_steps(tmp_path, paired):
+    trainer = Trainer(_cfg(tmp_path, paired, steps=4, val=str(paired), val_every=2, val_limit=2))
+    trainer.run()
+    vals = [r for r in _log(tmp_path) if "val" in r]
+    assert [r["step"] for r in vals] == [2, 4]
+    assert vals[-1]["val"] == trainer.validate()
+    assert 0 < vals[-1]["val"]["ssim_y"] < 1 and 5 < vals[-1]["val"]["psnr_y"] < 60
+
+
+def test_export_writes_loadable_weights_with_metadata(tmp_path, paired):
+    trainer = Trainer(_cfg(tmp_path, paired, steps=2, loss="mse"))
+    trainer.run()
+    dest = trainer.export()
+    assert dest == tmp_path / "jdnet.pt"
+    model, meta = load_model(dest)
+    assert meta["arch"] == {"channels": 4, "num_units": 1}
+    assert meta["steps_done"] == 2 and meta["world_size"] == 1
+    assert meta["training"]["loss"] == "mse" and meta["training"]["patch_size"] == 16
+    x = torch.rand(1, 3, 16, 16)
+    trainer.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), trainer.model(x), atol=5e-3, rtol=0)  # fp16 weights
+
+
+def test_losses():
+    a = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    b = (a + 0.1).clamp(0, 1)
+    assert loss_fn("ssim")(a, a).item() == pytest.approx(-1.0, abs=1e-6)
+    assert loss_fn("l1")(a, b).item() == pytest.approx((a - b).abs().mean().item())
+    assert loss_fn("mse")(a, b).item() == pytest.approx(((a - b) ** 2).mean().item())
+    expected = (a - b).abs().mean().item() + 1 - ssim_torch(a, b).item()
+    assert loss_fn("l1+ssim")(a, b).item() == pytest.approx(expected)
+    with pytest.raises(JDNetError, match="unknown loss 'l2'"):
+        loss_fn("l2")
+
+
+def test_ssim_loss_matches_the_metric_gaussian_11_sigma_1_5():
+    rng = np.random.default_rng(0)
+    a = rng.random((20, 24))
+    b = np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1)
+    ta, tb = (torch.from_numpy(x)[None, None] for x in (a, b))
+    assert ssim_torch(ta, tb).item() == pytest.approx(ssim(a * 255, b * 255), abs=1e-12)
+
+
+def test_trainer_needs_exactly_one_data_source(tmp_path, paired):
+    with pytest.raises(JDNetError, match="exactly one of"):
+        Trainer(TrainConfig(out_dir=str(tmp_path), data=str(paired), clean=str(paired), **TINY))
+    with pytest.raises(JDNetError, match="exactly one of"):
+        Trainer(TrainConfig(out_dir=str(tmp_path), **TINY))
+
+
+def test_synthetic_rain_training_runs(tmp_path):
+    for i in range(2):
+        write_png(tmp_path / "clean" / f"{i}.jpg", 40, 40, seed=i)
+    trainer = Trainer(TrainConfig(out_dir=str(tmp_path / "run"), clean=str(tmp_path / "clean"), steps=2, log_every=1, **TINY))
+    trainer.run()
+    assert [r["step"] for r in _log(tmp_path / "run")] == [1, 2]
+
+
+# -- the command ------------------------------------------------------------------------------------
+def _cli(*args: str):
+    from typer.testing import CliRunner
+
+    from jdnet_cli.cli.app import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+CLI_TINY = ["--batch-size", "2", "--patch-size", "16", "--channels", "4", "--units", "1", "--device", "cpu", "--threads", "1"]
+
+
+def test_cli_train_writes_log_checkpoint_and_weights_then_resumes(tmp_path, paired):
+    out = tmp_path / "run"
+    res = _cli("train", str(paired), "--out", str(out), "--steps", "2", "--log-every", "1", *CLI_TINY)
+    assert res.exit_code == 0, res.output
+    assert "training JDNet(4 ch, 1 units) on 3 pairs" in res.output
+    assert "step 2: loss" in res.output and f"weights: {out / 'jdnet.pt'}" in res.output
+    assert [r["step"] for r in _log(out)] == [1, 2]
+    assert load_model(out / "jdnet.pt")[1]["steps_done"] == 2
+
+    again = _cli("train", str(paired), "--out", str(out), "--steps", "2", *CLI_TINY)
+    assert again.exit_code == 2
+    assert "checkpoint.pt exists: pass --resume" in again.output
+
+    more = _cli("train", str(paired), "--out", str(out), "--steps", "3", "--log-every", "1", "--resume", *CLI_TINY)
+    assert more.exit_code == 0, more.output
+    assert "resumed" in more.output and "at step 2" in more.output
+    assert "options differ from the checkpoint's run: steps" in more.output
+    assert [r["step"] for r in _log(out)] == [1, 2, 3]
+
+
+def test_cli_train_errors_are_one_line(tmp_path):
+    (tmp_path / "photos").mkdir()
+    write_png(tmp_path / "photos" / "a.png", 20, 10)
+    res = _cli("train", str(tmp_path / "photos"), "--out", str(tmp_path / "run"), *CLI_TINY)
+    assert res.exit_code == 2
+    assert res.output.startswith(f"error: {tmp_path / 'photos'}: unknown dataset layout; understood layouts:")
+    assert res.output.count("\n") == 1
+    res = _cli("train", "--out", str(tmp_path / "run"), *CLI_TINY)
+    assert res.exit_code == 2 and "exactly one of a paired dataset (DATA) or --clean DIR" in res.output
+    res = _cli("train", str(tmp_path), "--out", str(tmp_path / "run"), "--loss", "l2", *CLI_TINY)
+    assert res.exit_code == 2 and "unknown loss 'l2'" in res.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_torchrun_ddp_on_gloo_two_processes(tmp_path, paired):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "jdnet_cli", "train", str(paired), "--out", str(out), "--steps", "3", "--log-every", "1",
+        "--save-every", "2", *CLI_TINY,
+    ]
+    res = subprocess.run(cmd, capture_output=True, env=env, timeout=300)
+    err = res.stderr.decode()
+    assert res.returncode == 0, err
+    assert err.count("training JDNet(4 ch, 1 units) on 2 pairs per process, 2 process(es)") == 1  # rank 0 only
+    assert [r["step"] for r in _log(out)] == [1, 2, 3]  # one log, written once per step
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == 3 and ckpt["world_size"] == 2
+    r0, r1 = ckpt["rank_rngs"]
+    assert r0["numpy"] != r1["numpy"]  # each rank samples its own patches
+    _, meta = load_model(out / "jdnet.pt")
+    assert meta["world_size"] == 2 and meta["steps_done"] == 3
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "jdnet.pt", "train_log.jsonl"]
