@@ -5,6 +5,7 @@ import sys
 
 import typer
 
+from .benchmark import benchmark_app
 from .derain import derain
 
 app = typer.Typer(
@@ -22,6 +23,7 @@ def _root() -> None:
 
 
 app.command("derain")(derain)
+app.add_typer(benchmark_app, name="benchmark")
 
 
 def main() -> None:
