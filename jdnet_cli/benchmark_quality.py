@@ -78,7 +78,7 @@ def _pair_label(pair: Pair, root: Path) -> str:
     try:
         return pair.rainy.relative_to(root).as_posix()
     except ValueError:
-        return str(pair.rainy)
+        return pair.rainy.name  # never an absolute path: labels become paths under --save-outputs
 
 
 def _check_crop(shape: tuple[int, ...], crop_border: int, what: str) -> None:

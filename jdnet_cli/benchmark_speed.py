@@ -14,11 +14,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from .derainer import Derainer
+from .devices import resolve_device
 from .errors import JDNetError
 
 DEFAULT_SIZES: tuple[tuple[int, int], ...] = ((481, 321), (1280, 720), (1920, 1080))
@@ -210,12 +212,12 @@ def measure_in_fresh_process(cfg: SpeedConfig) -> SpeedResult:
     return SpeedResult(**json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
-def run_speed(configs: list[SpeedConfig], isolate: bool | None = None, on_result=None) -> list[SpeedResult]:
+def run_speed(
+    configs: list[SpeedConfig], isolate: bool | None = None, on_result: Callable[[SpeedResult], None] | None = None
+) -> list[SpeedResult]:
     """Measure each configuration; on the CPU each in a fresh process unless ``isolate`` is False."""
     results = []
     for cfg in configs:
-        from .devices import resolve_device
-
         on_cpu = resolve_device(cfg.device).type == "cpu"
         if isolate if isolate is not None else on_cpu:
             res = measure_in_fresh_process(cfg)

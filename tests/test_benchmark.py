@@ -176,3 +176,16 @@ def test_speed_usage_errors():
         res = _cli("benchmark", "speed", "--units", "1", "--channels", "8", "--runs", "1", "--in-process", "--size", "16x16", *args)
         assert res.exit_code == 2, res.output
         assert message in res.stderr, res.stderr
+
+
+def test_quality_without_weights_names_the_alternatives(monkeypatch, paired):
+    from jdnet_cli.cli import benchmark
+    from jdnet_cli.errors import JDNetError
+
+    def no_weights():
+        raise JDNetError("no shipped weights found in this install; pass --weights PATH")
+
+    monkeypatch.setattr(benchmark, "default_weights_path", no_weights)
+    res = _cli("benchmark", "quality", str(paired))
+    assert res.exit_code == 2
+    assert res.stderr.strip() == "error: no shipped weights in this install; pass --weights PATH, or --input-only to score the rainy inputs alone"

@@ -37,6 +37,13 @@ def _table_console() -> Console:
     return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
+def _shipped_weights() -> Path:
+    try:
+        return default_weights_path()
+    except JDNetError:
+        raise JDNetError("no shipped weights in this install; pass --weights PATH, or --input-only to score the rainy inputs alone") from None
+
+
 def _fmt(key: str, value: float) -> str:
     if not math.isfinite(value):
         return str(value)
@@ -64,7 +71,7 @@ def quality(
         fail("--input-only produces no outputs to save; drop --save-outputs")
     try:
         data = load_datasets(datasets)
-        weight_paths = list(weights) if weights else ([] if input_only else [default_weights_path()])
+        weight_paths = list(weights) if weights else ([] if input_only else [_shipped_weights()])
         tile_arg = int(tile) if tile.isdigit() else tile
         models = {
             name: Derainer(weights=w, device=device, precision=precision, tile=tile_arg)
