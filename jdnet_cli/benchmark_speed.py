@@ -60,6 +60,7 @@ class SpeedResult:
     min_ms: float
     max_ms: float
     iqr_ms: float
+    cpu_time_ms: float
     megapixels_per_s: float
     frames_per_s: float
     peak_memory_mb: float
@@ -151,11 +152,13 @@ def measure(cfg: SpeedConfig, isolated: bool = False) -> SpeedResult:
             step()
         _sync(dev)
         times = []
+        cpu0 = time.process_time()
         for _ in range(runs):
             t0 = time.perf_counter()
             step()
             _sync(dev)
             times.append(time.perf_counter() - t0)
+        cpu_total = time.process_time() - cpu0
     except torch.OutOfMemoryError:
         raise JDNetError(f"{w}x{h} batch {cfg.batch}: out of memory on {derainer.device_description}; try --tile or a smaller --batch") from None
     if dev.type == "cuda":
@@ -178,6 +181,8 @@ def measure(cfg: SpeedConfig, isolated: bool = False) -> SpeedResult:
         min_ms=min(per_image),
         max_ms=max(per_image),
         iqr_ms=float(q[1] - q[0]),
+        # CPU seconds of all threads per image: on a shared machine this moves less than wall time.
+        cpu_time_ms=cpu_total / (runs * cfg.batch) * 1000,
         megapixels_per_s=w * h / 1e6 / (median / 1000),
         frames_per_s=1000 / median,
         peak_memory_mb=peak,

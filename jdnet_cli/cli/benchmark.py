@@ -164,12 +164,12 @@ def speed(
     model = first.model
     what = f"weights {model['weights']}" if model["weights"] else f"random JDNet ({model['channels']} ch, {model['units']} units)"
     table = Table(title=f"Inference speed: {what}; {first.device_name}, torch {first.torch}, {first.threads} threads")
-    for col in ("size", "precision", "batch", "tile", "median ms/img", "min-max ms", "MP/s", "img/s", "peak MB"):
+    for col in ("size", "precision", "batch", "tile", "median ms/img", "min-max ms", "CPU ms/img", "MP/s", "img/s", "peak MB"):
         table.add_column(col, justify="left" if col in ("size", "precision") else "right")
     for r in results:
         table.add_row(
             f"{r.size[0]}x{r.size[1]}", r.precision, str(r.batch), r.tile, f"{r.median_ms:.1f}",
-            f"{r.min_ms:.1f}-{r.max_ms:.1f}", f"{r.megapixels_per_s:.3f}", f"{r.frames_per_s:.3f}", f"{r.peak_memory_mb:.0f}",
+            f"{r.min_ms:.1f}-{r.max_ms:.1f}", f"{r.cpu_time_ms:.0f}", f"{r.megapixels_per_s:.3f}", f"{r.frames_per_s:.3f}", f"{r.peak_memory_mb:.0f}",
         )
     _table_console().print(table)
     console.print(f"{first.runs} timed runs after {first.warmup} warm-up; peak memory: {first.memory_measure}", markup=False)
