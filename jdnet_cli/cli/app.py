@@ -5,6 +5,7 @@ import sys
 
 import typer
 
+from .benchmark import benchmark_app
 from .derain import derain
 from .rain import rain
 from .train import train
@@ -26,6 +27,7 @@ def _root() -> None:
 app.command("derain")(derain)
 app.command("train")(train)
 app.command("rain")(rain)
+app.add_typer(benchmark_app, name="benchmark")
 
 
 def main() -> None:
