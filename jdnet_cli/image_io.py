@@ -10,6 +10,7 @@ import numpy as np
 from .atomic import atomic_path
 from .errors import JDNetError
 from .image_headers import check_complete, describe_unsupported, header_size, sniff_format
+from .native_stderr import capture_native_stderr
 from .image_metadata import Metadata, apply_orientation, embed_metadata, exif_orientation, read_metadata, reset_orientation
 
 # OpenCV logs decoder warnings to stderr on its own; we report each bad file in one line instead.
@@ -58,9 +59,15 @@ def decode_image(data: bytes, name: str = "<image>", max_pixels: int = DEFAULT_M
         raise JDNetError(f"{name}: {err}") from None
     meta = read_metadata(data, fmt)
     buf = np.frombuffer(data, np.uint8)
-    arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    with capture_native_stderr() as captured:
+        arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    library_says = _first_line("".join(captured))
+    kind = fmt[1:].upper()
     if arr is None:
-        raise JDNetError(f"{name}: corrupt or unsupported {fmt[1:].upper()} data")
+        raise JDNetError(f"{name}: corrupt or unsupported {kind} data" + (f" ({library_says})" if library_says else ""))
+    # libjpeg only warns on damaged scan data and fills the rest with grey: treat it as the error it is.
+    if fmt == ".jpg" and ("Corrupt JPEG" in library_says or "Premature end" in library_says):
+        raise JDNetError(f"{name}: corrupt JPEG data ({library_says})")
     orientation = exif_orientation(meta.exif)
     if orientation != 1:
         arr = apply_orientation(arr, orientation)
@@ -68,6 +75,11 @@ def decode_image(data: bytes, name: str = "<image>", max_pixels: int = DEFAULT_M
     img = _from_array(arr, name, max_pixels)
     img.metadata, img.format = meta, fmt
     return img
+
+
+def _first_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[0][:200] if lines else ""
 
 
 def _from_array(arr: np.ndarray, name: str, max_pixels: int) -> Image:

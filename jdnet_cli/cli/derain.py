@@ -17,6 +17,7 @@ from ..devices import parse_device_list
 from ..errors import JDNetError
 from ..image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, read_bytes
 from ..image_pipeline import derain_bytes, derain_file
+from ..native_stderr import stderr_lock
 from .console import err_console, fail, interactive, make_progress
 from .interrupts import GracefulStop
 
@@ -156,7 +157,8 @@ class _Reporter:
 
     def say(self, message: str) -> None:
         """A human message on stderr (kept even with --quiet: it explains an interrupt)."""
-        self.console.print(message, markup=False)
+        with stderr_lock:
+            self.console.print(message, markup=False)
 
     def _emit(self, obj: dict) -> None:
         sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
