@@ -1,6 +1,7 @@
 """Reading and writing still images as float RGB arrays, with formats, bit depth and atomic writes."""
 from __future__ import annotations
 
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,8 +11,8 @@ import numpy as np
 from .atomic import atomic_path
 from .errors import JDNetError
 from .image_headers import check_complete, describe_unsupported, header_size, sniff_format
-from .native_stderr import capture_native_stderr
 from .image_metadata import Metadata, apply_orientation, embed_metadata, exif_orientation, read_metadata, reset_orientation
+from .native_stderr import capture_native_stderr
 
 # OpenCV logs decoder warnings to stderr on its own; we report each bad file in one line instead.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
@@ -114,6 +115,9 @@ def read_bytes(path: str | Path) -> bytes:
     """The bytes of a file; raise JDNetError naming the file on any problem."""
     path = Path(path)
     try:
+        # A FIFO or device with an image name would block or never end.
+        if path.exists() and not path.is_dir() and not stat.S_ISREG(path.stat().st_mode):
+            raise JDNetError(f"{path}: not a regular file")
         return path.read_bytes()
     except FileNotFoundError:
         raise JDNetError(f"{path}: no such file") from None

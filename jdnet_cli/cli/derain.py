@@ -133,6 +133,8 @@ def _plan(inputs: list[str], output: str, ext: Optional[str], json_events: bool)
         raise JDNetError("--json writes events to stdout, so OUTPUT cannot be - (stdout)")
     normalize_ext(ext)
     src = STDIO if stdin_in else Path(inputs[0])
+    if stdout_out and src != STDIO and src.is_dir():
+        raise JDNetError(f"{src}: writing to - (stdout) takes one image file, not a directory")
     if stdout_out:
         return [Job(src, STDIO)]
     dest = Path(output)
