@@ -4,8 +4,24 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable, Iterator
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Read once at import: os.umask() can only be read by setting it, which races with worker threads.
+_UMASK = _current_umask()
+
+# Temp files being written right now, so an abandoned run (second Ctrl-C while worker threads are
+# mid-file) can delete them before exiting; the context manager cleans up its own otherwise.
+_in_flight: set[Path] = set()
+_in_flight_lock = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -16,19 +32,33 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
     # Same directory so the rename never crosses a filesystem; the real suffix so encoders that
     # pick a format from the name still work.
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part" + (suffix or dest.suffix), dir=dest.parent)
-    os.close(fd)
     # mkstemp makes 0600 files; give the output the permissions a plain open() would (umask).
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    os.fchmod(fd, 0o666 & ~_UMASK)
     tmp_path = Path(tmp)
+    with _in_flight_lock:
+        _in_flight.add(tmp_path)
     try:
+        os.close(fd)
         yield tmp_path
         os.replace(tmp_path, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+    finally:
+        with _in_flight_lock:
+            _in_flight.discard(tmp_path)
+
+
+def remove_in_flight() -> int:
+    """Delete every temp file still being written (for abandoning a run); returns how many."""
+    with _in_flight_lock:
+        paths = list(_in_flight)
+        _in_flight.clear()
+    for path in paths:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    return len(paths)
 
 
 def atomic_write_bytes(dest: str | os.PathLike, data: bytes) -> None:

@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import glob
 import os
+import queue
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 from .errors import JDNetError
 from .image_io import IMAGE_EXTENSIONS, is_image_path
 
 GLOB_CHARS = set("*?[")
+STDIO = Path("-")  # stdin as an input, stdout as an output
 
 
 @dataclass(frozen=True)
@@ -33,8 +36,15 @@ class Result:
     ms: float = 0.0
     error: str | None = None
 
+    def as_event(self) -> dict:
+        """The ``--json`` event: input, output, status, ms, error."""
+        event = asdict(self)
+        event["ms"] = round(self.ms, 1)
+        return event
 
-def _normalize_ext(ext: str | None) -> str | None:
+
+def normalize_ext(ext: str | None) -> str | None:
+    """'webp' / '.WEBP' -> '.webp'; None stays None; raise JDNetError for formats we cannot write."""
     if not ext:
         return None
     ext = ext.lower()
@@ -61,7 +71,7 @@ def plan_jobs(inputs: Iterable[str], output: str, ext: str | None = None) -> lis
     inputs = list(inputs)
     if not inputs:
         raise JDNetError("no inputs given")
-    ext = _normalize_ext(ext)
+    ext = normalize_ext(ext)
     out = Path(output)
     out_resolved = out.resolve()
     single_file = (
@@ -115,9 +125,30 @@ def plan_jobs(inputs: Iterable[str], output: str, ext: str | None = None) -> lis
 
 def _guard(job: Job, inputs: set[Path]) -> Job:
     """Turn a job whose output is an input file into a failed job: we never overwrite inputs."""
-    if job.output is not None and job.output.resolve() in inputs:
+    if job.output is None:
+        return job
+    refuse = job.output.resolve() in inputs
+    # A hard link or bind mount reaches the same file under another name.
+    if not refuse and job.output.exists():
+        try:
+            refuse = os.path.samefile(job.output, job.input)
+        except OSError:
+            pass
+    if refuse:
         return Job(job.input, None, f"refusing to overwrite the input file {job.output}")
     return job
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """'K/N' -> (K, N) with 0 <= K < N; raise JDNetError on anything else."""
+    try:
+        k_text, n_text = spec.split("/")
+        k, n = int(k_text), int(n_text)
+    except ValueError:
+        raise JDNetError(f"--shard {spec!r}: expected K/N, e.g. 0/4") from None
+    if n < 1 or not 0 <= k < n:
+        raise JDNetError(f"--shard {spec}: need 0 <= K < N")
+    return k, n
 
 
 def shard(jobs: list[Job], k: int, n: int) -> list[Job]:
@@ -128,31 +159,89 @@ def shard(jobs: list[Job], k: int, n: int) -> list[Job]:
     return ordered[k::n]
 
 
+def run_one(job: Job, process: Callable[[Path, Path], None], skip_existing: bool = False) -> Result:
+    """Run one job; JDNetError/OSError become a failed Result, anything else propagates."""
+    t0 = time.perf_counter()
+    if job.output is None:
+        return Result(str(job.input), None, "failed", 0.0, job.error)
+    if skip_existing and job.output != STDIO and job.output.exists():
+        return Result(str(job.input), str(job.output), "skipped")
+    try:
+        process(job.input, job.output)
+        return Result(str(job.input), str(job.output), "ok", (time.perf_counter() - t0) * 1000)
+    except JDNetError as err:
+        return Result(str(job.input), str(job.output), "failed", (time.perf_counter() - t0) * 1000, _strip_name(str(err), job.input))
+    except OSError as err:
+        return Result(str(job.input), str(job.output), "failed", (time.perf_counter() - t0) * 1000, err.strerror or str(err))
+
+
 def run_jobs(
     jobs: list[Job],
     process: Callable[[Path, Path], None],
     skip_existing: bool = False,
     on_result: Callable[[Result], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> list[Result]:
-    """Run ``process(input, output)`` for each job; JDNetError/OSError fail that file only."""
+    """Run ``process(input, output)`` for each job in order; stop starting new jobs once ``stop`` is set."""
     results = []
     for job in jobs:
-        t0 = time.perf_counter()
-        if job.output is None:
-            res = Result(str(job.input), None, "failed", 0.0, job.error)
-        elif skip_existing and job.output.exists():
-            res = Result(str(job.input), str(job.output), "skipped")
-        else:
-            try:
-                process(job.input, job.output)
-                res = Result(str(job.input), str(job.output), "ok", (time.perf_counter() - t0) * 1000)
-            except JDNetError as err:
-                res = Result(str(job.input), str(job.output), "failed", (time.perf_counter() - t0) * 1000, _strip_name(str(err), job.input))
-            except OSError as err:
-                res = Result(str(job.input), str(job.output), "failed", (time.perf_counter() - t0) * 1000, err.strerror or str(err))
+        if stop is not None and stop.is_set():
+            break
+        res = run_one(job, process, skip_existing)
         results.append(res)
         if on_result:
             on_result(res)
+    return results
+
+
+def run_jobs_on_workers(
+    jobs: list[Job],
+    processes: Sequence[Callable[[Path, Path], None]],
+    skip_existing: bool = False,
+    on_result: Callable[[Result], None] | None = None,
+    stop: threading.Event | None = None,
+) -> list[Result]:
+    """Run jobs on one thread per ``processes`` entry (e.g. one per GPU), pulling from a shared queue.
+
+    Workers take the next job as they free up, so fast and slow devices stay busy. ``on_result`` is
+    called on the calling thread (in completion order), so reporting needs no locking. Once
+    ``stop`` is set, workers finish their current file and take no more.
+    """
+    if len(processes) <= 1:
+        return run_jobs(jobs, processes[0], skip_existing, on_result, stop)
+    stop = stop or threading.Event()
+    todo: queue.Queue[Job] = queue.Queue()
+    for job in jobs:
+        todo.put(job)
+    done: queue.Queue[Result | BaseException] = queue.Queue()
+
+    def worker(process: Callable[[Path, Path], None]) -> None:
+        while not stop.is_set():
+            try:
+                job = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                done.put(run_one(job, process, skip_existing))
+            except BaseException as err:  # an unexpected bug: hand it to the caller, stop the rest
+                stop.set()
+                done.put(err)
+                return
+
+    threads = [threading.Thread(target=worker, args=(p,), daemon=True, name=f"derain-{i}") for i, p in enumerate(processes)]
+    for t in threads:
+        t.start()
+    results: list[Result] = []
+    while any(t.is_alive() for t in threads) or not done.empty():
+        try:
+            item = done.get(timeout=0.05)
+        except queue.Empty:
+            continue
+        if isinstance(item, BaseException):
+            raise item
+        results.append(item)
+        if on_result:
+            on_result(item)
     return results
 
 

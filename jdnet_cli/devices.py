@@ -47,3 +47,11 @@ def device_name(device: torch.device) -> str:
     import platform
 
     return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def parse_device_list(spec: str) -> list[str]:
+    """'0,1' -> ['cuda:0', 'cuda:1']; names such as 'cpu' or 'cuda:2' pass through."""
+    names = [part.strip().lower() for part in spec.split(",") if part.strip()]
+    if not names:
+        raise JDNetError(f"--devices {spec!r}: give a comma-separated list, e.g. 0,1 or cpu")
+    return [f"cuda:{name}" if name.isdigit() else name for name in names]

@@ -1,6 +1,7 @@
 """Reading and writing still images as float RGB arrays, with formats, bit depth and atomic writes."""
 from __future__ import annotations
 
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,6 +10,12 @@ import numpy as np
 
 from .atomic import atomic_path
 from .errors import JDNetError
+from .image_headers import check_complete, describe_unsupported, header_size, sniff_format
+from .image_metadata import Metadata, apply_orientation, embed_metadata, exif_orientation, read_metadata, reset_orientation
+from .native_stderr import capture_native_stderr
+
+# OpenCV logs decoder warnings to stderr on its own; we report each bad file in one line instead.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -23,6 +30,8 @@ class Image:
     alpha: np.ndarray | None = None  # untouched original alpha channel (native dtype)
     grayscale: bool = False
     extras: dict = field(default_factory=dict)
+    metadata: Metadata = field(default_factory=Metadata)  # EXIF (orientation already applied: 1) and ICC
+    format: str | None = None  # extension of the format the bytes were in, e.g. '.jpg'
 
 
 def is_image_path(path: Path) -> bool:
@@ -31,14 +40,47 @@ def is_image_path(path: Path) -> bool:
 
 
 def decode_image(data: bytes, name: str = "<image>", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image:
-    """Decode encoded image bytes into an :class:`Image`; raise JDNetError with a one-line reason."""
+    """Decode encoded image bytes into an upright :class:`Image`; raise JDNetError with a one-line reason.
+
+    The header's claimed size is checked against ``max_pixels`` before any pixel is decoded.
+    """
     if not data:
         raise JDNetError(f"{name}: empty file")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise JDNetError(f"{name}: {describe_unsupported(data)}")
+    size = header_size(data, fmt)
+    if size is None:
+        raise JDNetError(f"{name}: corrupt {fmt[1:].upper()} header")
+    if size[0] * size[1] > max_pixels:
+        raise JDNetError(f"{name}: {size[0]}x{size[1]} exceeds --max-pixels {max_pixels} (possible decompression bomb)")
+    try:
+        check_complete(data, fmt)
+    except JDNetError as err:
+        raise JDNetError(f"{name}: {err}") from None
+    meta = read_metadata(data, fmt)
     buf = np.frombuffer(data, np.uint8)
-    arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    with capture_native_stderr() as captured:
+        arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    library_says = _first_line("".join(captured))
+    kind = fmt[1:].upper()
     if arr is None:
-        raise JDNetError(f"{name}: not a readable image (unknown format or corrupt data)")
-    return _from_array(arr, name, max_pixels)
+        raise JDNetError(f"{name}: corrupt or unsupported {kind} data" + (f" ({library_says})" if library_says else ""))
+    # libjpeg only warns on damaged scan data and fills the rest with grey: treat it as the error it is.
+    if fmt == ".jpg" and ("Corrupt JPEG" in library_says or "Premature end" in library_says):
+        raise JDNetError(f"{name}: corrupt JPEG data ({library_says})")
+    orientation = exif_orientation(meta.exif)
+    if orientation != 1:
+        arr = apply_orientation(arr, orientation)
+        meta.exif = reset_orientation(meta.exif)
+    img = _from_array(arr, name, max_pixels)
+    img.metadata, img.format = meta, fmt
+    return img
+
+
+def _first_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[0][:200] if lines else ""
 
 
 def _from_array(arr: np.ndarray, name: str, max_pixels: int) -> Image:
@@ -69,11 +111,14 @@ def _from_array(arr: np.ndarray, name: str, max_pixels: int) -> Image:
     return Image(rgb=rgb, bit_depth=depth, alpha=alpha, grayscale=gray)
 
 
-def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image:
-    """Read an image file; raise JDNetError naming the file on any problem."""
+def read_bytes(path: str | Path) -> bytes:
+    """The bytes of a file; raise JDNetError naming the file on any problem."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        # A FIFO or device with an image name would block or never end.
+        if path.exists() and not path.is_dir() and not stat.S_ISREG(path.stat().st_mode):
+            raise JDNetError(f"{path}: not a regular file")
+        return path.read_bytes()
     except FileNotFoundError:
         raise JDNetError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -82,7 +127,11 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image:
         raise JDNetError(f"{path}: permission denied") from None
     except OSError as err:
         raise JDNetError(f"{path}: cannot read ({err.strerror or err})") from None
-    return decode_image(data, str(path), max_pixels)
+
+
+def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image:
+    """Read an image file; raise JDNetError naming the file on any problem."""
+    return decode_image(read_bytes(path), str(path), max_pixels)
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
@@ -137,7 +186,7 @@ def encode_image(img: Image, ext: str, quality: int = 95) -> bytes:
     ok, buf = cv2.imencode(ext, _to_array(img, ext), _encode_params(ext, quality))
     if not ok:
         raise JDNetError(f"could not encode image as {ext}")
-    return buf.tobytes()
+    return embed_metadata(buf.tobytes(), ".jpg" if ext == ".jpeg" else ext, img.metadata)
 
 
 def write_image(path: str | Path, img: Image, quality: int = 95) -> None:

@@ -5,7 +5,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .derainer import Derainer
-from .image_io import DEFAULT_MAX_PIXELS, Image, read_image, write_image
+from .image_io import DEFAULT_MAX_PIXELS, Image, decode_image, encode_image, read_image, write_image
 
 
 def derain_image(derainer: Derainer, img: Image) -> Image:
@@ -19,3 +19,11 @@ def derain_image(derainer: Derainer, img: Image) -> Image:
 def derain_file(derainer: Derainer, src: Path, dest: Path, max_pixels: int = DEFAULT_MAX_PIXELS, quality: int = 95) -> None:
     """Read ``src``, derain it, and write ``dest`` atomically."""
     write_image(dest, derain_image(derainer, read_image(src, max_pixels)), quality)
+
+
+def derain_bytes(
+    derainer: Derainer, data: bytes, ext: str | None = None, name: str = "-", max_pixels: int = DEFAULT_MAX_PIXELS, quality: int = 95
+) -> bytes:
+    """Derain encoded image bytes (format sniffed) and encode as ``ext`` (default: the input's format)."""
+    img = decode_image(data, name, max_pixels)
+    return encode_image(derain_image(derainer, img), ext or img.format or ".png", quality)

@@ -10,13 +10,14 @@ from jdnet_cli.atomic import atomic_path, atomic_write_bytes
 
 
 def test_written_file_has_umask_permissions(tmp_path):
-    old = os.umask(0o022)
-    try:
-        atomic_write_bytes(tmp_path / "a.bin", b"data")
-    finally:
-        os.umask(old)
+    from jdnet_cli import atomic
+
+    atomic_write_bytes(tmp_path / "a.bin", b"data")
     assert (tmp_path / "a.bin").read_bytes() == b"data"
-    assert stat.S_IMODE((tmp_path / "a.bin").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "a.bin").stat().st_mode) == 0o666 & ~atomic._UMASK
+    with open(tmp_path / "plain.bin", "wb"):
+        pass
+    assert stat.S_IMODE((tmp_path / "a.bin").stat().st_mode) == stat.S_IMODE((tmp_path / "plain.bin").stat().st_mode)
 
 
 def test_failure_leaves_old_file_and_no_temp(tmp_path):

@@ -1,0 +1,262 @@
+"""EXIF and ICC profiles: read them from encoded JPEG/PNG/WebP bytes, apply EXIF orientation, and
+splice them into the bytes OpenCV encodes (OpenCV itself drops all metadata).
+
+Byte-level segment copying is a few dozen lines per format, so it is done here instead of adding
+Pillow as a dependency. EXIF is kept as the raw TIFF structure and the ICC profile as raw bytes,
+so metadata moves between formats (e.g. JPEG in, PNG out). TIFF and BMP outputs carry none.
+"""
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .image_headers import header_size, jpeg_segments
+
+EXIF_HEADER = b"Exif\x00\x00"
+ICC_HEADER = b"ICC_PROFILE\x00"
+ORIENTATION_TAG = 0x0112
+_MAX_ICC = 16 * 1024 * 1024  # inflating a compressed iCCP must not become a zip bomb
+_JPEG_SEGMENT_MAX = 65533  # payload bytes after the 2-byte length
+
+
+@dataclass
+class Metadata:
+    """Raw EXIF (TIFF structure, no 'Exif' prefix) and ICC profile bytes; either may be None."""
+
+    exif: bytes | None = None
+    icc: bytes | None = None
+
+
+def read_metadata(data: bytes, fmt: str) -> Metadata:
+    """Extract EXIF and ICC from JPEG/PNG/WebP bytes; malformed metadata is ignored, not fatal."""
+    try:
+        if fmt == ".jpg":
+            return _read_jpeg(data)
+        if fmt == ".png":
+            return _read_png(data)
+        if fmt == ".webp":
+            return _read_webp(data)
+    except (struct.error, ValueError, IndexError, zlib.error):
+        pass
+    return Metadata()
+
+
+def embed_metadata(data: bytes, fmt: str, meta: Metadata) -> bytes:
+    """Return encoded bytes with ``meta`` spliced in where the format has a place for it."""
+    if meta.exif is None and meta.icc is None:
+        return data
+    if fmt in (".jpg", ".jpeg"):
+        return _embed_jpeg(data, meta)
+    if fmt == ".png":
+        return _embed_png(data, meta)
+    if fmt == ".webp":
+        return _embed_webp(data, meta)
+    return data
+
+
+# --- EXIF orientation -------------------------------------------------------------------------
+
+
+def _orientation_entry(exif: bytes) -> tuple[str, int] | None:
+    """(byte order, offset of the SHORT value) of the IFD0 orientation entry, if any."""
+    if len(exif) < 8 or exif[:2] not in (b"II", b"MM"):
+        return None
+    order = "<" if exif[:2] == b"II" else ">"
+    ifd = struct.unpack(order + "I", exif[4:8])[0]
+    count = struct.unpack(order + "H", exif[ifd : ifd + 2])[0]
+    for i in range(count):
+        entry = ifd + 2 + 12 * i
+        tag, typ = struct.unpack(order + "HH", exif[entry : entry + 4])
+        if tag == ORIENTATION_TAG and typ == 3:
+            return order, entry + 8
+    return None
+
+
+def exif_orientation(exif: bytes | None) -> int:
+    """The EXIF orientation (1..8); 1 when absent, unreadable or out of range."""
+    if not exif:
+        return 1
+    try:
+        found = _orientation_entry(exif)
+        if found is None:
+            return 1
+        order, offset = found
+        value = struct.unpack(order + "H", exif[offset : offset + 2])[0]
+    except (struct.error, IndexError):
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def reset_orientation(exif: bytes) -> bytes:
+    """EXIF with the orientation set to 1 (pixels already upright), everything else byte-identical."""
+    try:
+        found = _orientation_entry(exif)
+    except (struct.error, IndexError):
+        return exif
+    if found is None:
+        return exif
+    order, offset = found
+    out = bytearray(exif)
+    out[offset : offset + 2] = struct.pack(order + "H", 1)
+    return bytes(out)
+
+
+def apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Rotate/flip an H x W (x C) array so that it displays upright for an EXIF orientation."""
+    if orientation == 2:
+        arr = arr[:, ::-1]
+    elif orientation == 3:
+        arr = arr[::-1, ::-1]
+    elif orientation == 4:
+        arr = arr[::-1]
+    elif orientation == 5:
+        arr = arr.swapaxes(0, 1)
+    elif orientation == 6:
+        arr = arr.swapaxes(0, 1)[:, ::-1]
+    elif orientation == 7:
+        arr = arr.swapaxes(0, 1)[::-1, ::-1]
+    elif orientation == 8:
+        arr = arr.swapaxes(0, 1)[::-1]
+    return np.ascontiguousarray(arr)
+
+
+# --- JPEG -------------------------------------------------------------------------------------
+
+
+def _read_jpeg(data: bytes) -> Metadata:
+    exif = None
+    icc_parts: dict[int, bytes] = {}
+    for marker, start, end in jpeg_segments(data):
+        payload = data[start:end]
+        if marker == 0xE1 and exif is None and payload.startswith(EXIF_HEADER):
+            exif = payload[len(EXIF_HEADER) :]
+        elif marker == 0xE2 and payload.startswith(ICC_HEADER) and len(payload) > 14:
+            icc_parts[payload[12]] = payload[14:]
+    icc = b"".join(icc_parts[k] for k in sorted(icc_parts)) if icc_parts else None
+    return Metadata(exif or None, icc or None)
+
+
+def _jpeg_segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def _embed_jpeg(data: bytes, meta: Metadata) -> bytes:
+    # Keep SOI and a leading JFIF APP0 first, then our APP1/APP2, then the encoder's own segments.
+    pos = 2
+    if data[2:4] == b"\xff\xe0":
+        pos = 4 + struct.unpack(">H", data[4:6])[0]
+    extra = b""
+    if meta.exif and len(EXIF_HEADER) + len(meta.exif) <= _JPEG_SEGMENT_MAX:
+        extra += _jpeg_segment(0xE1, EXIF_HEADER + meta.exif)
+    if meta.icc:
+        chunk = _JPEG_SEGMENT_MAX - len(ICC_HEADER) - 2
+        parts = [meta.icc[i : i + chunk] for i in range(0, len(meta.icc), chunk)]
+        if len(parts) <= 255:
+            for i, part in enumerate(parts, 1):
+                extra += _jpeg_segment(0xE2, ICC_HEADER + bytes([i, len(parts)]) + part)
+    return data[:pos] + extra + data[pos:]
+
+
+# --- PNG --------------------------------------------------------------------------------------
+
+
+def _png_chunks(data: bytes):
+    pos = 8
+    while pos + 12 <= len(data):
+        length, ctype = struct.unpack(">I4s", data[pos : pos + 8])
+        yield ctype, data[pos + 8 : pos + 8 + length], data[pos : pos + 12 + length]
+        if ctype == b"IEND":
+            return
+        pos += 12 + length
+
+
+def _inflate_bounded(blob: bytes) -> bytes:
+    inflater = zlib.decompressobj()
+    out = inflater.decompress(blob, _MAX_ICC)
+    if inflater.unconsumed_tail:
+        raise ValueError("ICC profile too large")
+    return out
+
+
+def _read_png(data: bytes) -> Metadata:
+    meta = Metadata()
+    for ctype, body, _raw in _png_chunks(data):
+        if ctype == b"eXIf" and meta.exif is None:
+            meta.exif = body[len(EXIF_HEADER) :] if body.startswith(EXIF_HEADER) else body
+        elif ctype == b"iCCP" and meta.icc is None:
+            name_end = body.index(b"\x00")
+            meta.icc = _inflate_bounded(body[name_end + 2 :])
+        elif ctype == b"IDAT":
+            break
+    return meta
+
+
+def _png_chunk(ctype: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body) & 0xFFFFFFFF)
+
+
+def _embed_png(data: bytes, meta: Metadata) -> bytes:
+    out = [data[:8]]
+    for ctype, _body, raw in _png_chunks(data):
+        # An iCCP and an sRGB/iCCP of the encoder's own would contradict each other.
+        if meta.icc and ctype in (b"sRGB", b"iCCP"):
+            continue
+        if meta.exif and ctype == b"eXIf":
+            continue
+        out.append(raw)
+        if ctype == b"IHDR":
+            if meta.icc:
+                out.append(_png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(meta.icc, 9)))
+            if meta.exif:
+                out.append(_png_chunk(b"eXIf", meta.exif))
+    return b"".join(out)
+
+
+# --- WebP -------------------------------------------------------------------------------------
+
+
+def _webp_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    chunks, pos = [], 12
+    end = min(len(data), struct.unpack("<I", data[4:8])[0] + 8)
+    while pos + 8 <= end:
+        ctype, length = struct.unpack("<4sI", data[pos : pos + 8])
+        chunks.append((ctype, data[pos + 8 : pos + 8 + length]))
+        pos += 8 + length + (length & 1)
+    return chunks
+
+
+def _read_webp(data: bytes) -> Metadata:
+    meta = Metadata()
+    for ctype, body in _webp_chunks(data):
+        if ctype == b"EXIF":
+            meta.exif = body[len(EXIF_HEADER) :] if body.startswith(EXIF_HEADER) else body
+        elif ctype == b"ICCP":
+            meta.icc = body
+    return meta
+
+
+def _riff_chunk(ctype: bytes, body: bytes) -> bytes:
+    return ctype + struct.pack("<I", len(body)) + body + (b"\x00" if len(body) & 1 else b"")
+
+
+def _embed_webp(data: bytes, meta: Metadata) -> bytes:
+    size = header_size(data, ".webp")
+    if size is None:
+        return data
+    chunks = [(t, b) for t, b in _webp_chunks(data) if t not in (b"VP8X", b"ICCP", b"EXIF")]
+    has_alpha = any(t == b"ALPH" for t, _ in chunks) or any(
+        t == b"VP8L" and len(b) > 4 and (int.from_bytes(b[1:5], "little") >> 28) & 1 for t, b in chunks
+    )
+    flags = (0x20 if meta.icc else 0) | (0x10 if has_alpha else 0) | (0x08 if meta.exif else 0)
+    width, height = size
+    vp8x = bytes([flags, 0, 0, 0]) + (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    body = _riff_chunk(b"VP8X", vp8x)
+    if meta.icc:
+        body += _riff_chunk(b"ICCP", meta.icc)
+    body += b"".join(_riff_chunk(t, b) for t, b in chunks)
+    if meta.exif:
+        body += _riff_chunk(b"EXIF", meta.exif)
+    return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body
