@@ -49,11 +49,13 @@ def test_banded_backward_passes_gradcheck(monkeypatch):
     # Two bands of two rows over a batch of two; fast mode checks random projections of the
     # Jacobian, which keeps this to seconds (the full Jacobian is compared below, vs autograd).
     monkeypatch.setattr(attention_banded, "BAND_PIXELS", 20)
+    monkeypatch.setattr(attention_banded, "BACKWARD_BAND_PIXELS", 20)
     args = _inputs(2, 4, 5, c=2, dtype=torch.float64, seed=3, grad=True)
     assert torch.autograd.gradcheck(lambda *t: pairwise_attention_banded(*t, 0.2), args, fast_mode=True)
 
 
-def test_banded_gradients_equal_autograd_of_reference():
+def test_banded_gradients_equal_autograd_of_reference(monkeypatch):
+    monkeypatch.setattr(attention_banded, "BACKWARD_BAND_PIXELS", 70)  # three bands of 3, 3, 3 rows
     args = _inputs(2, 9, 11, dtype=torch.float64, seed=5, grad=True)
     grads = []
     for op in (pairwise_attention_reference, pairwise_attention_banded):
