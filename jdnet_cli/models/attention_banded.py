@@ -162,7 +162,8 @@ class PairwiseAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x1, x2, x3, p, w1, w2, b2, slope):
         acc = _acc_dtype(x3)
-        v = (w2.to(acc) @ w1.to(acc)).view(4)
+        # Elementwise, not a matmul: autocast would run a matmul in fp16.
+        v = (w2.to(acc).view(2, 1) * w1.to(acc)).sum(0)
         out, smax, ssum = attention_forward(x1, x2, x3, p, v, slope)
         ctx.slope = slope
         ctx.save_for_backward(x1, x2, x3, p, w1, w2, b2, v, out, smax, ssum)
@@ -175,8 +176,8 @@ class PairwiseAttentionFunction(torch.autograd.Function):
         if p.shape[0] != gp.shape[0]:
             gp = gp.sum(0, keepdim=True)
         gv = gv.view(1, 4)
-        g_w2 = gv @ w1.to(gv.dtype).t()
-        g_w1 = w2.to(gv.dtype).t() @ gv
+        g_w2 = (gv * w1.to(gv.dtype)).sum(1).view(1, 2)
+        g_w1 = w2.to(gv.dtype).view(2, 1) * gv
         # Softmax is shift-invariant, so the logits' bias has zero gradient.
         g_b2 = torch.zeros_like(b2)
         return (

@@ -107,7 +107,8 @@ def pairwise_attention_triton(x1, x2, x3, p, w1, w2, b2, slope: float = 0.2) -> 
     n, _, h, w = x1.shape
     c = x3.shape[1]
     # conv_w.2 . conv_w.1 collapses to one 4-vector; the bias cancels in the softmax.
-    v = (w2.float() @ w1.float()).reshape(4).contiguous()
+    # (elementwise rather than a matmul, which autocast would run in fp16)
+    v = (w2.float().view(2, 1) * w1.float()).sum(0).contiguous()
     p = p.expand(n, -1, -1, -1)
     out = torch.empty_like(x3)
     total = n * h * w
