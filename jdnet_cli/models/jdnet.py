@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .dense_buffer import dense_forward
 from .pairwise_attention import pairwise_attention_fast, pairwise_attention_reference, position_planes
 
 SLOPE = 0.2
@@ -185,7 +186,9 @@ class DenseJointUnits(nn.Module):
         return current
 
     def _forward_autograd(self, f0: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
-        # Autograd saves each fusion's input, so the shared buffer cannot be written in place.
+        if not torch.is_autocast_enabled(f0.device.type):
+            return dense_forward(self.units, self.conv1x1, f0, loc)
+        # Under autocast the fusion convs pick their own dtypes; the plain concatenation keeps that.
         feats = f0
         current = f0
         for unit, fuse in zip(self.units, self.conv1x1):

@@ -4,13 +4,16 @@ Two implementations of the same maths:
 
 * ``pairwise_attention_reference``: the plain unfold formulation, kept as the yardstick that every
   fast path is tested against.
-* ``pairwise_attention_fast``: never materialises the 49x neighbourhood tensors; it walks the
-  offsets and keeps one logit plane per offset. Differentiable, so training can use it too.
+* ``pairwise_attention_fast``: never materialises the 49x neighbourhood tensors: a fused Triton
+  kernel for CUDA inference (``attention_triton``), otherwise the banded torch op with a
+  hand-written backward (``attention_banded``), so training uses it too.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from .attention_banded import pairwise_attention_banded
 
 KERNEL = 7
 
@@ -90,28 +93,15 @@ def pairwise_attention_fast(
     b2: torch.Tensor,
     slope: float = 0.2,
 ) -> torch.Tensor:
-    """Same result as the reference without the 49x tensors; accumulates in fp32 or better."""
-    n, _, h, w = x1.shape
-    k = KERNEL
-    pad = k // 2
-    out_dtype = x3.dtype
-    acc_dtype = torch.float64 if out_dtype == torch.float64 else torch.float32
-    # conv_w.2 . conv_w.1 is linear after the LeakyReLU, so the two 1x1 convs collapse into one
-    # 4-vector: one multiply-add per relation channel instead of a 4->2->1 conv per offset.
-    v = (w2.to(acc_dtype) @ w1.to(acc_dtype)).view(1, 4, 1, 1)
-    bias = b2.to(acc_dtype).view(())
-    p = p.to(acc_dtype).expand(n, -1, -1, -1)
-    centre = torch.cat([x1.to(acc_dtype), p], 1)
-    neighbours = F.pad(torch.cat([x2.to(acc_dtype), p], 1), (pad,) * 4, mode="reflect")
-    logits = torch.empty((n, k * k, h, w), dtype=acc_dtype, device=x1.device)
-    for idx in range(k * k):
-        dy, dx = divmod(idx, k)
-        rel = F.leaky_relu(centre - neighbours[:, :, dy : dy + h, dx : dx + w], slope)
-        logits[:, idx] = (rel * v).sum(1)
-    weights = torch.softmax(logits + bias, dim=1)
-    values = F.pad(x3.to(acc_dtype), (pad,) * 4, mode="reflect")
-    out = torch.zeros((n, x3.shape[1], h, w), dtype=acc_dtype, device=x1.device)
-    for idx in range(k * k):
-        dy, dx = divmod(idx, k)
-        out.addcmul_(weights[:, idx : idx + 1], values[:, :, dy : dy + h, dx : dx + w])
-    return out.to(out_dtype)
+    """Same result as the reference without the 49x tensors; accumulates in fp32 or better.
+
+    CUDA inference runs the fused Triton kernel when Triton is installed; everything else (CPU,
+    training, float64) runs the banded torch op, which has its own memory-lean backward.
+    """
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x1, x2, x3, p, w1, w2, b2))
+    if x1.is_cuda and not needs_grad and x3.dtype != torch.float64:
+        from .attention_triton import pairwise_attention_triton, triton_available
+
+        if triton_available():
+            return pairwise_attention_triton(x1, x2, x3, p, w1, w2, b2, slope)
+    return pairwise_attention_banded(x1, x2, x3, p, w1, w2, b2, slope)

@@ -1,0 +1,83 @@
+"""Dense connections for training without O(units^2) concatenations.
+
+``torch.cat`` per unit copies every earlier feature again, keeps each concatenation alive for
+backward and, in backward, adds the growing gradients slice by slice. Here all features live in
+one channels-last buffer (rows = pixels, columns = channels), each fusion conv is one GEMM over
+the buffer's column prefix, and in backward every fusion accumulates its input gradient into one
+matching gradient buffer with an in-place GEMM. Autograd only sees scalar tokens chaining the
+appends, which keeps the backward order right (a unit's gradient is read after every fusion that
+used it has run) at no cost.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class FeatureBuffer:
+    """Pixels x (slots * channels) feature store with a lazily allocated gradient twin."""
+
+    def __init__(self, like: torch.Tensor, slots: int):
+        n, c, h, w = like.shape
+        self.shape = (n, h, w)
+        self.channels = c
+        self.rows = torch.empty((n * h * w, slots * c), dtype=like.dtype, device=like.device)
+        self.grad_rows: torch.Tensor | None = None
+
+    def columns(self, slot: int, rows: torch.Tensor) -> torch.Tensor:
+        """N x C x H x W view (channels-last strides) of one slot of ``rows``."""
+        c = self.channels
+        n, h, w = self.shape
+        return rows[:, slot * c : (slot + 1) * c].view(n, h, w, c).permute(0, 3, 1, 2)
+
+
+class _Append(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, token, y, buf: FeatureBuffer, slot: int):
+        buf.columns(slot, buf.rows).copy_(y)
+        ctx.buf, ctx.slot = buf, slot
+        ctx.channels_last = y.is_contiguous(memory_format=torch.channels_last)
+        return token.detach().clone()
+
+    @staticmethod
+    def backward(ctx, g_token):
+        buf = ctx.buf
+        fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
+        g = buf.columns(ctx.slot, buf.grad_rows).contiguous(memory_format=fmt)
+        if ctx.slot == 0:
+            buf.grad_rows = None  # the last reader: a second backward starts from zero again
+        return g_token, g, None, None
+
+
+class _PrefixFuse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, token, weight, bias, buf: FeatureBuffer, k: int):
+        co = weight.shape[0]
+        n, h, w = buf.shape
+        out = torch.addmm(bias, buf.rows[:, :k], weight.view(co, k).t())
+        ctx.buf, ctx.k = buf, k
+        ctx.save_for_backward(weight)
+        return out.view(n, h, w, co).permute(0, 3, 1, 2)
+
+    @staticmethod
+    def backward(ctx, g_out):
+        (weight,) = ctx.saved_tensors
+        buf, k = ctx.buf, ctx.k
+        co = weight.shape[0]
+        g = g_out.permute(0, 2, 3, 1).reshape(-1, co)
+        if buf.grad_rows is None:
+            buf.grad_rows = torch.zeros_like(buf.rows)
+        buf.grad_rows[:, :k].addmm_(g, weight.view(co, k))
+        g_weight = (g.t() @ buf.rows[:, :k]).view_as(weight)
+        return torch.zeros((), dtype=g_out.dtype, device=g_out.device), g_weight, g.sum(0), None, None
+
+
+def dense_forward(units, fusions, f0: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+    """Differentiable dense stack: unit i sees LReLU(conv1x1([f0, unit_0, ..., unit_{i-1}]))."""
+    buf = FeatureBuffer(f0, len(units) + 1)
+    token = _Append.apply(torch.zeros((), dtype=f0.dtype, device=f0.device), f0, buf, 0)
+    current = f0
+    for i, (unit, fuse) in enumerate(zip(units, fusions)):
+        token = _Append.apply(token, unit(current, loc), buf, i + 1)
+        conv, act = fuse[0], fuse[1]
+        current = act(_PrefixFuse.apply(token, conv.weight, conv.bias, buf, (i + 2) * buf.channels))
+    return current

@@ -1,0 +1,114 @@
+"""Fast paths against the reference: banded attention (forward, hand-written backward), the
+feature-buffer dense training path, and the Triton kernel in interpreter mode when Triton exists."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from jdnet_cli.models import attention_banded
+from jdnet_cli.models.attention_banded import pairwise_attention_banded
+from jdnet_cli.models.pairwise_attention import pairwise_attention_reference, position_planes
+
+from .conftest import make_tiny_model
+
+
+def _inputs(n, h, w, c=8, dtype=torch.float32, seed=0, channels_last=False, grad=False):
+    g = torch.Generator().manual_seed(seed)
+    maps = [torch.randn(n, k, h, w, generator=g, dtype=dtype) for k in (2, 2, c)]
+    maps.append(torch.randn(1, 2, h, w, generator=g, dtype=dtype))
+    if channels_last:
+        maps = [t.contiguous(memory_format=torch.channels_last) for t in maps]
+    params = [torch.randn(*s, generator=g, dtype=dtype) for s in ((2, 4), (1, 2), (1,))]
+    return [t.requires_grad_(grad) for t in maps + params]
+
+
+@pytest.mark.parametrize("band_pixels", [2048, 23])
+@pytest.mark.parametrize("shape", [(1, 9, 13), (2, 16, 16), (1, 7, 31), (1, 4, 5), (3, 11, 6)])
+def test_banded_forward_matches_reference(shape, band_pixels, monkeypatch):
+    # 23 pixels per band forces one-row bands, so band seams and the last partial band are hit.
+    monkeypatch.setattr(attention_banded, "BAND_PIXELS", band_pixels)
+    args = _inputs(*shape, seed=sum(shape), channels_last=shape[0] == 2)
+    with torch.no_grad():
+        err = (pairwise_attention_banded(*args) - pairwise_attention_reference(*args)).abs().max().item()
+    assert err <= 1e-4
+
+
+def test_banded_keeps_dtype_and_accumulates_bf16_in_fp32():
+    args = _inputs(1, 8, 9)
+    low = [t.bfloat16() for t in args[:4]] + args[4:]
+    with torch.no_grad():
+        out = pairwise_attention_banded(*low)
+        ref = pairwise_attention_reference(*[t.float() for t in low[:4]], *args[4:])
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - ref).abs().max().item() <= 0.05
+
+
+def test_banded_backward_passes_gradcheck(monkeypatch):
+    # Two bands of two rows over a batch of two; fast mode checks random projections of the
+    # Jacobian, which keeps this to seconds (the full Jacobian is compared below, vs autograd).
+    monkeypatch.setattr(attention_banded, "BAND_PIXELS", 20)
+    monkeypatch.setattr(attention_banded, "BACKWARD_BAND_PIXELS", 20)
+    args = _inputs(2, 4, 5, c=2, dtype=torch.float64, seed=3, grad=True)
+    assert torch.autograd.gradcheck(lambda *t: pairwise_attention_banded(*t, 0.2), args, fast_mode=True)
+
+
+def test_banded_gradients_equal_autograd_of_reference(monkeypatch):
+    monkeypatch.setattr(attention_banded, "BACKWARD_BAND_PIXELS", 70)  # three bands of 3, 3, 3 rows
+    args = _inputs(2, 9, 11, dtype=torch.float64, seed=5, grad=True)
+    grads = []
+    for op in (pairwise_attention_reference, pairwise_attention_banded):
+        out = op(*args)
+        grads.append(torch.autograd.grad((out * out.detach().cos()).sum(), args, allow_unused=True))
+    for name, ref, ours in zip(("x1", "x2", "x3", "p", "w1", "w2", "b2"), *grads):
+        ref = torch.zeros_like(ours) if ref is None else ref
+        assert (ref - ours).abs().max().item() <= 1e-9, name
+
+
+def _dense_by_concatenation(dense, f0, loc):
+    feats, current = f0, f0
+    for unit, fuse in zip(dense.units, dense.conv1x1):
+        feats = torch.cat([feats, unit(current, loc)], 1)
+        current = fuse(feats)
+    return current
+
+
+def test_buffer_dense_training_path_matches_concatenation():
+    # float64 NCHW: CPU float64 convolutions in channels-last are very slow, and the buffer's
+    # layout does not depend on the input's.
+    model = make_tiny_model(units=2).double().train()
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 8, 9, generator=g, dtype=torch.float64)
+    params = list(model.parameters())
+    results = []
+    for forward in (lambda f0, loc: model.derain_net(f0, loc), lambda f0, loc: _dense_by_concatenation(model.derain_net, f0, loc)):
+        loc = position_planes(8, 9, dtype=torch.float64)
+        f0 = model.enterBlock(x)
+        out = model.exitBlock(forward(f0, loc))
+        # Gradients twice through the same graph: the buffer path must not carry state between them.
+        grads1 = torch.autograd.grad(out.square().sum(), params, retain_graph=True)
+        grads2 = torch.autograd.grad(out.square().sum(), params)
+        results.append((out.detach(), grads1, grads2))
+    (out_a, ga1, ga2), (out_b, gb1, gb2) = results
+    assert (out_a - out_b).abs().max().item() <= 1e-12
+    for a1, a2, b1 in zip(ga1, ga2, gb1):
+        assert (a1 - b1).abs().max().item() <= 1e-10
+        assert torch.equal(a1, a2)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+def test_triton_kernel_in_interpreter_matches_reference(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    from jdnet_cli.models import attention_triton
+
+    attention_triton.triton_available.cache_clear()
+    attention_triton._kernel.cache_clear()
+    assert attention_triton.triton_available()
+    # Interpreted Triton is slow: one odd-sized NCHW map, one channels-last batch of two.
+    for args in (_inputs(1, 9, 13, seed=1), _inputs(2, 5, 6, seed=2, channels_last=True)):
+        out = attention_triton.pairwise_attention_triton(*args)
+        assert out.is_contiguous(memory_format=torch.channels_last) == args[2].is_contiguous(memory_format=torch.channels_last)
+        assert (out - pairwise_attention_reference(*args)).abs().max().item() <= 1e-4
+    attention_triton._kernel.cache_clear()
+    attention_triton.triton_available.cache_clear()
