@@ -6,6 +6,7 @@ import sys
 import typer
 
 from .derain import derain
+from .video import video
 
 app = typer.Typer(
     name="jdnet",
@@ -22,6 +23,7 @@ def _root() -> None:
 
 
 app.command("derain")(derain)
+app.command("video")(video)
 
 
 def main() -> None:
