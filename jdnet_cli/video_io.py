@@ -126,8 +126,9 @@ class FfmpegFrameReader:
         if duration:
             cmd += ["-t", f"{duration:.6f}"]
         rng = {"tv": "limited", "pc": "full"}[colour.range]
-        vf = (f"showinfo=checksum=0,scale=in_color_matrix={colour.scale_matrix}:in_range={rng}"
-              f":flags=accurate_rnd+full_chroma_int,format={self.pix_fmt}")
+        # ffmpeg's default YUV->RGB conversion (what `ffmpeg -i x.mp4 frame%d.png` gives), with the
+        # matrix and range made explicit so untagged HD is read as BT.709.
+        vf = f"showinfo=checksum=0,scale=in_color_matrix={colour.scale_matrix}:in_range={rng},format={self.pix_fmt}"
         cmd += ["-i", str(info.path), "-map", f"0:v:{video_index}", "-an", "-sn", "-dn", "-vf", vf,
                 "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", self.pix_fmt, "pipe:1"]
         self.timings: queue.Queue = queue.Queue()
@@ -309,17 +310,23 @@ class FfmpegEncoder:
                  colour: Colour, time_base: Fraction | None):
         high = in_pix_fmt == "rgb48le"
         out_pix_fmt = settings.pix_fmt or default_pix_fmt(settings.codec, high)
-        if out_pix_fmt.startswith(("gbr", "rgb", "bgr")):
-            colour = Colour("gbr", colour.primaries, colour.trc, "pc")  # RGB output: no YUV matrix
-        rng = {"tv": "limited", "pc": "full"}[colour.range]
+        rgb_out = out_pix_fmt.startswith(("gbr", "rgb", "bgr"))
+        rng = "full" if rgb_out else {"tv": "limited", "pc": "full"}[colour.range]
+        tags = f"color_primaries={colour.primaries}:color_trc={colour.trc}:range={rng}"
+        if rgb_out:
+            # RGB output needs no YUV matrix; encoders such as ffv1 reject an explicit 'gbr' colorspace tag.
+            vf = f"setparams={tags}"
+        else:
+            vf = (f"scale=out_color_matrix={colour.scale_matrix}:out_range={rng}:flags=accurate_rnd+full_chroma_int,"
+                  # Frame properties win over -color_* options in current ffmpeg, so tag the frames too.
+                  f"setparams=colorspace={colour.space}:{tags}")
         cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-f", "matroska", "-i", "pipe:0",
-               "-map", "0:v", "-map_metadata", "-1",
-               "-vf", f"scale=out_color_matrix={colour.scale_matrix}:out_range={rng}:flags=accurate_rnd+full_chroma_int,"
-               # Frame properties win over -color_* options in current ffmpeg, so tag the frames too.
-               f"setparams=colorspace={colour.space}:color_primaries={colour.primaries}:color_trc={colour.trc}:range={rng}"]
+               "-map", "0:v", "-map_metadata", "-1", "-vf", vf]
         cmd += encoder_args(settings, high)
-        cmd += ["-colorspace", colour.space, "-color_primaries", colour.primaries, "-color_trc", colour.trc,
-                "-color_range", colour.range, "-fps_mode", "passthrough"]
+        if not rgb_out:
+            cmd += ["-colorspace", colour.space]
+        cmd += ["-color_primaries", colour.primaries, "-color_trc", colour.trc,
+                "-color_range", "pc" if rgb_out else colour.range, "-fps_mode", "passthrough"]
         if time_base is not None and time_base > 0:
             cmd += ["-enc_time_base:v", f"{time_base.numerator}/{time_base.denominator}"]
         cmd += ["-y", str(dest)]
@@ -365,27 +372,28 @@ class FfmpegEncoder:
 
 def remux(video: Path, source: Path | None, dest: Path, video_offset: float, start: float | None,
           duration: float | None, limit: float | None) -> None:
-    """Put the encoded video together with the source's audio, subtitles, attachments and metadata (copied)."""
+    """Put the encoded video together with the source's audio, subtitles, attachments and metadata (copied).
+
+    ``video_offset``: where the first encoded frame sits on the source's timeline (seconds, including
+    ``start``); ``limit``: end of the kept part relative to ``start`` (for a partial file).
+    """
     ext = dest.suffix.lower().lstrip(".")
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error"]
     if video_offset:
         # The encoded video starts at 0; this puts its first frame back where it was in the source.
         cmd += ["-itsoffset", f"{video_offset:.6f}"]
-    cmd += ["-i", str(video)]
-    if source is not None:
-        if start:
-            cmd += ["-ss", f"{start:.6f}"]
-        if duration:
-            cmd += ["-t", f"{duration:.6f}"]
-        cmd += ["-i", str(source)]
-    cmd += ["-map", "0:v", "-c", "copy"]
+    cmd += ["-i", str(video), *(["-i", str(source)] if source is not None else []), "-map", "0:v", "-c", "copy"]
     if source is not None:
         cmd += ["-map", "1:a?", "-map", "1:s?"]
         if ext in ("mkv", "mka", "webm"):
             cmd += ["-map", "1:t?"]
         cmd += ["-map_metadata", "1", "-map_chapters", "1"]
-    if limit is not None:
-        cmd += ["-t", f"{limit:.6f}"]
+    # Output-side -ss/-t cut every stream on the source's own timeline; input-side seeking with
+    # stream copy starts at the previous video keyframe and would shift the audio.
+    if start:
+        cmd += ["-ss", f"{start:.6f}"]
+    if limit is not None or duration:
+        cmd += ["-t", f"{min(limit or duration, duration or limit):.6f}"]
     if ext in ("mp4", "m4v", "mov"):
         cmd += ["-movflags", "+faststart"]
     cmd += ["-y", str(dest)]

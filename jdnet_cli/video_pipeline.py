@@ -195,11 +195,12 @@ def derain_video(
             if interrupted:
                 raise VideoInterrupted(None, 0)
             raise state["error"] or JDNetError(f"{src}: no frames decoded")
-        offset = float(reader.first_pts_s or 0)
+        first = float(reader.first_pts_s or 0)  # decoder timestamps start at --start
+        offset = first + (start or 0.0)
         final = dest.with_name(dest.stem + ".partial" + dest.suffix) if interrupted else dest
         out_tmp = temp_path_beside(final, "part")
         remux(video_tmp, None if sequence else src, out_tmp, offset, start, duration,
-              offset + encoder.end_us / 1e6 if interrupted else None)
+              first + encoder.end_us / 1e6 if interrupted else None)
         os.replace(out_tmp, final)
         out_tmp = None
         if interrupted:

@@ -84,6 +84,7 @@ def parse_ffmpeg_info(stderr: str, path: Path) -> VideoInfo:
         lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
         reason = lines[-1] if lines else "ffmpeg could not open it"
         reason = re.sub(r"^\[[^\]]*\]\s*", "", reason)
+        reason = re.sub(r"^Error opening input( files?)?:\s*", "", reason)
         reason = reason.replace(str(path), "").strip(" :") or "ffmpeg could not open it"
         raise JDNetError(f"{path}: not a readable video ({reason})")
     body = stderr.split("Input #0", 1)[1]
