@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="random 8-channel 2-unit model")
     ap.add_argument("--full-random", action="store_true", help="random 32-channel 32-unit model (full size)")
     ap.add_argument("--codec", default="libx264")
+    ap.add_argument("--no-psnr", action="store_true", help="time only (the reference costs as much again)")
     args = ap.parse_args()
     if args.tiny or args.full_random:
         from tests.conftest import make_tiny_model
@@ -44,6 +45,9 @@ def main() -> None:
         t0 = time.perf_counter()
         res = derain_video(d, CLIP, out, EncodeSettings(codec=args.codec), duration=duration)
         elapsed = time.perf_counter() - t0
+        if args.no_psnr:
+            print(f"{res.frames} frames 640x360 in {elapsed:.1f}s = {res.frames / elapsed:.3f} frames/s on {d.device_description}")
+            return
         src = decode_rgb(CLIP)[: res.frames]
         got = decode_rgb(out)
         ref = [np.round(d(f.astype(np.float32) / np.float32(255.0)) * 255.0).astype(np.uint8) for f in src]

@@ -201,6 +201,9 @@ def derain_video(
         out_tmp = temp_path_beside(final, "part")
         remux(video_tmp, None if sequence else src, out_tmp, offset, start, duration,
               first + encoder.end_us / 1e6 if interrupted else None)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(out_tmp, 0o666 & ~umask)  # mkstemp made it private; give it the usual mode of a new file
         os.replace(out_tmp, final)
         out_tmp = None
         if interrupted:

@@ -28,7 +28,7 @@ def video(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 (CUDA) or bf16."),
     codec: str = typer.Option("libx264", "--codec", help=f"Video codec: {', '.join(CODECS)}."),
-    crf: Optional[int] = typer.Option(None, "--crf", min=0, max=63, help="Quality for x264/x265/vp9 (default 18/20/24)."),
+    crf: Optional[int] = typer.Option(None, "--crf", min=0, max=63, help="Quality for x264/x265/vp9 (default 12/14/18: >= 40 dB from the model output)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Encoder preset (x264/x265: ultrafast..veryslow; vp9: good, best, realtime)."),
     pix_fmt: Optional[str] = typer.Option(None, "--pix-fmt", help="Output pixel format (default: yuv420p, 10-bit for 10-bit sources)."),
     start: Optional[float] = typer.Option(None, "--start", min=0.0, help="Start at this time (seconds)."),
