@@ -115,7 +115,11 @@ def parse_ffmpeg_info(stderr: str, path: Path) -> VideoInfo:
         raise JDNetError(f"{path}: video stream without a decodable picture format ({codec})")
     fps_m = next((re.match(r"^(\d+(?:\.\d+)?)(k?) fps$", p) for p in parts if re.match(r"^\d+(?:\.\d+)?k? fps$", p)), None)
     fps = float(fps_m.group(1)) * (1000 if fps_m.group(2) else 1) if fps_m else None
-    info = VideoInfo(path, int(size.group(1)), int(size.group(2)), codec, pm.group(1), duration, start, fps, stream_types=types,
+    width, height = int(size.group(1)), int(size.group(2))
+    rot = re.search(r"rotation of (-?\d+(?:\.\d+)?) degrees", body)
+    if rot and round(abs(float(rot.group(1)))) % 180 == 90:
+        width, height = height, width  # ffmpeg auto-rotates when decoding: frames come out upright
+    info = VideoInfo(path, width, height, codec, pm.group(1), duration, start, fps, stream_types=types,
                      video_index=video_index)
     if pm.group(2):
         _parse_colour(pm.group(2), info)

@@ -205,3 +205,24 @@ def test_probe_parses_colour_tags_and_rejects_non_video(tmp_path):
     assert info.stream_types == ["video", "video", "audio", "subtitle"]
     with pytest.raises(JDNetError, match=r"^y.mp4: not a readable video \(Invalid data found when processing input\)$"):
         parse_ffmpeg_info("[in#0 @ 0x1] Error opening input: Invalid data found when processing input\n", Path("y.mp4"))
+
+
+class _Identity:
+    """A stand-in model for pipeline-only checks: returns its input."""
+
+    device = __import__("torch").device("cpu")
+
+    def run_tensor(self, x):
+        return x
+
+
+def test_rotated_video_comes_out_upright(tmp_path, clip):
+    rotated = tmp_path / "phone.mp4"
+    ff("-display_rotation", "90", "-i", str(clip), "-c", "copy", str(rotated))
+    info = probe(rotated)
+    assert (info.width, info.height) == (H, W)  # as displayed, i.e. as ffmpeg decodes it
+    dest = tmp_path / "out.mp4"
+    assert derain_video(_Identity(), rotated, dest, EncodeSettings(codec="ffv1"), on_start=lambda t: None).frames == 5
+    out = decode_rgb(dest)
+    assert out.shape == (5, W, H, 3)
+    assert np.array_equal(out, decode_rgb(rotated))  # identity model + lossless codec: the upright frames
