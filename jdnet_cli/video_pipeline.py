@@ -301,6 +301,8 @@ def _run_stages(derainer, reader, video_tmp, settings, colour, batch_size, on_fr
                 on_frames(done)
     except KeyboardInterrupt:
         interrupted = True
+    except Exception as err:  # e.g. out of GPU memory: shut the children down, then report it
+        errors.append(err)
     # Drain: stop the decoder, let the encoder take what was already derained, then finalize.
     try:
         if interrupted or errors:

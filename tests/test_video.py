@@ -226,3 +226,20 @@ def test_rotated_video_comes_out_upright(tmp_path, clip):
     out = decode_rgb(dest)
     assert out.shape == (5, W, H, 3)
     assert np.array_equal(out, decode_rgb(rotated))  # identity model + lossless codec: the upright frames
+
+
+def test_ten_bit_source_is_processed_in_16_bit(tmp_path, clip):
+    ten = tmp_path / "ten.mkv"
+    ff("-i", str(clip), "-c:v", "libx265", "-x265-params", "log-level=error:lossless=1", "-pix_fmt", "yuv420p10le", "-an", str(ten))
+    assert probe(ten).high_bit_depth
+    dest = tmp_path / "out.mkv"
+    assert derain_video(_Identity(), ten, dest, EncodeSettings(codec="ffv1"), on_start=lambda t: None).frames == 5
+    assert probe(dest).pix_fmt == "gbrp16le"
+
+    def rgb48(path):
+        raw = ff("-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb48le", "-").stdout
+        return np.frombuffer(raw, np.uint16).reshape(-1, H, W, 3)
+
+    src, out = rgb48(ten), rgb48(dest)
+    assert len(np.unique(out & 0xFF)) > 4  # more than 8 bits of precision survive
+    assert np.abs(src.astype(np.int64) - out).max() <= 64  # identity model: same picture (within 10-bit rounding)

@@ -72,8 +72,8 @@ def video(
             else:
                 console.print(f"interrupted: nothing written for {job.input}", markup=False)
             raise typer.Exit(130)
-        except JDNetError as err:
-            msg = str(err)
+        except (JDNetError, RuntimeError) as err:  # RuntimeError: torch (e.g. out of memory)
+            msg = str(err).splitlines()[0] if str(err) else type(err).__name__
             console.print(f"failed: {msg if msg.startswith(str(job.input)) or msg.startswith(str(job.output)) else f'{job.input}: {msg}'}", markup=False)
             failed += 1
             continue
