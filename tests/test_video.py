@@ -172,22 +172,21 @@ def test_errors_name_the_file_and_exit_1(tmp_path, clip, tiny_weights):
     bad.write_text("hello")
     audio_only = tmp_path / "audio.m4a"
     ff("-i", str(clip), "-map", "0:a", "-c", "copy", str(audio_only))
-    res = run_cli("video", str(bad), str(audio_only), str(tmp_path / "missing.mp4"), str(tmp_path / "out"),
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, so OUTPUT below it cannot be created")
+    # One CLI run (each costs a torch import): three bad inputs and a good one with an unwritable OUTPUT.
+    res = run_cli("video", str(bad), str(audio_only), str(tmp_path / "missing.mp4"), str(clip), str(blocker / "out"),
                   "--weights", str(tiny_weights), "--device", "cpu")
     err = res.stderr.decode()
     assert res.returncode == 1, err
     lines = [ln for ln in err.splitlines() if ln.startswith("failed:")]
-    assert len(lines) == 3
+    assert len(lines) == 4, err
     assert f"{bad}: not a readable video" in lines[0]
     assert f"{audio_only}: no video stream" in lines[1]
     assert f"{tmp_path / 'missing.mp4'}: no such file" in lines[2]
-    assert "Traceback" not in err and not (tmp_path / "out").exists()
-
-    blocker = tmp_path / "blocker"
-    blocker.write_text("a file, not a directory")
-    res = run_cli("video", str(clip), str(blocker / "out.mp4"), "--weights", str(tiny_weights), "--device", "cpu")
-    err = res.stderr.decode()
-    assert res.returncode == 1 and f"{blocker / 'out.mp4'}: cannot write" in err and "Traceback" not in err
+    assert f"{blocker / 'out' / 'clip.mp4'}: cannot write" in lines[3]
+    assert "0 ok, 4 failed" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([bad.name, audio_only.name, "blocker"])
 
 
 def test_probe_parses_colour_tags_and_rejects_non_video(tmp_path):
