@@ -9,6 +9,7 @@ from .benchmark import benchmark_app
 from .derain import derain
 from .rain import rain
 from .train import train
+from .video import video
 
 app = typer.Typer(
     name="jdnet",
@@ -25,9 +26,10 @@ def _root() -> None:
 
 
 app.command("derain")(derain)
+app.command("video")(video)
+app.add_typer(benchmark_app, name="benchmark")
 app.command("train")(train)
 app.command("rain")(rain)
-app.add_typer(benchmark_app, name="benchmark")
 
 
 def main() -> None:

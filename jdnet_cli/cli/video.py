@@ -1,0 +1,114 @@
+"""``jdnet video``: derain video files, directories of videos and image sequences."""
+from __future__ import annotations
+
+import signal
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from ..derainer import Derainer
+from ..errors import JDNetError
+from ..video_io import CODECS, EncodeSettings
+from ..video_pipeline import VideoInterrupted, derain_video, plan_video_jobs
+from .console import err_console, fail, interactive, make_progress
+
+
+def _sigterm_as_interrupt(signum, frame) -> None:
+    # A killed job gets the same clean shutdown as Ctrl-C: no temp files or corrupt outputs left.
+    raise KeyboardInterrupt
+
+
+def video(
+    paths: List[str] = typer.Argument(..., metavar="INPUT... OUTPUT", help="Video files, directories of videos, frame folders or printf patterns (frame%04d.png), then the output file or directory."),
+    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Weights file (default: the shipped weights)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 (CUDA) or bf16."),
+    codec: str = typer.Option("libx264", "--codec", help=f"Video codec: {', '.join(CODECS)}."),
+    crf: Optional[int] = typer.Option(None, "--crf", min=0, max=63, help="Quality for x264/x265/vp9 (default 12/14/18: >= 40 dB from the model output)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Encoder preset (x264/x265: ultrafast..veryslow; vp9: good, best, realtime)."),
+    pix_fmt: Optional[str] = typer.Option(None, "--pix-fmt", help="Output pixel format (default: yuv420p, 10-bit for 10-bit sources)."),
+    start: Optional[float] = typer.Option(None, "--start", min=0.0, help="Start at this time (seconds)."),
+    duration: Optional[float] = typer.Option(None, "--duration", min=0.0, help="Process this many seconds."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Frames per forward pass (default: 4 on CUDA, 1 on CPU)."),
+    fps: str = typer.Option("25", "--fps", help="Frame rate of image-sequence inputs (e.g. 25, 30000/1001)."),
+) -> None:
+    """Remove rain from videos, keeping audio, subtitles, timing and metadata. Exit 0: all ok; 1: some failed; 2: usage error; 130: interrupted."""
+    if len(paths) < 2:
+        fail("need at least one INPUT and an OUTPUT")
+    *inputs, output = paths
+    try:
+        seq_fps = Fraction(fps)
+        if seq_fps <= 0:
+            raise ValueError
+    except (ValueError, ZeroDivisionError):
+        fail(f"invalid --fps {fps!r}")
+    if codec not in CODECS:
+        fail(f"unsupported --codec {codec!r} (use {', '.join(CODECS)})")
+    settings = EncodeSettings(codec, crf, preset, pix_fmt)
+    try:
+        jobs = plan_video_jobs(inputs, output)
+        derainer = Derainer(weights=weights, device=device, precision=precision)
+    except JDNetError as err:
+        fail(str(err))
+    batch = batch_size or (4 if derainer.device.type == "cuda" else 1)
+    console = err_console()
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    ok = failed = 0
+    t0 = time.perf_counter()
+    for job in jobs:
+        if job.output is None:
+            console.print(f"failed: {job.input}: {job.error}", markup=False)
+            failed += 1
+            continue
+        try:
+            res = _run_one(derainer, job, settings, start, duration, batch, seq_fps, console)
+        except VideoInterrupted as stop:
+            if stop.partial is not None:
+                console.print(f"interrupted: kept a valid partial file {stop.partial} ({stop.frames} frames); {job.output} was not written", markup=False)
+            else:
+                console.print(f"interrupted: nothing written for {job.input}", markup=False)
+            raise typer.Exit(130)
+        except (JDNetError, RuntimeError) as err:  # RuntimeError: torch (e.g. out of memory)
+            msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+            console.print(f"failed: {msg if msg.startswith(str(job.input)) or msg.startswith(str(job.output)) else f'{job.input}: {msg}'}", markup=False)
+            failed += 1
+            continue
+        ok += 1
+        rate = res.frames / max(res.seconds, 1e-9)
+        console.print(f"{job.input} -> {res.output}: {res.frames} frames in {res.seconds:.1f}s ({rate:.2f} frames/s)", markup=False)
+    console.print(f"{ok} ok, {failed} failed in {time.perf_counter() - t0:.1f}s on {derainer.device_description}", markup=False)
+    raise typer.Exit(1 if failed else 0)
+
+
+def _run_one(derainer, job, settings, start, duration, batch, seq_fps, console):
+    """One video with a progress bar on a terminal (no total when the container has no frame count)."""
+    if not interactive():
+        return derain_video(derainer, job.input, job.output, settings, start, duration, batch, job.sequence, seq_fps)
+    t0 = time.perf_counter()
+    state: dict = {}
+
+    def rate(done: int) -> str:
+        return f"{done / max(time.perf_counter() - t0, 1e-9):.2f} frames/s"
+
+    def on_start(total: int | None) -> None:
+        if total:
+            progress = make_progress(console, unit="frames")
+        else:
+            progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TextColumn("{task.completed} frames"),
+                                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console)
+        progress.start()
+        state["progress"], state["task"] = progress, progress.add_task(job.input.name, total=total, rate="")
+
+    def on_frames(done: int) -> None:
+        state["progress"].update(state["task"], completed=done, rate=rate(done))
+
+    try:
+        return derain_video(derainer, job.input, job.output, settings, start, duration, batch, job.sequence, seq_fps,
+                            on_start=on_start, on_frames=on_frames)
+    finally:
+        if "progress" in state:
+            state["progress"].stop()
