@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from ..batch import Result, plan_jobs, run_jobs
-from ..derainer import Derainer
+from ..derainer import DEFAULT_OVERLAP, Derainer
 from ..errors import JDNetError
 from ..image_io import DEFAULT_MAX_PIXELS
 from ..image_pipeline import derain_file
@@ -24,6 +24,9 @@ def derain(
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip inputs whose output already exists."),
     quality: int = typer.Option(95, "--quality", min=1, max=100, help="JPEG/WebP quality."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", help="Refuse images larger than this (decompression-bomb guard)."),
+    tile: str = typer.Option("auto", "--tile", help="Tile side in px: auto (largest that fits in memory), 0 (whole image) or N."),
+    tile_overlap: int = typer.Option(DEFAULT_OVERLAP, "--tile-overlap", help="Overlap between tiles in px (feathered, no seams)."),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Memory budget for --tile auto, e.g. 4GB (default: free GPU memory, or a share of RAM on the CPU)."),
 ) -> None:
     """Remove rain from images. Exit code 0: all ok; 1: some inputs failed; 2: usage error."""
     if len(paths) < 2:
@@ -31,7 +34,9 @@ def derain(
     *inputs, output = paths
     try:
         jobs = plan_jobs(inputs, output, ext)
-        derainer = Derainer(weights=weights, device=device, precision=precision)
+        derainer = Derainer(
+            weights=weights, device=device, precision=precision, tile=tile, tile_overlap=tile_overlap, max_memory=max_memory
+        )
     except JDNetError as err:
         fail(str(err))
     console = err_console()
