@@ -9,12 +9,30 @@ import torch.nn.functional as F
 
 from .checkpoint import load_model
 from .devices import device_name, resolve_device, resolve_precision
+from .errors import JDNetError
+from .memory_budget import bytes_per_pixel, choose_batch, choose_tile, device_budget, parse_size
 from .models import ATTENTION_OPS, JDNet
+from .tiling import MIN_TILE, normalise_tile, plan_tiles, run_halving_on_oom, run_tiled
 from .weights import default_weights_path
 
 # The SC-conv average-pools by 4 and the attention reflect-pads by 3, so smaller inputs are
 # replicate-padded up to this size and cropped back.
 MIN_SIDE = 8
+DEFAULT_OVERLAP = 32
+
+
+def parse_tile(tile: int | str) -> int | None:
+    """'auto' -> None (choose per image), '0' -> 0 (whole image), 'N' -> N (>= MIN_TILE)."""
+    text = str(tile).strip().lower()
+    if text == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise JDNetError(f"tile must be auto, 0 or a size in pixels, not {tile!r}") from None
+    if value != 0 and value < MIN_TILE:
+        raise JDNetError(f"tile {value} is too small (use 0 for whole image, or at least {MIN_TILE})")
+    return value
 
 
 class Derainer:
@@ -25,9 +43,9 @@ class Derainer:
         weights: str | Path | None = None,
         device: str = "auto",
         precision: str = "fp32",
-        tile: int | str = 0,
-        tile_overlap: int = 32,
-        max_memory: float | None = None,
+        tile: int | str = "auto",
+        tile_overlap: int = DEFAULT_OVERLAP,
+        max_memory: int | str | None = None,
         attention: str = "fast",
         model: JDNet | None = None,
     ):
@@ -44,9 +62,17 @@ class Derainer:
         if self.device.type == "cpu":
             # mkldnn convs are ~3x faster in NHWC for these 32-channel layers.
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.tile = tile
+        self.tile = parse_tile(tile)
+        if tile_overlap < 0:
+            raise JDNetError(f"tile overlap must be at least 0, not {tile_overlap}")
+        if self.tile:
+            normalise_tile(self.tile, tile_overlap)  # reject an overlap as large as the tile now
         self.tile_overlap = tile_overlap
-        self.max_memory = max_memory
+        self.max_memory = parse_size(max_memory) if max_memory is not None else None
+        self.bytes_per_pixel = bytes_per_pixel(self.model.channels, self.model.num_units, self.dtype)
+        # Largest tile side that has run without running out of memory since an OOM; later images
+        # start there instead of failing again.
+        self._tile_cap: int | None = None
 
     @property
     def device_description(self) -> str:
@@ -84,6 +110,34 @@ class Derainer:
         y = self._run_image(x)
         return y[0].permute(1, 2, 0).clamp(0.0, 1.0).numpy()
 
+    def plan_tile(self, height: int, width: int) -> int:
+        """Tile side for an image of this size: 0 means whole image."""
+        tile = self.tile
+        if tile is None:
+            tile = choose_tile(height, width, self.bytes_per_pixel, device_budget(self.device, self.max_memory))
+        if self._tile_cap is not None and (tile == 0 or tile > self._tile_cap):
+            tile = self._tile_cap
+        if tile and tile >= max(height, width):
+            return 0  # one tile covers the image: that is whole-image inference
+        return tile
+
     def _run_image(self, x: torch.Tensor) -> torch.Tensor:
         """Whole-image or tiled inference of a 1 x 3 x H x W CPU tensor; result on the CPU."""
-        return self.run_tensor(x).cpu()
+        h, w = x.shape[-2:]
+
+        def attempt(tile: int) -> torch.Tensor:
+            if tile == 0 or tile >= max(h, w):
+                return self.run_tensor(x).cpu()
+            return self._run_tiled(x, tile)
+
+        def remember(tile: int) -> None:
+            self._tile_cap = tile
+
+        return run_halving_on_oom(attempt, self.plan_tile(h, w), max(h, w), on_retry=remember)
+
+    def _run_tiled(self, x: torch.Tensor, tile: int) -> torch.Tensor:
+        tile, overlap = normalise_tile(tile, self.tile_overlap)
+        grid = plan_tiles(x.shape[-2], x.shape[-1], tile, overlap)
+        budget = device_budget(self.device, self.max_memory)
+        batch = choose_batch(tile * tile, self.bytes_per_pixel, budget, len(grid))
+        return run_tiled(x, lambda t, origin, full: self.run_tensor(t, origin=origin, full_size=full), grid, batch)

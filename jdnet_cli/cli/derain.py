@@ -12,7 +12,7 @@ import typer
 
 from ..atomic import atomic_write_bytes, remove_in_flight
 from ..batch import STDIO, Job, Result, normalize_ext, parse_shard, plan_jobs, run_jobs_on_workers, shard
-from ..derainer import Derainer
+from ..derainer import DEFAULT_OVERLAP, Derainer
 from ..devices import parse_device_list
 from ..errors import JDNetError
 from ..image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, read_bytes
@@ -38,6 +38,9 @@ def derain(
     shard_spec: Optional[str] = typer.Option(None, "--shard", metavar="K/N", help="Process only the K-th (0-based) of N slices of the sorted input list."),
     json_events: bool = typer.Option(False, "--json", help="One JSON event per file on stdout, then a summary object."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print errors (no progress, no summary)."),
+    tile: str = typer.Option("auto", "--tile", help="Tile side in px: auto (largest that fits in memory), 0 (whole image) or N."),
+    tile_overlap: int = typer.Option(DEFAULT_OVERLAP, "--tile-overlap", help="Overlap between tiles in px (feathered, no seams)."),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Memory budget for --tile auto, e.g. 4GB (default: free GPU memory, or a share of RAM on the CPU)."),
 ) -> None:
     """Remove rain from images. Exit codes: 0 all ok; 1 some inputs failed; 2 usage error; 130 interrupted."""
     inputs, output = _inputs_and_output(paths, files_from)
@@ -47,8 +50,8 @@ def derain(
         if shard_spec:
             jobs = shard(jobs, *parse_shard(shard_spec))
         device_names = parse_device_list(devices) if devices else [device]
-        # Options shared by every worker's Derainer (tiling/memory options join here).
-        options = dict(weights=weights, precision=precision)
+        # Options shared by every worker's Derainer.
+        options = dict(weights=weights, precision=precision, tile=tile, tile_overlap=tile_overlap, max_memory=max_memory)
         derainers = [Derainer(device=name, **options) for name in device_names]
     except JDNetError as err:
         fail(str(err))

@@ -1,0 +1,116 @@
+"""Peak host memory of tiled deraining of one large image on the CPU (read, derain, write).
+
+    python benchmarks/tiled_memory.py --size 6000x4000 --units 2
+    python benchmarks/tiled_memory.py --size 688x688 --tile 0          # one full-model tile
+
+The input is a Rain12 image scaled up (or a synthetic pattern without ../shared), written to a
+temporary PNG. The derain runs in a child process so that ru_maxrss is the derain's own peak.
+The full 32-unit model takes ~16 s per 0.15 MP on a 2-core CPU, so a 24 MP run is measured with
+fewer units: tile memory depends on the unit count only through the dense feature buffer
+(channels x (units + 1) x 4 B per pixel), which the report adds back for the full model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def make_input(path: Path, width: int, height: int) -> None:
+    import cv2
+    import numpy as np
+
+    src = REPO.parent / "shared" / "data" / "rain12" / "rain" / "rain-001.png"
+    if src.is_file():
+        img = cv2.resize(cv2.imread(str(src)), (width, height), interpolation=cv2.INTER_CUBIC)
+    else:
+        yy, xx = np.mgrid[0:height, 0:width]
+        img = np.stack([(xx * 255 // max(1, width - 1)), (yy * 255 // max(1, height - 1)), ((xx + yy) % 256)], -1).astype(np.uint8)
+    assert cv2.imwrite(str(path), img)
+
+
+def child(args: argparse.Namespace) -> None:
+    import torch
+
+    from jdnet_cli.derainer import Derainer
+    from jdnet_cli.image_pipeline import derain_file
+    from jdnet_cli.models import JDNet
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = JDNet(args.channels, args.units)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    derainer = Derainer(model=model, device="cpu", tile=args.tile, tile_overlap=args.overlap, max_memory=args.max_memory)
+    t0 = time.perf_counter()
+    derain_file(derainer, Path(args.input), Path(args.output))
+    elapsed = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"peak_rss": peak, "rss_before_derain": base, "seconds": elapsed}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="6000x4000", help="WxH of the generated image (default 24 MP)")
+    parser.add_argument("--units", type=int, default=32)
+    parser.add_argument("--channels", type=int, default=32)
+    parser.add_argument("--tile", default=None, help="tile side; default: what --tile auto picks for the FULL 32-unit model")
+    parser.add_argument("--overlap", type=int, default=32)
+    parser.add_argument("--max-memory", default=None, help="budget for auto tiles, e.g. 2GB (default: from available RAM)")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--input", help=argparse.SUPPRESS)
+    parser.add_argument("--output", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+
+    from jdnet_cli.memory_budget import bytes_per_pixel, choose_tile, device_budget, parse_size
+
+    import torch
+
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    budget = device_budget(torch.device("cpu"), parse_size(args.max_memory) if args.max_memory else None)
+    full_bpp = bytes_per_pixel(args.channels, 32)
+    tile = args.tile if args.tile is not None else str(choose_tile(height, width, full_bpp, budget))
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dest = Path(tmp) / "big.png", Path(tmp) / "out.png"
+        make_input(src, width, height)
+        cmd = [sys.executable, __file__, "--child", "--input", str(src), "--output", str(dest), "--units", str(args.units),
+               "--channels", str(args.channels), "--tile", tile, "--overlap", str(args.overlap), "--threads", str(args.threads)]
+        t = int(tile) or max(width, height)
+        if args.units < 32:
+            # One tile in flight, as the full model would have: the smaller model must not batch.
+            cmd += ["--max-memory", str(t * t * bytes_per_pixel(args.channels, args.units))]
+        elif args.max_memory:
+            cmd += ["--max-memory", args.max_memory]
+        env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if res.returncode != 0:
+            sys.exit(res.stderr)
+        out = json.loads(res.stdout.strip().splitlines()[-1])
+        import cv2
+
+        written = cv2.imread(str(dest))
+        assert written is not None and written.shape[:2] == (height, width), "output missing or wrong size"
+    side_h, side_w = min(t, height), min(t, width)
+    extra = args.channels * (32 - args.units) * 4 * side_h * side_w  # dense buffer of the missing units, one tile
+    gb = 1e9
+    print(f"image {width}x{height} ({width * height / 1e6:.1f} MP), {args.units} units, tile {tile}, overlap {args.overlap}, budget {budget / gb:.2f} GB")
+    print(f"peak RSS {out['peak_rss'] / gb:.2f} GB (before derain {out['rss_before_derain'] / gb:.2f} GB), {out['seconds']:.0f} s")
+    if args.units < 32:
+        print(f"full 32-unit model, same tile: ~{(out['peak_rss'] + extra) / gb:.2f} GB (+{extra / gb:.2f} GB dense buffer of 1 tile)")
+
+
+if __name__ == "__main__":
+    main()
