@@ -129,7 +129,9 @@ def test_quality_usage_and_data_errors(tmp_path, paired, tiny_weights):
     write_png(paired / "norain" / "norain-2.png", 21, 24, seed=9)  # one clean image now differs in size
     res = _cli("benchmark", "quality", str(paired), "--input-only")
     assert res.exit_code == 1
-    assert res.stderr.strip() == f"error: {paired / 'rain' / 'rain-2.png'} vs {paired / 'norain' / 'norain-2.png'}: images differ in size: 24x20 vs 24x21"
+    assert res.stderr.strip() == (
+        f"error: {paired / 'rain' / 'rain-2.png'}: 24x20 does not match its clean twin {paired / 'norain' / 'norain-2.png'} (24x21)"
+    )
     res = _cli("benchmark", "quality", str(paired), "--input-only", "--crop-border", "5")
     assert res.exit_code == 1 and "less than 11x11 for SSIM after --crop-border 5" in res.stderr
 
