@@ -13,7 +13,7 @@ from .errors import JDNetError
 from .memory_budget import bytes_per_pixel, choose_batch, choose_tile, device_budget, parse_size
 from .models import ATTENTION_OPS, JDNet
 from .tiling import MIN_TILE, normalise_tile, plan_tiles, run_halving_on_oom, run_tiled
-from .weights import default_weights_path
+from .shipped_weights import default_weights_path
 
 # The SC-conv average-pools by 4 and the attention reflect-pads by 3, so smaller inputs are
 # replicate-padded up to this size and cropped back.

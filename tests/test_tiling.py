@@ -251,7 +251,7 @@ def test_full_model_random_weights_tile_128_vs_whole_on_rain12_crop():
 
 
 def test_shipped_weights_tile_128_vs_whole_on_rain12():
-    from jdnet_cli.weights import default_weights_path
+    from jdnet_cli.shipped_weights import default_weights_path
 
     try:
         weights = default_weights_path()

@@ -16,7 +16,7 @@ from ..benchmark_speed import DEFAULT_SIZES, SpeedConfig, parse_size, run_speed
 from ..derainer import Derainer
 from ..devices import device_name, resolve_device, resolve_precision
 from ..errors import JDNetError
-from ..weights import default_weights_path
+from ..shipped_weights import default_weights_path
 from .console import err_console, fail, interactive, make_progress
 
 benchmark_app = typer.Typer(
