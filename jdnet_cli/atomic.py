@@ -6,7 +6,7 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 
 def _current_umask() -> int:
@@ -65,9 +65,3 @@ def atomic_write_bytes(dest: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``dest`` atomically."""
     with atomic_path(dest) as tmp:
         tmp.write_bytes(data)
-
-
-def atomic_write(dest: str | os.PathLike, writer: Callable[[Path], None]) -> None:
-    """Call ``writer(tmp_path)`` and move the result to ``dest`` atomically."""
-    with atomic_path(dest) as tmp:
-        writer(tmp)
