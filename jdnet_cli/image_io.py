@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import stat
+import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +13,8 @@ import numpy as np
 from .atomic import atomic_path
 from .errors import JDNetError
 from .image_headers import check_complete, describe_unsupported, header_size, sniff_format
-from .image_metadata import Metadata, apply_orientation, embed_metadata, exif_orientation, read_metadata, reset_orientation
+from .image_metadata import (Metadata, apply_orientation, embed_metadata, exif_orientation, png_chunk, read_metadata,
+                             reset_orientation)
 from .native_stderr import capture_native_stderr
 
 # OpenCV logs decoder warnings to stderr on its own; we report each bad file in one line instead.
@@ -74,8 +77,15 @@ def decode_image(data: bytes, name: str = "<image>", max_pixels: int = DEFAULT_M
         arr = apply_orientation(arr, orientation)
         meta.exif = reset_orientation(meta.exif)
     img = _from_array(arr, name, max_pixels)
+    if _is_png_gray_alpha(data, fmt) and img.alpha is not None:
+        img.grayscale = True  # OpenCV expands grey+alpha to BGRA; remember it to write grey+alpha back
     img.metadata, img.format = meta, fmt
     return img
+
+
+def _is_png_gray_alpha(data: bytes, fmt: str) -> bool:
+    # IHDR is always the first chunk: colour type at byte 25, 4 = greyscale with alpha.
+    return fmt == ".png" and len(data) > 25 and data[12:16] == b"IHDR" and data[25] == 4
 
 
 def _first_line(text: str) -> str:
@@ -153,10 +163,16 @@ def _to_array(img: Image, ext: str) -> np.ndarray:
         arr = np.round(rgb * 65535.0).astype(np.uint16)
     else:
         arr = rgb.astype(np.float32)
+    keep_alpha = img.alpha is not None and ext in (".png", ".tif", ".tiff", ".webp")
     if img.grayscale:
-        return arr.mean(axis=2).round().astype(arr.dtype) if depth != 32 else arr.mean(axis=2)
+        gray = arr.mean(axis=2).round().astype(arr.dtype) if depth != 32 else arr.mean(axis=2)
+        if not keep_alpha:
+            return gray
+        if ext == ".png":
+            return np.dstack([gray, _convert_alpha(img.alpha, gray.dtype)])
+        arr = np.repeat(gray[..., None], 3, axis=2)  # OpenCV writes no grey+alpha TIFF/WebP: store as RGBA
     bgr = arr[..., ::-1]
-    if img.alpha is not None and ext in (".png", ".tif", ".tiff", ".webp"):
+    if keep_alpha:
         alpha = img.alpha
         if alpha.dtype != bgr.dtype:
             alpha = _convert_alpha(alpha, bgr.dtype)
@@ -165,6 +181,8 @@ def _to_array(img: Image, ext: str) -> np.ndarray:
 
 
 def _convert_alpha(alpha: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if alpha.dtype == dtype:
+        return alpha
     src = np.iinfo(alpha.dtype).max if alpha.dtype.kind == "u" else 1.0
     dst = np.iinfo(dtype).max if np.dtype(dtype).kind == "u" else 1.0
     return np.round(alpha.astype(np.float64) * dst / src).astype(dtype)
@@ -183,10 +201,26 @@ def encode_image(img: Image, ext: str, quality: int = 95) -> bytes:
     ext = ext.lower() if ext.startswith(".") else "." + ext.lower()
     if ext not in IMAGE_EXTENSIONS:
         raise JDNetError(f"unsupported output format {ext!r} (use one of {', '.join(IMAGE_EXTENSIONS)})")
-    ok, buf = cv2.imencode(ext, _to_array(img, ext), _encode_params(ext, quality))
-    if not ok:
-        raise JDNetError(f"could not encode image as {ext}")
-    return embed_metadata(buf.tobytes(), ".jpg" if ext == ".jpeg" else ext, img.metadata)
+    arr = _to_array(img, ext)
+    if arr.ndim == 3 and arr.shape[2] == 2:
+        data = _encode_png_gray_alpha(arr)
+    else:
+        ok, buf = cv2.imencode(ext, arr, _encode_params(ext, quality))
+        if not ok:
+            raise JDNetError(f"could not encode image as {ext}")
+        data = buf.tobytes()
+    return embed_metadata(data, ".jpg" if ext == ".jpeg" else ext, img.metadata)
+
+
+def _encode_png_gray_alpha(arr: np.ndarray) -> bytes:
+    """PNG colour type 4 (grey + alpha), 8 or 16 bit: OpenCV's encoder only writes 1, 3 or 4 channels."""
+    h, w, _ = arr.shape
+    bits = 16 if arr.dtype == np.uint16 else 8
+    samples = arr.astype(">u2" if bits == 16 else np.uint8).reshape(h, -1).view(np.uint8)
+    rows = np.concatenate([np.zeros((h, 1), np.uint8), samples], axis=1)  # filter byte 0 (None) per row
+    header = struct.pack(">IIBBBBB", w, h, bits, 4, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
+            + png_chunk(b"IEND", b""))
 
 
 def write_image(path: str | Path, img: Image, quality: int = 95) -> None:

@@ -194,7 +194,8 @@ def _read_png(data: bytes) -> Metadata:
     return meta
 
 
-def _png_chunk(ctype: bytes, body: bytes) -> bytes:
+def png_chunk(ctype: bytes, body: bytes) -> bytes:
+    """One PNG chunk: length, type, body, CRC."""
     return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body) & 0xFFFFFFFF)
 
 
@@ -209,9 +210,9 @@ def _embed_png(data: bytes, meta: Metadata) -> bytes:
         out.append(raw)
         if ctype == b"IHDR":
             if meta.icc:
-                out.append(_png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(meta.icc, 9)))
+                out.append(png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(meta.icc, 9)))
             if meta.exif:
-                out.append(_png_chunk(b"eXIf", meta.exif))
+                out.append(png_chunk(b"eXIf", meta.exif))
     return b"".join(out)
 
 

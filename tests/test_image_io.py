@@ -231,3 +231,64 @@ def test_grayscale_in_grayscale_out_any_size(dtype, shape, tiny):
     assert img.grayscale
     out = cv2.imdecode(np.frombuffer(encode_image(derain_image(tiny, img), ".png"), np.uint8), cv2.IMREAD_UNCHANGED)
     assert out.dtype == dtype and out.shape == shape
+
+
+def _png_gray_alpha(arr: np.ndarray) -> bytes:
+    """PNG colour type 4 written by hand (OpenCV cannot write it), 8 or 16 bit."""
+    h, w, _ = arr.shape
+    bits = 16 if arr.dtype == np.uint16 else 8
+    raw = b"".join(b"\0" + arr[y].astype(">u2" if bits == 16 else np.uint8).tobytes() for y in range(h))
+
+    def chunk(ctype: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, bits, 4, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_gray_alpha_png_comes_out_gray_alpha_with_alpha_bit_exact(dtype, tiny):
+    hi = np.iinfo(dtype).max
+    ga = np.random.default_rng(8).integers(0, hi + 1, (13, 18, 2)).astype(dtype)
+    img = decode_image(_png_gray_alpha(ga), "ga.png")
+    assert img.grayscale and img.alpha is not None
+    meta = Metadata(exif=_exif(1), icc=_icc())
+    img.metadata = meta
+    data = encode_image(derain_image(tiny, img), ".png")
+    assert data[25] == 4 and data[24] == (16 if dtype == np.uint16 else 8)  # IHDR: grey+alpha, same depth
+    assert read_metadata(data, ".png") == meta
+    out = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # OpenCV expands it to BGRA
+    assert out.dtype == dtype and out.shape == (13, 18, 4)
+    assert np.array_equal(out[..., 3], ga[..., 1])
+    rgb = np.repeat(ga[..., :1].astype(np.float32) / hi, 3, axis=2)
+    expected = np.round(np.clip(tiny(rgb).mean(axis=2), 0, 1) * hi).astype(dtype)
+    assert np.array_equal(out[..., 0], expected) and np.array_equal(out[..., 1], expected)
+    assert not np.array_equal(expected, ga[..., 0])
+    as_tiff = cv2.imdecode(np.frombuffer(encode_image(img, ".tif"), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert as_tiff.shape == (13, 18, 4) and np.array_equal(as_tiff[..., 3], ga[..., 1])  # RGBA where grey+alpha can't go
+
+
+def _tiff_gray(arr: np.ndarray, orientation: int, big_endian: bool) -> bytes:
+    """An uncompressed 8-bit greyscale TIFF with an Orientation tag, written by hand."""
+    o = ">" if big_endian else "<"
+    h, w = arr.shape
+    entries = [(256, w), (257, h), (258, 8), (259, 1), (262, 1), (273, None), (274, orientation), (277, 1), (278, h),
+               (279, w * h)]
+    pixels_at = 8 + 2 + 12 * len(entries) + 4
+    ifd = struct.pack(o + "H", len(entries))
+    for tag, value in entries:
+        if tag in (273, 279):
+            ifd += struct.pack(o + "HHII", tag, 4, 1, pixels_at if value is None else value)
+        else:
+            ifd += struct.pack(o + "HHIHH", tag, 3, 1, value, 0)
+    return (b"MM\x00*" if big_endian else b"II*\x00") + struct.pack(o + "I", 8) + ifd + struct.pack(o + "I", 0) + arr.tobytes()
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+@pytest.mark.parametrize("orientation,upright", [(1, lambda a: a), (3, lambda a: a[::-1, ::-1]), (6, lambda a: np.rot90(a, -1)),
+                                                 (8, lambda a: np.rot90(a, 1)), (2, lambda a: a[:, ::-1])])
+def test_tiff_orientation_tag_is_applied(orientation, upright, big_endian):
+    stored = np.arange(4 * 7, dtype=np.uint8).reshape(4, 7) * 9
+    img = decode_image(_tiff_gray(stored, orientation, big_endian), "o.tif")
+    assert img.grayscale
+    assert np.array_equal(np.round(img.rgb[..., 0] * 255).astype(np.uint8), upright(stored))
