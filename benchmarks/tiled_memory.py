@@ -2,6 +2,7 @@
 
     python benchmarks/tiled_memory.py --size 6000x4000 --units 2
     python benchmarks/tiled_memory.py --size 688x688 --tile 0          # one full-model tile
+    python benchmarks/tiled_memory.py --measure-cost                   # per-pixel cost vs memory_budget
 
 The input is a Rain12 image scaled up (or a synthetic pattern without ../shared), written to a
 temporary PNG. The derain runs in a child process so that ru_maxrss is the derain's own peak.
@@ -58,6 +59,35 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps({"peak_rss": peak, "rss_before_derain": base, "seconds": elapsed}))
 
 
+def measure_cost(args: argparse.Namespace) -> None:
+    """Fit peak RSS against pixels for whole-image passes and compare with memory_budget's estimate."""
+    from jdnet_cli.memory_budget import bytes_per_pixel
+
+    sides = [int(v) for v in args.cost_sides.split(",")]
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    points = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for side in sides:
+            src, dest = Path(tmp) / f"in{side}.png", Path(tmp) / f"out{side}.png"
+            make_input(src, side, side)
+            cmd = [sys.executable, __file__, "--child", "--input", str(src), "--output", str(dest), "--units", str(args.units),
+                   "--channels", str(args.channels), "--tile", "0", "--overlap", "0", "--threads", str(args.threads)]
+            res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if res.returncode != 0:
+                sys.exit(res.stderr)
+            out = json.loads(res.stdout.strip().splitlines()[-1])
+            points.append((side * side, out["peak_rss"] - out["rss_before_derain"], out["seconds"]))
+            print(f"{side}x{side}: peak RSS {out['peak_rss'] / 1e9:.3f} GB, {points[-1][1] / 1e9:.3f} GB above the loaded model, "
+                  f"{points[-1][1] / points[-1][0]:.0f} B/px, {out['seconds']:.1f} s", flush=True)
+    # Least-squares slope: the fixed part (decoded image copies, allocator slack) drops out.
+    n = len(points)
+    mx, my = sum(p for p, _, _ in points) / n, sum(b for _, b, _ in points) / n
+    slope = sum((p - mx) * (b - my) for p, b, _ in points) / sum((p - mx) ** 2 for p, _, _ in points)
+    estimate = bytes_per_pixel(args.channels, args.units)
+    print(f"measured marginal cost {slope:.0f} B/px ({args.units} units, {args.channels} ch, fp32, CPU); "
+          f"memory_budget.bytes_per_pixel = {estimate} B/px ({estimate / slope:.2f}x the measurement)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="6000x4000", help="WxH of the generated image (default 24 MP)")
@@ -67,12 +97,17 @@ def main() -> None:
     parser.add_argument("--overlap", type=int, default=32)
     parser.add_argument("--max-memory", default=None, help="budget for auto tiles, e.g. 2GB (default: from available RAM)")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--measure-cost", action="store_true", help="measure bytes per pixel of whole-image passes instead")
+    parser.add_argument("--cost-sides", default="128,256,384", help="square sizes for --measure-cost")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
+        return
+    if args.measure_cost:
+        measure_cost(args)
         return
 
     from jdnet_cli.memory_budget import bytes_per_pixel, choose_tile, device_budget, parse_size

@@ -12,8 +12,9 @@ from .tiling import ALIGN, MIN_TILE
 
 # Peak bytes per pixel beyond the dense feature buffer, in units of one feature-map element: the
 # attention keeps ~3 x 49 fp32 logit/weight planes, the pyramid and SC bottleneck a few C-channel
-# maps. Measured on the CPU with benchmarks/tiled_memory.py --measure-cost (fp32, 32 ch): the
-# buffer is 33 x 32 x 4 B = 4224 B/px and the peak was PEAK_BYTES_PER_PIXEL_32x32 (see below).
+# maps. For the full model (32 ch, 32 units, fp32) this estimate is 6772 B/px; whole-image passes
+# on the CPU at 128, 256 and 384 px (`python benchmarks/tiled_memory.py --measure-cost`) measured a
+# marginal 6162 B/px, so the estimate is 1.10x the measurement and auto tiles keep that margin.
 ATTENTION_FP32_VALUES = 160
 EXTRA_FEATURE_MAPS = 8
 SAFETY = 1.15
