@@ -1,14 +1,15 @@
 """Peak host memory of tiled deraining of one large image on the CPU (read, derain, write).
 
-    python benchmarks/tiled_memory.py --size 6000x4000 --units 2
+    python benchmarks/tiled_memory.py --size 6000x4000                 # full model, 24 MP (1-2 h on 2 cores)
+    python benchmarks/tiled_memory.py --size 6000x4000 --units 2       # quick estimate
     python benchmarks/tiled_memory.py --size 688x688 --tile 0          # one full-model tile
     python benchmarks/tiled_memory.py --measure-cost                   # per-pixel cost vs memory_budget
 
 The input is a Rain12 image scaled up (or a synthetic pattern without ../shared), written to a
 temporary PNG. The derain runs in a child process so that ru_maxrss is the derain's own peak.
-The full 32-unit model takes ~16 s per 0.15 MP on a 2-core CPU, so a 24 MP run is measured with
-fewer units: tile memory depends on the unit count only through the dense feature buffer
-(channels x (units + 1) x 4 B per pixel), which the report adds back for the full model.
+The full 32-unit model takes over an hour for 24 MP on a 2-core CPU (measured: peak RSS 3.66 GB).
+With fewer units it is quick: tile memory depends on the unit count only through the dense
+feature buffer (channels x (units + 1) x 4 B per pixel), which the report adds back.
 """
 from __future__ import annotations
 
