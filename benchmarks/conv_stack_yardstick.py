@@ -30,6 +30,12 @@ def _child(kind: str, h: int, w: int, threads: int, channels_last: bool) -> dict
 
     if threads:
         torch.set_num_threads(threads)
+    try:  # what Derainer sets up on the CPU; a --baseline checkout without it runs as it always did
+        from jdnet_cli.cpu_allocator import keep_freed_memory
+
+        keep_freed_memory()
+    except ImportError:
+        pass
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(0)
     if kind == "stack":
@@ -82,6 +88,8 @@ def main() -> None:
         configs["conv stack (NCHW)"] = ("stack", REPO, False)
     if args.baseline:
         configs["jdnet baseline"] = ("model", args.baseline.resolve(), True)
+        # The stack as that checkout would run it (allocator settings come from the checkout).
+        configs["conv stack baseline"] = ("stack", args.baseline.resolve(), True)
     results: dict[str, list[dict]] = {k: [] for k in configs}
     for rep in range(args.repeats):
         for name, (kind, repo, cl) in configs.items():

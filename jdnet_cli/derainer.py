@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_model
+from .cpu_allocator import keep_freed_memory
 from .devices import device_name, resolve_device, resolve_precision
 from .errors import JDNetError
 from .memory_budget import bytes_per_pixel, choose_batch, choose_tile, device_budget, parse_size
@@ -62,6 +63,7 @@ class Derainer:
         if self.device.type == "cpu":
             # mkldnn convs are ~3x faster in NHWC for these 32-channel layers.
             self.model = self.model.to(memory_format=torch.channels_last)
+            keep_freed_memory()
         self.tile = parse_tile(tile)
         if tile_overlap < 0:
             raise JDNetError(f"tile overlap must be at least 0, not {tile_overlap}")

@@ -3,6 +3,9 @@ feature-buffer dense training path, and the Triton kernel in interpreter mode wh
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,7 +14,7 @@ from jdnet_cli.models import attention_banded
 from jdnet_cli.models.attention_banded import pairwise_attention_banded
 from jdnet_cli.models.pairwise_attention import pairwise_attention_reference, position_planes
 
-from .conftest import make_tiny_model
+from .conftest import REPO, make_tiny_model
 
 
 def _inputs(n, h, w, c=8, dtype=torch.float32, seed=0, channels_last=False, grad=False):
@@ -112,3 +115,27 @@ def test_triton_kernel_in_interpreter_matches_reference(monkeypatch):
         assert (out - pairwise_attention_reference(*args)).abs().max().item() <= 1e-4
     attention_triton._kernel.cache_clear()
     attention_triton.triton_available.cache_clear()
+
+
+_ALLOCATOR_PROBE = """
+import sys, numpy as np
+from jdnet_cli.cpu_allocator import keep_freed_memory
+def rss_mib():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+if sys.argv[1] == "keep":
+    assert keep_freed_memory() and keep_freed_memory()
+a = np.ones(64 * 2**20, np.uint8)  # 64 MiB, touched
+before_free = rss_mib()
+del a
+print(before_free - rss_mib())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
+def test_keep_freed_memory_keeps_large_blocks_for_reuse():
+    """With the setting a freed 64 MiB tensor stays mapped for the next pass; without it, it is unmapped."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    released = {mode: float(subprocess.run([sys.executable, "-c", _ALLOCATOR_PROBE, mode], env=env, capture_output=True,
+                                           text=True, check=True).stdout) for mode in ("default", "keep")}
+    assert released["default"] > 60
+    assert released["keep"] < 4
