@@ -173,10 +173,7 @@ def _to_array(img: Image, ext: str) -> np.ndarray:
         arr = np.repeat(gray[..., None], 3, axis=2)  # OpenCV writes no grey+alpha TIFF/WebP: store as RGBA
     bgr = arr[..., ::-1]
     if keep_alpha:
-        alpha = img.alpha
-        if alpha.dtype != bgr.dtype:
-            alpha = _convert_alpha(alpha, bgr.dtype)
-        bgr = np.dstack([bgr, alpha])
+        bgr = np.dstack([bgr, _convert_alpha(img.alpha, bgr.dtype)])
     return np.ascontiguousarray(bgr)
 
 
