@@ -56,7 +56,14 @@ def _child(kind: str, h: int, w: int, threads: int, channels_last: bool) -> dict
         net(x)
         seconds = time.perf_counter() - t0
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
-    return {"seconds": seconds, "peak_mib_per_mpix": peak_kib / 1024 / (h * w / 1e6), "threads": torch.get_num_threads()}
+    try:  # which path the model ran on (a checkout from before the C++ kernels has none)
+        from jdnet_cli.models.cpu_kernels import cpu_kernels_status
+
+        kernels = cpu_kernels_status() if kind == "model" else "-"
+    except ImportError:
+        kernels = "none in this checkout" if kind == "model" else "-"
+    return {"seconds": seconds, "peak_mib_per_mpix": peak_kib / 1024 / (h * w / 1e6), "threads": torch.get_num_threads(),
+            "cpu_kernels": kernels}
 
 
 def _run_child(kind: str, repo: Path, args: argparse.Namespace, channels_last: bool) -> dict:
@@ -104,6 +111,9 @@ def main() -> None:
         print(f"  {name:20s} {med[name]:7.2f} s  {med[name] / stack:5.2f}x stack  peak {peak:6.0f} MiB/Mpix")
     if args.baseline:
         print(f"  jdnet speed-up over baseline: {med['jdnet baseline'] / med['jdnet']:.2f}x")
+    for name, v in results.items():
+        if v[0]["cpu_kernels"] != "-":
+            print(f"  {name} C++ kernels: {v[0]['cpu_kernels']}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from .devices import device_name, resolve_device, resolve_precision
 from .errors import JDNetError
 from .memory_budget import bytes_per_pixel, choose_batch, choose_tile, device_budget, parse_size
 from .models import ATTENTION_OPS, JDNet
+from .models.cpu_kernels import cpu_kernels_status, cpu_kernels_usable
 from .tiling import MIN_TILE, normalise_tile, plan_tiles, run_halving_on_oom, run_tiled
 from .shipped_weights import default_weights_path
 
@@ -59,11 +60,15 @@ class Derainer:
         else:
             self.weights_path, self.meta = None, {}
         self.model = model.eval().to(self.device)
+        self.cpu_kernels = False
         self.model.set_attention_op(ATTENTION_OPS[attention])
         if self.device.type == "cpu":
             # mkldnn convs are ~3x faster in NHWC for these 32-channel layers.
             self.model = self.model.to(memory_format=torch.channels_last)
             keep_freed_memory()
+            # Build (first run on this machine, ~15 s) or load the fused kernels now rather than
+            # stalling the first image; without them inference runs on plain torch ops.
+            self.cpu_kernels = cpu_kernels_usable(torch.empty(0))
         self.tile = parse_tile(tile)
         if tile_overlap < 0:
             raise JDNetError(f"tile overlap must be at least 0, not {tile_overlap}")
@@ -78,8 +83,11 @@ class Derainer:
 
     @property
     def device_description(self) -> str:
-        """e.g. 'NVIDIA H100 80GB HBM3' or 'CPU (x86_64, 2 threads)'."""
-        return device_name(self.device)
+        """e.g. 'NVIDIA H100 80GB HBM3' or 'CPU (x86_64, 2 threads)', plus '(no C++ kernels)' if so."""
+        name = device_name(self.device)
+        if self.device.type == "cpu" and not self.cpu_kernels:
+            name += " (no C++ kernels: " + cpu_kernels_status() + ")"
+        return name
 
     def _autocast(self):
         if self.dtype == torch.float32:

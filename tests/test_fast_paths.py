@@ -1,18 +1,22 @@
 """Fast paths against the reference: banded attention (forward, hand-written backward), the
-feature-buffer dense training path, and the Triton kernel in interpreter mode when Triton exists."""
+feature-buffer dense training path, the C++ CPU inference kernels, and the Triton kernel in
+interpreter mode when Triton exists."""
 from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from jdnet_cli.models import attention_banded
 from jdnet_cli.models.attention_banded import pairwise_attention_banded
-from jdnet_cli.models.pairwise_attention import pairwise_attention_reference, position_planes
+from jdnet_cli.models.cpu_kernels import cpu_kernels_status, cpu_kernels_usable, dense_fusion_cpu, pairwise_attention_cpu
+from jdnet_cli.models.pairwise_attention import pairwise_attention_fast, pairwise_attention_reference, position_planes
 
 from .conftest import REPO, make_tiny_model
 
@@ -139,3 +143,98 @@ def test_keep_freed_memory_keeps_large_blocks_for_reuse():
                                            text=True, check=True).stdout) for mode in ("default", "keep")}
     assert released["default"] > 60
     assert released["keep"] < 4
+
+
+# ---- C++ kernels for CPU inference (built on first use; every machine CI runs on has a compiler)
+
+needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None, reason="no C++ compiler")
+
+
+@needs_compiler
+def test_cpu_kernels_build_and_load_here():
+    assert cpu_kernels_usable(torch.zeros(1)), cpu_kernels_status()
+    assert cpu_kernels_status().startswith("loaded ")
+
+
+@needs_compiler
+@pytest.mark.parametrize("shape", [(1, 9, 13), (2, 5, 64), (1, 7, 70), (3, 4, 129), (1, 12, 200)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cpu_attention_kernel_matches_reference(shape, channels_last):
+    # Widths below one strip (64), exactly one, a ragged end (70, 129, 200) and several batches.
+    args = _inputs(*shape, seed=sum(shape), channels_last=channels_last)
+    with torch.inference_mode():
+        out = pairwise_attention_cpu(*args)
+        ref = pairwise_attention_reference(*args)
+    assert out.shape == ref.shape
+    assert (out - ref).abs().max().item() <= 1e-4
+
+
+@needs_compiler
+def test_cpu_attention_kernel_takes_any_value_channel_count():
+    args = _inputs(2, 6, 67, c=3, seed=9)
+    with torch.inference_mode():
+        assert (pairwise_attention_cpu(*args) - pairwise_attention_reference(*args)).abs().max().item() <= 1e-4
+
+
+@needs_compiler
+@pytest.mark.parametrize("k", [1, 32, 64, 300, 1056])
+def test_dense_fusion_kernel_matches_gemm(k):
+    # 7 x 29 = 203 pixels: not a multiple of the 3-pixel register block or the 192-pixel panel;
+    # k = 300 crosses the 256-channel depth chunk; the rows are a strided prefix of a wider buffer.
+    g = torch.Generator().manual_seed(k)
+    buffer = torch.randn(7 * 29, 1056 + 32, generator=g)
+    weight = torch.randn(32, k, 1, 1, generator=g) / k**0.5
+    bias = torch.randn(32, generator=g)
+    with torch.inference_mode():
+        out = dense_fusion_cpu(buffer, k, weight, bias, 0.2)
+        ref = F.leaky_relu(torch.addmm(bias, buffer[:, :k], weight.view(32, k).t()), 0.2)
+    assert out.shape == (7 * 29, 32)
+    assert (out - ref).abs().max().item() <= 1e-4
+
+
+@needs_compiler
+def test_model_with_cpu_kernels_matches_plain_torch_ops(monkeypatch):
+    """Full inference path (32 channels, so the fusion kernel is used) against the torch ops."""
+    from jdnet_cli.models import jdnet as jdnet_module
+    from jdnet_cli.models import pairwise_attention as attention_module
+
+    model = make_tiny_model(channels=32, units=3).to(memory_format=torch.channels_last)
+    x = torch.rand(1, 3, 23, 70, generator=torch.Generator().manual_seed(2)).contiguous(memory_format=torch.channels_last)
+    assert cpu_kernels_usable(x), cpu_kernels_status()
+    with torch.inference_mode():
+        fast = model(x)
+        for module in (jdnet_module, attention_module):
+            monkeypatch.setattr(module, "cpu_kernels_usable", lambda *t: False)
+        plain = model(x)
+        reference = model.set_attention_op(pairwise_attention_reference)(x)
+    assert (fast - plain).abs().max().item() <= 1e-4
+    assert (fast - reference).abs().max().item() <= 1e-4
+
+
+def test_cpu_kernels_are_not_used_where_gradients_are_needed():
+    args = _inputs(1, 6, 70, grad=True)
+    out = pairwise_attention_fast(*args)
+    assert out.grad_fn is not None and "PairwiseAttentionFunction" in type(out.grad_fn).__name__
+
+
+_FALLBACK_PROBE = """
+import torch
+from jdnet_cli.models.cpu_kernels import cpu_kernels_status, cpu_kernels_usable
+from jdnet_cli.models.pairwise_attention import pairwise_attention_fast, pairwise_attention_reference
+g = torch.Generator().manual_seed(0)
+args = [torch.randn(*s, generator=g) for s in ((1, 2, 6, 9), (1, 2, 6, 9), (1, 8, 6, 9), (1, 2, 6, 9), (2, 4), (1, 2), (1,))]
+with torch.inference_mode():
+    err = (pairwise_attention_fast(*args) - pairwise_attention_reference(*args)).abs().max().item()
+print(cpu_kernels_usable(args[0]), err <= 1e-4, cpu_kernels_status())
+"""
+
+
+@pytest.mark.parametrize("env, status", [({"JDNET_NATIVE": "0"}, "disabled by JDNET_NATIVE=0"),
+                                         ({"CXX": "false"}, "build or load failed: compiler exit 1")])
+def test_without_cpu_kernels_inference_falls_back_to_torch_ops(tmp_path, env, status):
+    full_env = dict(os.environ, PYTHONPATH=str(REPO), JDNET_CACHE_DIR=str(tmp_path), **env)
+    out = subprocess.run([sys.executable, "-c", _FALLBACK_PROBE], env=full_env, capture_output=True, text=True, check=True)
+    usable, correct, said = out.stdout.strip().split(" ", 2)
+    assert (usable, correct) == ("False", "True")
+    assert said.startswith(status)
+    assert not any(p.suffix == ".so" for p in tmp_path.rglob("*"))

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .cpu_kernels import FUSION_OUT, cpu_kernels_usable, dense_fusion_cpu
 from .dense_buffer import dense_forward
 from .pairwise_attention import pairwise_attention_fast, pairwise_attention_reference, position_planes
 
@@ -155,9 +156,12 @@ def _fuse_prefix(fuse: nn.Sequential, feats: torch.Tensor, k: int) -> torch.Tens
     if _memory_format(feats) is torch.channels_last:
         # A channels-last prefix is strided; a conv would copy it, a GEMM reads it in place.
         n, c, h, w = feats.shape
-        rows = feats.permute(0, 2, 3, 1).reshape(n * h * w, c)[:, :k]
-        out = torch.addmm(conv.bias, rows, conv.weight.view(conv.out_channels, k).t())
-        return act(out.view(n, h, w, -1).permute(0, 3, 1, 2))
+        rows = feats.permute(0, 2, 3, 1).reshape(n * h * w, c)
+        if conv.out_channels == FUSION_OUT and cpu_kernels_usable(rows, conv.weight, conv.bias):
+            out = dense_fusion_cpu(rows, k, conv.weight, conv.bias, act.negative_slope)
+        else:
+            out = act(torch.addmm(conv.bias, rows[:, :k], conv.weight.view(conv.out_channels, k).t()))
+        return out.view(n, h, w, -1).permute(0, 3, 1, 2)
     return act(conv(feats[:, :k]))
 
 

@@ -5,8 +5,9 @@ Two implementations of the same maths:
 * ``pairwise_attention_reference``: the plain unfold formulation, kept as the yardstick that every
   fast path is tested against.
 * ``pairwise_attention_fast``: never materialises the 49x neighbourhood tensors: a fused Triton
-  kernel for CUDA inference (``attention_triton``), otherwise the banded torch op with a
-  hand-written backward (``attention_banded``), so training uses it too.
+  kernel for CUDA inference (``attention_triton``), a fused C++ kernel for CPU inference
+  (``cpu_kernels``), otherwise the banded torch op with a hand-written backward
+  (``attention_banded``), so training uses it too.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention_banded import pairwise_attention_banded
+from .cpu_kernels import cpu_kernels_usable, pairwise_attention_cpu
 
 KERNEL = 7
 
@@ -95,10 +97,13 @@ def pairwise_attention_fast(
 ) -> torch.Tensor:
     """Same result as the reference without the 49x tensors; accumulates in fp32 or better.
 
-    CUDA inference runs the fused Triton kernel when Triton is installed; everything else (CPU,
-    training, float64) runs the banded torch op, which has its own memory-lean backward.
+    Inference runs a fused kernel where there is one: Triton on CUDA when Triton is installed, the
+    C++ kernel on the CPU in float32 when it could be built. Everything else (training, float64,
+    no kernel) runs the banded torch op, which has its own memory-lean backward.
     """
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x1, x2, x3, p, w1, w2, b2))
+    if x1.device.type == "cpu" and cpu_kernels_usable(x1, x2, x3, p, w1, w2, b2):
+        return pairwise_attention_cpu(x1, x2, x3, p, w1, w2, b2, slope)
     if x1.is_cuda and not needs_grad and x3.dtype != torch.float64:
         from .attention_triton import pairwise_attention_triton, triton_available
 
