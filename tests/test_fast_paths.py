@@ -15,7 +15,14 @@ import torch.nn.functional as F
 
 from jdnet_cli.models import attention_banded
 from jdnet_cli.models.attention_banded import pairwise_attention_banded
-from jdnet_cli.models.cpu_kernels import cpu_kernels_status, cpu_kernels_usable, dense_fusion_cpu, pairwise_attention_cpu
+from jdnet_cli.models.cpu_kernels import (
+    calibration_gate_cpu,
+    cpu_kernels_status,
+    cpu_kernels_usable,
+    dense_fusion_cpu,
+    pairwise_attention_cpu,
+    scale_aggregate_cpu,
+)
 from jdnet_cli.models.pairwise_attention import pairwise_attention_fast, pairwise_attention_reference, position_planes
 
 from .conftest import REPO, make_tiny_model
@@ -203,8 +210,9 @@ def test_model_with_cpu_kernels_matches_plain_torch_ops(monkeypatch):
     assert cpu_kernels_usable(x), cpu_kernels_status()
     with torch.inference_mode():
         fast = model(x)
-        for module in (jdnet_module, attention_module):
-            monkeypatch.setattr(module, "cpu_kernels_usable", lambda *t: False)
+        for module, name in ((jdnet_module, "cpu_kernels_usable"), (jdnet_module, "nhwc_kernels_usable"),
+                             (attention_module, "cpu_kernels_usable")):
+            monkeypatch.setattr(module, name, lambda *t: False)
         plain = model(x)
         reference = model.set_attention_op(pairwise_attention_reference)(x)
     assert (fast - plain).abs().max().item() <= 1e-4
@@ -238,3 +246,47 @@ def test_without_cpu_kernels_inference_falls_back_to_torch_ops(tmp_path, env, st
     assert (usable, correct) == ("False", "True")
     assert said.startswith(status)
     assert not any(p.suffix == ".so" for p in tmp_path.rglob("*"))
+
+
+def _nhwc(*shape, seed):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).contiguous(memory_format=torch.channels_last)
+
+
+@needs_compiler
+@pytest.mark.parametrize("h, w", [(321, 37), (17, 19), (8, 8)])
+def test_scale_aggregate_kernel_matches_upsample_and_add(h, w):
+    # 321 rows from a 21-row map is where PyTorch's nearest rule stops being plain block repetition.
+    base, skip = _nhwc(2, 32, h, w, seed=1), _nhwc(2, 32, h, w, seed=2)
+    smalls, sh, sw = [], h, w
+    for j in range(4):
+        sh, sw = (sh + 1) // 2, (sw + 1) // 2
+        smalls.append(_nhwc(2, 32, sh, sw, seed=3 + j))
+    with torch.inference_mode():
+        out = scale_aggregate_cpu(base, skip, smalls, 0.2)
+        ref = base
+        for s in smalls:
+            ref = ref + F.interpolate(s, size=(h, w))
+        ref = F.leaky_relu(ref, 0.2) + skip
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert (out - ref).abs().max().item() <= 1e-5
+
+
+@needs_compiler
+@pytest.mark.parametrize("h, w", [(321, 37), (9, 13)])
+def test_calibration_gate_kernel_matches_sigmoid_gate(h, w):
+    x, features = _nhwc(1, 16, h, w, seed=4), _nhwc(1, 16, h, w, seed=5)
+    context = _nhwc(1, 16, h // 4, w // 4, seed=6)
+    with torch.inference_mode():
+        out = calibration_gate_cpu(x, context, features)
+        ref = features * torch.sigmoid(x + F.interpolate(context, size=(h, w)))
+    assert (out - ref).abs().max().item() <= 1e-5
+
+
+@needs_compiler
+def test_upsample_kernels_refuse_bad_index_tables():
+    base = _nhwc(1, 8, 6, 6, seed=7)
+    small = _nhwc(1, 8, 3, 3, seed=8)
+    rows = torch.tensor([0, 0, 1, 1, 2, 3])  # 3 is outside the 3-row map
+    cols = torch.tensor([0, 0, 1, 1, 2, 2])
+    with pytest.raises(RuntimeError, match="out of range"):
+        torch.ops.jdnet.scale_aggregate(base, base, [small], [rows], [cols], 0.2)

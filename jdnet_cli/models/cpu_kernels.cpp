@@ -11,15 +11,22 @@
 // reading the channel prefix of the feature buffer in place. MKL's sgemm runs this tall, 32-wide
 // product at about half the speed oneDNN reaches on a 3x3 conv here, and cannot take the
 // activation; a register-blocked loop does both.
+//
+// scale_aggregate, calibration_gate: the nearest-upsample-and-combine steps of the scale
+// aggregation and of the SC-conv, one pass over the full-resolution map instead of one per
+// upsample, add and activation. Channels-last maps; the row/column index tables come from
+// F.interpolate itself, so the nearest rule is exactly PyTorch's.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 namespace {
 
@@ -282,14 +289,118 @@ at::Tensor dense_fusion(const at::Tensor& rows, int64_t k, const at::Tensor& wei
   return out;
 }
 
+// ---- upsample-and-combine ---------------------------------------------------------------------
+
+bool nhwc_float(const at::Tensor& t) {
+  return t.scalar_type() == at::kFloat && t.dim() == 4 && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+void check_upsample_inputs(const char* op, const at::Tensor& full, const at::TensorList smalls, const at::TensorList rows,
+                           const at::TensorList cols) {
+  TORCH_CHECK(nhwc_float(full) && full.size(1) % LANES == 0, op, ": float32 channels-last maps, channels a multiple of 8");
+  TORCH_CHECK(smalls.size() == rows.size() && smalls.size() == cols.size(), op, ": one row and column table per map");
+  for (size_t j = 0; j < smalls.size(); ++j) {
+    TORCH_CHECK(nhwc_float(smalls[j]) && smalls[j].size(0) == full.size(0) && smalls[j].size(1) == full.size(1), op,
+                ": small maps must be float32 channels-last with the same batch and channels");
+    TORCH_CHECK(rows[j].scalar_type() == at::kLong && rows[j].is_contiguous() && rows[j].numel() == full.size(2) &&
+                    cols[j].scalar_type() == at::kLong && cols[j].is_contiguous() && cols[j].numel() == full.size(3),
+                op, ": index tables must be int64 of the full height and width");
+    // Out-of-range indices would read outside the small map.
+    TORCH_CHECK(rows[j].min().item<int64_t>() >= 0 && rows[j].max().item<int64_t>() < smalls[j].size(2) &&
+                    cols[j].min().item<int64_t>() >= 0 && cols[j].max().item<int64_t>() < smalls[j].size(3),
+                op, ": index table out of range");
+  }
+}
+
+// LReLU(base + sum_j up(small_j)) + skip: the scale aggregation's fusion (its 1x1 conv already
+// applied at each scale) plus the unit's residual.
+at::Tensor scale_aggregate(const at::Tensor& base, const at::Tensor& skip, at::TensorList smalls, at::TensorList rows,
+                           at::TensorList cols, double slope) {
+  check_upsample_inputs("scale_aggregate", base, smalls, rows, cols);
+  TORCH_CHECK(nhwc_float(skip) && skip.sizes() == base.sizes(), "scale_aggregate: skip must match base");
+  TORCH_CHECK(smalls.size() <= 8, "scale_aggregate: at most 8 scales");
+  TORCH_CHECK(slope >= 0.0 && slope <= 1.0, "scale_aggregate: slope must lie in [0, 1]");
+  const int64_t n_img = base.size(0), c = base.size(1), h = base.size(2), w = base.size(3);
+  const int64_t scales = int64_t(smalls.size());
+  at::Tensor out = at::empty_like(base, at::MemoryFormat::ChannelsLast);
+  const float* b = base.const_data_ptr<float>();
+  const float* sk = skip.const_data_ptr<float>();
+  float* dst = out.mutable_data_ptr<float>();
+  const float* sp[8];
+  const int64_t* ry[8];
+  const int64_t* cx[8];
+  int64_t sh[8], sw[8];
+  for (int64_t j = 0; j < scales; ++j) {
+    sp[j] = smalls[j].const_data_ptr<float>();
+    ry[j] = rows[j].const_data_ptr<int64_t>();
+    cx[j] = cols[j].const_data_ptr<int64_t>();
+    sh[j] = smalls[j].size(2);
+    sw[j] = smalls[j].size(3);
+  }
+  const vec8 sl = vec8{} + float(slope);
+  at::parallel_for(0, n_img * h, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / h, y = row % h;
+      const float* src_row[8];
+      for (int64_t j = 0; j < scales; ++j) src_row[j] = sp[j] + ((n * sh[j] + ry[j][y]) * sw[j]) * c;
+      const int64_t off = row * w * c;
+      for (int64_t x = 0; x < w; ++x) {
+        for (int64_t k = 0; k < c; k += LANES) {
+          vec8 v = load8(b + off + x * c + k);
+          for (int64_t j = 0; j < scales; ++j) v += load8(src_row[j] + cx[j][x] * c + k);
+          store8(dst + off + x * c + k, leaky(v, sl) + load8(sk + off + x * c + k));
+        }
+      }
+    }
+  });
+  return out;
+}
+
+// features * sigmoid(x + up(context)): the SC-conv's self-calibration gate applied to k3(x).
+at::Tensor calibration_gate(const at::Tensor& x, const at::Tensor& context, const at::Tensor& row_index,
+                            const at::Tensor& col_index, const at::Tensor& features) {
+  check_upsample_inputs("calibration_gate", x, {context}, {row_index}, {col_index});
+  TORCH_CHECK(nhwc_float(features) && features.sizes() == x.sizes(), "calibration_gate: features must match x");
+  const int64_t n_img = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  const int64_t ch = context.size(2), cw = context.size(3);
+  at::Tensor out = at::empty_like(x, at::MemoryFormat::ChannelsLast);
+  const float* xp = x.const_data_ptr<float>();
+  const float* cp = context.const_data_ptr<float>();
+  const float* fp = features.const_data_ptr<float>();
+  const int64_t* ry = row_index.const_data_ptr<int64_t>();
+  const int64_t* cx = col_index.const_data_ptr<int64_t>();
+  float* dst = out.mutable_data_ptr<float>();
+  at::parallel_for(0, n_img * h, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> gate(w * c);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / h, y = row % h;
+      const float* ctx_row = cp + ((n * ch + ry[y]) * cw) * c;
+      const int64_t off = row * w * c;
+      for (int64_t x0 = 0; x0 < w; ++x0)
+        for (int64_t k = 0; k < c; k += LANES)
+          store8(gate.data() + x0 * c + k, load8(xp + off + x0 * c + k) + load8(ctx_row + cx[x0] * c + k));
+      // A plain loop over the row, so the compiler can use the vector exp.
+      float* __restrict g = gate.data();
+      const float* __restrict f = fp + off;
+      float* __restrict o = dst + off;
+      for (int64_t i = 0; i < w * c; ++i) o[i] = f[i] / (1.f + std::exp(-g[i]));
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(jdnet, m) {
   m.def("pairwise_attention(Tensor centre, Tensor neighbours, Tensor values, float[] v, float slope) -> Tensor");
   m.def("dense_fusion(Tensor rows, int k, Tensor weight_t, Tensor bias, float slope) -> Tensor");
+  m.def("scale_aggregate(Tensor base, Tensor skip, Tensor[] smalls, Tensor[] rows, Tensor[] cols, float slope) -> Tensor");
+  m.def("calibration_gate(Tensor x, Tensor context, Tensor row_index, Tensor col_index, Tensor features) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(jdnet, CPU, m) {
   m.impl("pairwise_attention", &pairwise_attention);
   m.impl("dense_fusion", &dense_fusion);
+  m.impl("scale_aggregate", &scale_aggregate);
+  m.impl("calibration_gate", &calibration_gate);
 }

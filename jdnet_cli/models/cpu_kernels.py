@@ -4,15 +4,19 @@
   logits in a stack array (same maths as the reference op).
 * ``dense_fusion_cpu``: a dense connection's 1x1 fusion plus its LReLU, reading the feature
   buffer's channel prefix in place.
+* ``scale_aggregate_cpu``, ``calibration_gate_cpu``: nearest-upsample-and-combine steps of the
+  scale aggregation and the SC-conv in one pass over channels-last maps (``nhwc_kernels_usable``).
 
 Forward only: callers check ``cpu_kernels_usable`` and otherwise use plain torch ops (training,
 other dtypes, or no compiler). Compiled on first use, see ``jdnet_cli.native_build``.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from ..native_build import load_native, native_status
 from .attention_banded import _prepare
@@ -47,3 +51,36 @@ def dense_fusion_cpu(rows: torch.Tensor, k: int, weight: torch.Tensor, bias: tor
     """LReLU(bias + rows[:, :k] @ weight.view(32, k).T) as a P x 32 tensor; rows may be strided."""
     weight_t = weight.reshape(FUSION_OUT, k).t().contiguous()
     return torch.ops.jdnet.dense_fusion(rows, k, weight_t, bias.contiguous(), float(slope))
+
+
+def nhwc_kernels_usable(*maps: torch.Tensor) -> bool:
+    """``cpu_kernels_usable`` for the upsample-and-combine kernels: channels-last, channels % 8 == 0."""
+    if not all(m.dim() == 4 and m.shape[1] % 8 == 0 and m.is_contiguous(memory_format=torch.channels_last) for m in maps):
+        return False
+    return cpu_kernels_usable(*maps)
+
+
+@functools.lru_cache(maxsize=512)
+def nearest_index(in_size: int, out_size: int) -> torch.Tensor:
+    """Source row (or column) of each output row for F.interpolate's default nearest mode.
+
+    Read off F.interpolate itself rather than re-derived, so the kernels follow PyTorch's
+    float rounding exactly. Shared by callers: never modify the result.
+    """
+    src = torch.arange(in_size, dtype=torch.float32).view(1, 1, in_size, 1)
+    return F.interpolate(src, size=(out_size, 1)).view(out_size).to(torch.int64)
+
+
+def scale_aggregate_cpu(base: torch.Tensor, skip: torch.Tensor, smalls: list[torch.Tensor], slope: float) -> torch.Tensor:
+    """LReLU(base + sum of nearest-upsampled ``smalls``) + skip, all channels-last float32."""
+    h, w = base.shape[-2:]
+    rows = [nearest_index(s.shape[-2], h) for s in smalls]
+    cols = [nearest_index(s.shape[-1], w) for s in smalls]
+    return torch.ops.jdnet.scale_aggregate(base, skip, smalls, rows, cols, float(slope))
+
+
+def calibration_gate_cpu(x: torch.Tensor, context: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """features * sigmoid(x + nearest-upsampled context), all channels-last float32."""
+    h, w = x.shape[-2:]
+    rows, cols = nearest_index(context.shape[-2], h), nearest_index(context.shape[-1], w)
+    return torch.ops.jdnet.calibration_gate(x, context, rows, cols, features)

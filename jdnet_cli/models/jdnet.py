@@ -11,7 +11,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .cpu_kernels import FUSION_OUT, cpu_kernels_usable, dense_fusion_cpu
+from .cpu_kernels import (
+    FUSION_OUT,
+    calibration_gate_cpu,
+    cpu_kernels_usable,
+    dense_fusion_cpu,
+    nhwc_kernels_usable,
+    scale_aggregate_cpu,
+)
 from .dense_buffer import dense_forward
 from .pairwise_attention import pairwise_attention_fast, pairwise_attention_reference, position_planes
 
@@ -95,9 +102,13 @@ class SelfCalibratedConv(nn.Module):
         self.k4 = nn.Sequential(nn.Conv2d(channels, channels, 3, 1, 1), _lrelu())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        context = F.interpolate(self.k2(x), size=x.shape[-2:])
-        gate = torch.sigmoid(x + context)
-        return self.k4(self.k3(x) * gate)
+        context = self.k2(x)
+        features = self.k3(x)
+        if nhwc_kernels_usable(x, context, features):
+            gated = calibration_gate_cpu(x, context, features)
+        else:
+            gated = features * torch.sigmoid(x + F.interpolate(context, size=x.shape[-2:]))
+        return self.k4(gated)
 
 
 class SelfCalibratedBottleneck(nn.Module):
@@ -137,10 +148,15 @@ class JointUnit(nn.Module):
         # conv11(cat(y, up(s1..s4))) == sum_j up(W_j * s_j): nearest upsampling commutes with a
         # 1x1 conv, so each scale is projected at its own (smaller) size and no 5x concat is built.
         fused = F.conv2d(y, conv.weight[:, :c], conv.bias)
+        smalls = []
         s = y
         for j, block in enumerate(self.res_list, start=1):
             s = block(s)
-            fused = fused + F.interpolate(F.conv2d(s, conv.weight[:, j * c : (j + 1) * c]), size=size)
+            smalls.append(F.conv2d(s, conv.weight[:, j * c : (j + 1) * c]))
+        if nhwc_kernels_usable(fused, y, *smalls):
+            return self.scn(scale_aggregate_cpu(fused, y, smalls, SLOPE))
+        for small in smalls:
+            fused = fused + F.interpolate(small, size=size)
         return self.scn(self.conv11[1](fused) + y)
 
 
