@@ -20,6 +20,7 @@ from jdnet_cli.models.cpu_kernels import (
     cpu_kernels_status,
     cpu_kernels_usable,
     dense_fusion_cpu,
+    fuse_segments_cpu,
     pairwise_attention_cpu,
     scale_aggregate_cpu,
 )
@@ -208,11 +209,20 @@ def test_model_with_cpu_kernels_matches_plain_torch_ops(monkeypatch):
     model = make_tiny_model(channels=32, units=3).to(memory_format=torch.channels_last)
     x = torch.rand(1, 3, 23, 70, generator=torch.Generator().manual_seed(2)).contiguous(memory_format=torch.channels_last)
     assert cpu_kernels_usable(x), cpu_kernels_status()
+    calls = {}
+    for name in ("dense_fusion_cpu", "fuse_segments_cpu", "scale_aggregate_cpu", "calibration_gate_cpu"):
+        def counted(*a, _f=getattr(jdnet_module, name), _n=name, **k):
+            calls[_n] = calls.get(_n, 0) + 1
+            return _f(*a, **k)
+        monkeypatch.setattr(jdnet_module, name, counted)
     with torch.inference_mode():
         fast = model(x)
+    # Per unit: one dense fusion, two segment fusions (attention tail, bottleneck), one of each other.
+    assert calls == {"dense_fusion_cpu": 3, "fuse_segments_cpu": 6, "scale_aggregate_cpu": 3, "calibration_gate_cpu": 3}
+    with torch.inference_mode():
         for module, name in ((jdnet_module, "cpu_kernels_usable"), (jdnet_module, "nhwc_kernels_usable"),
                              (attention_module, "cpu_kernels_usable")):
-            monkeypatch.setattr(module, name, lambda *t: False)
+            monkeypatch.setattr(module, name, lambda *t, **k: False)
         plain = model(x)
         reference = model.set_attention_op(pairwise_attention_reference)(x)
     assert (fast - plain).abs().max().item() <= 1e-4
@@ -290,3 +300,19 @@ def test_upsample_kernels_refuse_bad_index_tables():
     cols = torch.tensor([0, 0, 1, 1, 2, 2])
     with pytest.raises(RuntimeError, match="out of range"):
         torch.ops.jdnet.scale_aggregate(base, base, [small], [rows], [cols], 0.2)
+
+
+@needs_compiler
+@pytest.mark.parametrize("activate", [False, True])
+def test_fuse_segments_kernel_writes_conv_of_concatenation_into_a_buffer_slot(activate):
+    a, b, skip = _nhwc(2, 16, 9, 11, seed=10), _nhwc(2, 8, 9, 11, seed=11), _nhwc(2, 32, 9, 11, seed=12)
+    weight = torch.randn(32, 24, 1, 1, generator=torch.Generator().manual_seed(13)) / 5
+    bias = torch.randn(32, generator=torch.Generator().manual_seed(14))
+    buffer = torch.zeros(2, 96, 9, 11).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        out = fuse_segments_cpu([a, b], weight, bias, skip, buffer[:, 32:64], activate=activate, slope=0.2)
+        ref = F.conv2d(torch.cat([a, b], 1), weight, bias) + skip
+        ref = F.leaky_relu(ref, 0.2) if activate else ref
+    assert out.data_ptr() == buffer[:, 32:64].data_ptr()
+    assert (buffer[:, 32:64] - ref).abs().max().item() <= 1e-5
+    assert buffer[:, :32].abs().max().item() == 0 and buffer[:, 64:].abs().max().item() == 0

@@ -12,6 +12,9 @@
 // product at about half the speed oneDNN reaches on a 3x3 conv here, and cannot take the
 // activation; a register-blocked loop does both.
 //
+// fuse_segments: the same product over inputs split into channel segments (a concatenation
+// that is never built), plus an optional residual, written into a given (strided) output.
+//
 // scale_aggregate, calibration_gate: the nearest-upsample-and-combine steps of the scale
 // aggregation and of the SC-conv, one pass over the full-resolution map instead of one per
 // upsample, add and activation. Channels-last maps; the row/column index tables come from
@@ -26,6 +29,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 namespace {
@@ -222,14 +226,9 @@ constexpr int64_t FUSION_ROWS = 3;    // pixels per register block: 12 accumulat
 constexpr int64_t FUSION_PANEL = 192;  // pixels per task: a multiple of FUSION_ROWS
 constexpr int64_t FUSION_DEPTH = 256; // input channels per pass: 32 KiB of weights, about L1
 
-// out[r, :] (+)= sum_k a_r[k] * wt[k, :] for R pixels over one depth chunk, all 32 outputs in
-// registers; the first chunk starts from the bias, the last applies the LReLU.
+// acc[r] += sum_{k0 <= kk < k1} a_r[kk] * wt[kk, :] for R pixels, all 32 outputs in registers.
 template <int R>
-inline void fusion_block(const float* const* a, const float* wt, const float* bias, float* const* out, int64_t k0,
-                         int64_t k1, bool first, bool last, float slope) {
-  vec8 acc[R][4];
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < 4; ++j) acc[r][j] = load8((first ? bias : out[r]) + j * LANES);
+inline void accumulate(vec8 (&acc)[R][4], const float* const* a, const float* wt, int64_t k0, int64_t k1) {
   for (int64_t kk = k0; kk < k1; ++kk) {
     const float* wrow = wt + kk * FUSION_OUT;
     const vec8 w0 = load8(wrow), w1 = load8(wrow + 8), w2 = load8(wrow + 16), w3 = load8(wrow + 24);
@@ -241,6 +240,17 @@ inline void fusion_block(const float* const* a, const float* wt, const float* bi
       acc[r][3] += x * w3;
     }
   }
+}
+
+// out[r, :] (+)= sum_k a_r[k] * wt[k, :] for R pixels over one depth chunk; the first chunk
+// starts from the bias, the last applies the LReLU.
+template <int R>
+inline void fusion_block(const float* const* a, const float* wt, const float* bias, float* const* out, int64_t k0,
+                         int64_t k1, bool first, bool last, float slope) {
+  vec8 acc[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < 4; ++j) acc[r][j] = load8((first ? bias : out[r]) + j * LANES);
+  accumulate<R>(acc, a, wt, k0, k1);
   const vec8 sl = vec8{} + slope;
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < 4; ++j) store8(out[r] + j * LANES, last ? leaky(acc[r][j], sl) : acc[r][j]);
@@ -287,6 +297,89 @@ at::Tensor dense_fusion(const at::Tensor& rows, int64_t k, const at::Tensor& wei
     }
   });
   return out;
+}
+
+// ---- fuse_segments ----------------------------------------------------------------------------
+
+constexpr int MAX_SEGMENTS = 4;
+
+struct SegmentRows {
+  const float* data[MAX_SEGMENTS];
+  int64_t stride[MAX_SEGMENTS], width[MAX_SEGMENTS];
+  int64_t count;
+};
+
+// out[r] = act(bias + skip[r] + sum_s W_s a_s[r]) for R pixels whose inputs are split over
+// several channel segments (the concatenation is never built).
+template <int R>
+inline void segment_block(const SegmentRows& seg, int64_t r0, const float* wt, const float* bias, const float* skip,
+                          int64_t ld_skip, float* out, int64_t ld_out, bool activate, float slope) {
+  vec8 acc[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < 4; ++j) {
+      acc[r][j] = load8(bias + j * LANES);
+      if (skip) acc[r][j] += load8(skip + (r0 + r) * ld_skip + j * LANES);
+    }
+  int64_t koff = 0;
+  for (int64_t s = 0; s < seg.count; ++s) {
+    const float* a[R];
+    for (int r = 0; r < R; ++r) a[r] = seg.data[s] + (r0 + r) * seg.stride[s];
+    accumulate<R>(acc, a, wt + koff * FUSION_OUT, 0, seg.width[s]);
+    koff += seg.width[s];
+  }
+  const vec8 sl = vec8{} + slope;
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < 4; ++j) store8(out + (r0 + r) * ld_out + j * LANES, activate ? leaky(acc[r][j], sl) : acc[r][j]);
+}
+
+void fuse_segments(at::TensorList segments, const at::Tensor& weight_t, const at::Tensor& bias,
+                   const std::optional<at::Tensor>& skip, const at::Tensor& out, bool activate, double slope) {
+  TORCH_CHECK(!segments.empty() && segments.size() <= MAX_SEGMENTS, "fuse_segments: 1 to 4 segments");
+  TORCH_CHECK(out.scalar_type() == at::kFloat && out.dim() == 2 && out.size(1) == FUSION_OUT && out.stride(1) == 1,
+              "fuse_segments: out must be P x 32 float32 rows with unit column stride");
+  const int64_t n_rows = out.size(0);
+  SegmentRows seg{};
+  seg.count = int64_t(segments.size());
+  int64_t k = 0;
+  for (int64_t s = 0; s < seg.count; ++s) {
+    const at::Tensor& t = segments[s];
+    TORCH_CHECK(t.scalar_type() == at::kFloat && t.dim() == 2 && t.size(0) == n_rows && t.stride(1) == 1,
+                "fuse_segments: segments must be P x k float32 rows with unit column stride");
+    seg.data[s] = t.const_data_ptr<float>();
+    seg.stride[s] = t.stride(0);
+    seg.width[s] = t.size(1);
+    k += t.size(1);
+  }
+  TORCH_CHECK(weight_t.scalar_type() == at::kFloat && weight_t.is_contiguous() && weight_t.dim() == 2 &&
+                  weight_t.size(0) == k && weight_t.size(1) == FUSION_OUT && bias.scalar_type() == at::kFloat &&
+                  bias.is_contiguous() && bias.numel() == FUSION_OUT,
+              "fuse_segments: weight_t must be (sum of widths) x 32 and bias 32");
+  const float* sk = nullptr;
+  int64_t ld_skip = 0;
+  if (skip.has_value()) {
+    TORCH_CHECK(skip->scalar_type() == at::kFloat && skip->dim() == 2 && skip->size(0) == n_rows &&
+                    skip->size(1) == FUSION_OUT && skip->stride(1) == 1,
+                "fuse_segments: skip must be P x 32 float32 rows with unit column stride");
+    sk = skip->const_data_ptr<float>();
+    ld_skip = skip->stride(0);
+  }
+  TORCH_CHECK(slope >= 0.0 && slope <= 1.0, "fuse_segments: slope must lie in [0, 1]");
+  const float* wt = weight_t.const_data_ptr<float>();
+  const float* b = bias.const_data_ptr<float>();
+  float* dst = out.mutable_data_ptr<float>();
+  const int64_t ld_out = out.stride(0);
+  const float sl = float(slope);
+  at::parallel_for(0, (n_rows + FUSION_ROWS - 1) / FUSION_ROWS, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t r0 = blk * FUSION_ROWS, count = std::min(FUSION_ROWS, n_rows - r0);
+      if (count == 3)
+        segment_block<3>(seg, r0, wt, b, sk, ld_skip, dst, ld_out, activate, sl);
+      else if (count == 2)
+        segment_block<2>(seg, r0, wt, b, sk, ld_skip, dst, ld_out, activate, sl);
+      else
+        segment_block<1>(seg, r0, wt, b, sk, ld_skip, dst, ld_out, activate, sl);
+    }
+  });
 }
 
 // ---- upsample-and-combine ---------------------------------------------------------------------
@@ -394,6 +487,7 @@ at::Tensor calibration_gate(const at::Tensor& x, const at::Tensor& context, cons
 TORCH_LIBRARY(jdnet, m) {
   m.def("pairwise_attention(Tensor centre, Tensor neighbours, Tensor values, float[] v, float slope) -> Tensor");
   m.def("dense_fusion(Tensor rows, int k, Tensor weight_t, Tensor bias, float slope) -> Tensor");
+  m.def("fuse_segments(Tensor[] segments, Tensor weight_t, Tensor bias, Tensor? skip, Tensor(a!) out, bool activate, float slope) -> ()");
   m.def("scale_aggregate(Tensor base, Tensor skip, Tensor[] smalls, Tensor[] rows, Tensor[] cols, float slope) -> Tensor");
   m.def("calibration_gate(Tensor x, Tensor context, Tensor row_index, Tensor col_index, Tensor features) -> Tensor");
 }
@@ -401,6 +495,7 @@ TORCH_LIBRARY(jdnet, m) {
 TORCH_LIBRARY_IMPL(jdnet, CPU, m) {
   m.impl("pairwise_attention", &pairwise_attention);
   m.impl("dense_fusion", &dense_fusion);
+  m.impl("fuse_segments", &fuse_segments);
   m.impl("scale_aggregate", &scale_aggregate);
   m.impl("calibration_gate", &calibration_gate);
 }

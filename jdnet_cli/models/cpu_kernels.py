@@ -4,6 +4,9 @@
   logits in a stack array (same maths as the reference op).
 * ``dense_fusion_cpu``: a dense connection's 1x1 fusion plus its LReLU, reading the feature
   buffer's channel prefix in place.
+* ``fuse_segments_cpu``: the same 32-wide product over inputs given as separate channel segments
+  (a concatenation never built), with a residual, written into a given output such as a slot of
+  the feature buffer.
 * ``scale_aggregate_cpu``, ``calibration_gate_cpu``: nearest-upsample-and-combine steps of the
   scale aggregation and the SC-conv in one pass over channels-last maps (``nhwc_kernels_usable``).
 
@@ -53,11 +56,41 @@ def dense_fusion_cpu(rows: torch.Tensor, k: int, weight: torch.Tensor, bias: tor
     return torch.ops.jdnet.dense_fusion(rows, k, weight_t, bias.contiguous(), float(slope))
 
 
-def nhwc_kernels_usable(*maps: torch.Tensor) -> bool:
-    """``cpu_kernels_usable`` for the upsample-and-combine kernels: channels-last, channels % 8 == 0."""
+def _rows(t: torch.Tensor, *, view: bool = False) -> torch.Tensor:
+    """P x C rows of a channels-last N x C x H x W map (or of a channel slice of one)."""
+    n, c, h, w = t.shape
+    t = t.permute(0, 2, 3, 1)
+    # An output must be a view (a reshape that copied would take the writes); .view raises instead.
+    return t.view(n * h * w, c) if view else t.reshape(n * h * w, c)
+
+
+def fuse_segments_cpu(
+    segments: list[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor, skip: torch.Tensor | None,
+    out: torch.Tensor, activate: bool, slope: float,
+) -> torch.Tensor:
+    """out <- [LReLU](bias + conv1x1(cat(segments)) + skip) for channels-last maps; returns out.
+
+    ``out`` may be a channel slice of a wider channels-last buffer (its rows are then strided).
+    """
+    weight_t = weight.reshape(FUSION_OUT, -1).t().contiguous()
+    torch.ops.jdnet.fuse_segments(
+        [_rows(s) for s in segments], weight_t, bias.contiguous(), None if skip is None else _rows(skip),
+        _rows(out, view=True), activate, float(slope),
+    )
+    return out
+
+
+def is_nhwc_slot(t: torch.Tensor) -> bool:
+    """True for a channels-last map or a channel slice of one (what ``fuse_segments_cpu`` can write)."""
+    n, c, h, w = t.shape
+    return t.stride(1) == 1 and (h == 1 or t.stride(2) == w * t.stride(3))
+
+
+def nhwc_kernels_usable(*maps: torch.Tensor, params: tuple[torch.Tensor, ...] = ()) -> bool:
+    """``cpu_kernels_usable`` for kernels on channels-last maps whose channels are a multiple of 8."""
     if not all(m.dim() == 4 and m.shape[1] % 8 == 0 and m.is_contiguous(memory_format=torch.channels_last) for m in maps):
         return False
-    return cpu_kernels_usable(*maps)
+    return cpu_kernels_usable(*maps, *params)
 
 
 @functools.lru_cache(maxsize=512)

@@ -16,6 +16,8 @@ from .cpu_kernels import (
     calibration_gate_cpu,
     cpu_kernels_usable,
     dense_fusion_cpu,
+    fuse_segments_cpu,
+    is_nhwc_slot,
     nhwc_kernels_usable,
     scale_aggregate_cpu,
 )
@@ -73,8 +75,11 @@ class SelfAttentionBottleneck(nn.Module):
         self.act = _lrelu()
 
     def forward(self, x: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
-        h = self.sam(self.act(self.bn1(x)), loc)
-        return self.conv(self.act(self.bn2(h))) + x
+        h = self.act(self.bn2(self.sam(self.act(self.bn1(x)), loc))).contiguous(memory_format=torch.channels_last)
+        if self.conv.out_channels == FUSION_OUT and nhwc_kernels_usable(h, x, params=(self.conv.weight, self.conv.bias)):
+            out = torch.empty_like(x, memory_format=torch.channels_last)
+            return fuse_segments_cpu([h], self.conv.weight, self.conv.bias, x, out, activate=False, slope=SLOPE)
+        return self.conv(h) + x
 
 
 class StridedResBlock(nn.Module):
@@ -124,10 +129,19 @@ class SelfCalibratedBottleneck(nn.Module):
         self.conv3 = nn.Conv2d(channels, channels, 1)
         self.act = _lrelu()
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``out``: where to write the result (e.g. a slot of the dense feature buffer)."""
         a = self.k1(self.act(self.conv1_a(z)))
         b = self.scconv(self.act(self.conv1_b(z)))
-        return self.act(self.conv3(torch.cat([a, b], 1)) + z)
+        if (
+            out is not None
+            and is_nhwc_slot(out)
+            and self.conv3.out_channels == FUSION_OUT
+            and nhwc_kernels_usable(a, b, z, params=(out, self.conv3.weight, self.conv3.bias))
+        ):
+            return fuse_segments_cpu([a, b], self.conv3.weight, self.conv3.bias, z, out, activate=True, slope=SLOPE)
+        result = self.act(self.conv3(torch.cat([a, b], 1)) + z)
+        return result if out is None else out.copy_(result)
 
 
 class JointUnit(nn.Module):
@@ -140,7 +154,8 @@ class JointUnit(nn.Module):
         self.conv11 = nn.Sequential(nn.Conv2d(channels * (NUM_SCALES + 1), channels, 1), _lrelu())
         self.scn = SelfCalibratedBottleneck(channels)
 
-    def forward(self, x: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, loc: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``out``: where to write the result (e.g. a slot of the dense feature buffer)."""
         y = self.san(x, loc)
         size = y.shape[-2:]
         conv = self.conv11[0]
@@ -154,10 +169,10 @@ class JointUnit(nn.Module):
             s = block(s)
             smalls.append(F.conv2d(s, conv.weight[:, j * c : (j + 1) * c]))
         if nhwc_kernels_usable(fused, y, *smalls):
-            return self.scn(scale_aggregate_cpu(fused, y, smalls, SLOPE))
+            return self.scn(scale_aggregate_cpu(fused, y, smalls, SLOPE), out)
         for small in smalls:
             fused = fused + F.interpolate(small, size=size)
-        return self.scn(self.conv11[1](fused) + y)
+        return self.scn(self.conv11[1](fused) + y, out)
 
 
 def _memory_format(t: torch.Tensor) -> torch.memory_format:
@@ -201,7 +216,7 @@ class DenseJointUnits(nn.Module):
         feats[:, :c] = f0
         current = f0
         for i, (unit, fuse) in enumerate(zip(self.units, self.conv1x1)):
-            feats[:, (i + 1) * c : (i + 2) * c] = unit(current, loc)
+            unit(current, loc, out=feats[:, (i + 1) * c : (i + 2) * c])
             current = _fuse_prefix(fuse, feats, (i + 2) * c)
         return current
 
