@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from jdnet_cli.models import attention_banded
 from jdnet_cli.models.attention_banded import pairwise_attention_banded
 from jdnet_cli.models.cpu_kernels import (
+    batchnorm_leaky_cpu,
     calibration_gate_cpu,
     cpu_kernels_status,
     cpu_kernels_usable,
@@ -210,7 +211,7 @@ def test_model_with_cpu_kernels_matches_plain_torch_ops(monkeypatch):
     x = torch.rand(1, 3, 23, 70, generator=torch.Generator().manual_seed(2)).contiguous(memory_format=torch.channels_last)
     assert cpu_kernels_usable(x), cpu_kernels_status()
     calls = {}
-    for name in ("dense_fusion_cpu", "fuse_segments_cpu", "scale_aggregate_cpu", "calibration_gate_cpu"):
+    for name in ("dense_fusion_cpu", "fuse_segments_cpu", "scale_aggregate_cpu", "calibration_gate_cpu", "batchnorm_leaky_cpu"):
         def counted(*a, _f=getattr(jdnet_module, name), _n=name, **k):
             calls[_n] = calls.get(_n, 0) + 1
             return _f(*a, **k)
@@ -218,7 +219,8 @@ def test_model_with_cpu_kernels_matches_plain_torch_ops(monkeypatch):
     with torch.inference_mode():
         fast = model(x)
     # Per unit: one dense fusion, two segment fusions (attention tail, bottleneck), one of each other.
-    assert calls == {"dense_fusion_cpu": 3, "fuse_segments_cpu": 6, "scale_aggregate_cpu": 3, "calibration_gate_cpu": 3}
+    assert calls == {"dense_fusion_cpu": 3, "fuse_segments_cpu": 6, "scale_aggregate_cpu": 3, "calibration_gate_cpu": 3,
+                     "batchnorm_leaky_cpu": 3}
     with torch.inference_mode():
         for module, name in ((jdnet_module, "cpu_kernels_usable"), (jdnet_module, "nhwc_kernels_usable"),
                              (attention_module, "cpu_kernels_usable")):
@@ -316,3 +318,16 @@ def test_fuse_segments_kernel_writes_conv_of_concatenation_into_a_buffer_slot(ac
     assert out.data_ptr() == buffer[:, 32:64].data_ptr()
     assert (buffer[:, 32:64] - ref).abs().max().item() <= 1e-5
     assert buffer[:, :32].abs().max().item() == 0 and buffer[:, 64:].abs().max().item() == 0
+
+
+@needs_compiler
+def test_batchnorm_leaky_kernel_matches_eval_batchnorm_then_leaky_relu():
+    bn = torch.nn.BatchNorm2d(16).eval()
+    g = torch.Generator().manual_seed(15)
+    with torch.no_grad():
+        for t in (bn.running_mean, bn.weight, bn.bias):
+            t.copy_(torch.randn(16, generator=g))
+        bn.running_var.uniform_(0.2, 2.0, generator=g)
+    x = _nhwc(2, 16, 7, 9, seed=16)
+    with torch.inference_mode():
+        assert (batchnorm_leaky_cpu(x, bn, 0.2) - F.leaky_relu(bn(x), 0.2)).abs().max().item() <= 1e-5

@@ -15,6 +15,8 @@
 // fuse_segments: the same product over inputs split into channel segments (a concatenation
 // that is never built), plus an optional residual, written into a given (strided) output.
 //
+// affine_leaky: an eval-mode BatchNorm and the LReLU after it in one pass.
+//
 // scale_aggregate, calibration_gate: the nearest-upsample-and-combine steps of the scale
 // aggregation and of the SC-conv, one pass over the full-resolution map instead of one per
 // upsample, add and activation. Channels-last maps; the row/column index tables come from
@@ -482,12 +484,37 @@ at::Tensor calibration_gate(const at::Tensor& x, const at::Tensor& context, cons
   return out;
 }
 
+// ---- affine_leaky -----------------------------------------------------------------------------
+
+// LReLU(x * scale + shift) per channel: an eval-mode BatchNorm and its activation in one pass.
+at::Tensor affine_leaky(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift, double slope) {
+  TORCH_CHECK(nhwc_float(x) && x.size(1) % LANES == 0, "affine_leaky: float32 channels-last map, channels a multiple of 8");
+  TORCH_CHECK(scale.scalar_type() == at::kFloat && shift.scalar_type() == at::kFloat && scale.is_contiguous() &&
+                  shift.is_contiguous() && scale.numel() == x.size(1) && shift.numel() == x.size(1),
+              "affine_leaky: scale and shift must be float32 with one value per channel");
+  TORCH_CHECK(slope >= 0.0 && slope <= 1.0, "affine_leaky: slope must lie in [0, 1]");
+  const int64_t c = x.size(1), pixels = x.numel() / c;
+  at::Tensor out = at::empty_like(x, at::MemoryFormat::ChannelsLast);
+  const float* src = x.const_data_ptr<float>();
+  const float* sc = scale.const_data_ptr<float>();
+  const float* sh = shift.const_data_ptr<float>();
+  float* dst = out.mutable_data_ptr<float>();
+  const vec8 sl = vec8{} + float(slope);
+  at::parallel_for(0, pixels, 2048, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p)
+      for (int64_t k = 0; k < c; k += LANES)
+        store8(dst + p * c + k, leaky(load8(src + p * c + k) * load8(sc + k) + load8(sh + k), sl));
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(jdnet, m) {
   m.def("pairwise_attention(Tensor centre, Tensor neighbours, Tensor values, float[] v, float slope) -> Tensor");
   m.def("dense_fusion(Tensor rows, int k, Tensor weight_t, Tensor bias, float slope) -> Tensor");
   m.def("fuse_segments(Tensor[] segments, Tensor weight_t, Tensor bias, Tensor? skip, Tensor(a!) out, bool activate, float slope) -> ()");
+  m.def("affine_leaky(Tensor x, Tensor scale, Tensor shift, float slope) -> Tensor");
   m.def("scale_aggregate(Tensor base, Tensor skip, Tensor[] smalls, Tensor[] rows, Tensor[] cols, float slope) -> Tensor");
   m.def("calibration_gate(Tensor x, Tensor context, Tensor row_index, Tensor col_index, Tensor features) -> Tensor");
 }
@@ -496,6 +523,7 @@ TORCH_LIBRARY_IMPL(jdnet, CPU, m) {
   m.impl("pairwise_attention", &pairwise_attention);
   m.impl("dense_fusion", &dense_fusion);
   m.impl("fuse_segments", &fuse_segments);
+  m.impl("affine_leaky", &affine_leaky);
   m.impl("scale_aggregate", &scale_aggregate);
   m.impl("calibration_gate", &calibration_gate);
 }

@@ -7,6 +7,7 @@
 * ``fuse_segments_cpu``: the same 32-wide product over inputs given as separate channel segments
   (a concatenation never built), with a residual, written into a given output such as a slot of
   the feature buffer.
+* ``batchnorm_leaky_cpu``: eval-mode BatchNorm + LReLU in one pass.
 * ``scale_aggregate_cpu``, ``calibration_gate_cpu``: nearest-upsample-and-combine steps of the
   scale aggregation and the SC-conv in one pass over channels-last maps (``nhwc_kernels_usable``).
 
@@ -117,3 +118,14 @@ def calibration_gate_cpu(x: torch.Tensor, context: torch.Tensor, features: torch
     h, w = x.shape[-2:]
     rows, cols = nearest_index(context.shape[-2], h), nearest_index(context.shape[-1], w)
     return torch.ops.jdnet.calibration_gate(x, context, rows, cols, features)
+
+
+def batchnorm_leaky_cpu(x: torch.Tensor, bn: torch.nn.BatchNorm2d, slope: float) -> torch.Tensor:
+    """LReLU(bn(x)) for an eval-mode BatchNorm2d (running statistics) on a channels-last map."""
+    scale = bn.running_var.add(bn.eps).rsqrt()
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return torch.ops.jdnet.affine_leaky(x, scale.float().contiguous(), shift.float().contiguous(), float(slope))

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from .cpu_kernels import (
     FUSION_OUT,
+    batchnorm_leaky_cpu,
     calibration_gate_cpu,
     cpu_kernels_usable,
     dense_fusion_cpu,
@@ -75,7 +76,11 @@ class SelfAttentionBottleneck(nn.Module):
         self.act = _lrelu()
 
     def forward(self, x: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
-        h = self.act(self.bn2(self.sam(self.act(self.bn1(x)), loc))).contiguous(memory_format=torch.channels_last)
+        if not self.bn1.training and nhwc_kernels_usable(x, params=(self.bn1.running_mean, self.bn1.weight)):
+            pre = batchnorm_leaky_cpu(x, self.bn1, SLOPE)
+        else:
+            pre = self.act(self.bn1(x))
+        h = self.act(self.bn2(self.sam(pre, loc))).contiguous(memory_format=torch.channels_last)
         if self.conv.out_channels == FUSION_OUT and nhwc_kernels_usable(h, x, params=(self.conv.weight, self.conv.bias)):
             out = torch.empty_like(x, memory_format=torch.channels_last)
             return fuse_segments_cpu([h], self.conv.weight, self.conv.bias, x, out, activate=False, slope=SLOPE)
