@@ -66,7 +66,7 @@ class Derainer:
             # mkldnn convs are ~3x faster in NHWC for these 32-channel layers.
             self.model = self.model.to(memory_format=torch.channels_last)
             keep_freed_memory()
-            # Build (first run on this machine, ~15 s) or load the fused kernels now rather than
+            # Build (first run on this machine, ~12 s) or load the fused kernels now rather than
             # stalling the first image; without them inference runs on plain torch ops.
             self.cpu_kernels = cpu_kernels_usable(torch.empty(0))
         self.tile = parse_tile(tile)

@@ -2,7 +2,7 @@
 
 The package ships C++ sources, not binaries: a wheel built here would have to match the user's
 torch build exactly. So the first process that needs an op runs the system C++ compiler with
-torch's own headers and libraries (about 20 s), writes the library atomically into the cache
+torch's own headers and libraries (about 12 s here), writes the library atomically into the cache
 (``$JDNET_CACHE_DIR`` or ``~/.cache/jdnet``), and every later process just loads it. Nothing here
 is required: without a compiler, or with ``JDNET_NATIVE=0``, callers fall back to plain torch ops,
 and ``native_status`` says why.

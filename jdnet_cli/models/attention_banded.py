@@ -37,7 +37,8 @@ def _windows(padded: torch.Tensor, r0: int, rows: int, width: int) -> torch.Tens
     )
 
 
-def _prepare(x1, x2, x3, p, acc):
+def padded_planes(x1, x2, x3, p, acc):
+    """Planar (centre, reflect-padded neighbours, reflect-padded values) in dtype ``acc``."""
     n = x1.shape[0]
     p = p.to(acc).expand(n, -1, -1, -1)
     centre = torch.cat([x1.to(acc), p], 1).contiguous()
@@ -67,7 +68,7 @@ def attention_forward(x1, x2, x3, p, v, slope):
     """Forward: returns (output in acc dtype, N x C x H x W; softmax max; softmax sum)."""
     n, _, h, w = x1.shape
     acc = _acc_dtype(x3)
-    centre, neighbours, values = _prepare(x1, x2, x3, p, acc)
+    centre, neighbours, values = padded_planes(x1, x2, x3, p, acc)
     vs = [float(t) for t in v]
     out = torch.empty((n, x3.shape[1], h, w), dtype=acc, device=x1.device)
     smax = torch.empty((n, 1, h, w), dtype=acc, device=x1.device)
@@ -104,7 +105,7 @@ def attention_backward(grad, x1, x2, x3, p, v, slope, out, smax, ssum):
     n, _, h, w = x1.shape
     ch = x3.shape[1]
     acc = out.dtype
-    centre, neighbours, values = _prepare(x1, x2, x3, p, acc)
+    centre, neighbours, values = padded_planes(x1, x2, x3, p, acc)
     grad = grad.to(acc).contiguous()
     vs = [float(t) for t in v]
     g_centre = torch.empty_like(centre)

@@ -2,7 +2,7 @@
 // Built at first use by jdnet_cli/native_build.py; jdnet_cli/models/cpu_kernels.py calls them.
 //
 // pairwise_attention: SAM's attention (kernel 7), one pass per strip of pixels. Inputs are what
-// attention_banded._prepare makes: planar planes, the neighbour and value planes reflect-padded
+// attention_banded.padded_planes makes: planar planes, the neighbour and value planes reflect-padded
 // by 3. Each task takes one image row and walks it in strips of STRIP pixels; a strip's 49 logits
 // live in a small stack array (12.5 KiB), so logits, softmax weights and neighbourhoods never
 // reach memory. Inner loops run over consecutive pixels of a row and vectorise.

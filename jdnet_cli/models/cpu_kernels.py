@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..native_build import load_native, native_status
-from .attention_banded import _prepare
+from .attention_banded import padded_planes
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
 FUSION_OUT = 32  # the register block of dense_fusion holds exactly this many output channels
@@ -45,7 +45,7 @@ def cpu_kernels_usable(*tensors: torch.Tensor) -> bool:
 
 def pairwise_attention_cpu(x1, x2, x3, p, w1, w2, b2, slope: float = 0.2) -> torch.Tensor:
     """Fused attention forward; same arguments and result as the reference op."""
-    centre, neighbours, values = _prepare(x1, x2, x3, p, torch.float32)
+    centre, neighbours, values = padded_planes(x1, x2, x3, p, torch.float32)
     # The two 1x1 layers on the relation collapse to one 4-vector (no activation between them).
     v = (w2.view(2, 1).double() * w1.double()).sum(0).tolist()
     return torch.ops.jdnet.pairwise_attention(centre, neighbours, values, v, float(slope))

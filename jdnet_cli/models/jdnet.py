@@ -80,8 +80,10 @@ class SelfAttentionBottleneck(nn.Module):
             pre = batchnorm_leaky_cpu(x, self.bn1, SLOPE)
         else:
             pre = self.act(self.bn1(x))
-        h = self.act(self.bn2(self.sam(pre, loc))).contiguous(memory_format=torch.channels_last)
-        if self.conv.out_channels == FUSION_OUT and nhwc_kernels_usable(h, x, params=(self.conv.weight, self.conv.bias)):
+        h = self.act(self.bn2(self.sam(pre, loc)))
+        if self.conv.out_channels == FUSION_OUT and nhwc_kernels_usable(x, params=(h, self.conv.weight, self.conv.bias)):
+            # The attention output is planar; the kernel reads pixel rows.
+            h = h.contiguous(memory_format=torch.channels_last)
             out = torch.empty_like(x, memory_format=torch.channels_last)
             return fuse_segments_cpu([h], self.conv.weight, self.conv.bias, x, out, activate=False, slope=SLOPE)
         return self.conv(h) + x

@@ -102,7 +102,7 @@ def pairwise_attention_fast(
     no kernel) runs the banded torch op, which has its own memory-lean backward.
     """
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x1, x2, x3, p, w1, w2, b2))
-    if x1.device.type == "cpu" and cpu_kernels_usable(x1, x2, x3, p, w1, w2, b2):
+    if cpu_kernels_usable(x1, x2, x3, p, w1, w2, b2):
         return pairwise_attention_cpu(x1, x2, x3, p, w1, w2, b2, slope)
     if x1.is_cuda and not needs_grad and x3.dtype != torch.float64:
         from .attention_triton import pairwise_attention_triton, triton_available
