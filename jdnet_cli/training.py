@@ -309,4 +309,7 @@ class Trainer:
     def close(self) -> None:
         """Leave the process group (DDP runs); harmless otherwise."""
         if self.world > 1 and dist.is_initialized():
+            # A rank that tears gloo down while a peer is still busy (rank 0 exporting) can abort in
+            # gloo's threads ("terminate called without an active exception"): leave together.
+            dist.barrier()
             dist.destroy_process_group()
