@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from jdnet_cli.models import attention_banded
-from jdnet_cli.models.attention_banded import pairwise_attention_banded
+from jdnet_cli.models.attention_banded import padded_planes, pairwise_attention_banded
 from jdnet_cli.models.cpu_kernels import (
     batchnorm_leaky_cpu,
     calibration_gate_cpu,
@@ -23,6 +23,7 @@ from jdnet_cli.models.cpu_kernels import (
     dense_fusion_cpu,
     fuse_segments_cpu,
     pairwise_attention_cpu,
+    sam_attention_cpu,
     scale_aggregate_cpu,
 )
 from jdnet_cli.models.pairwise_attention import pairwise_attention_fast, pairwise_attention_reference, position_planes
@@ -211,16 +212,18 @@ def test_model_with_cpu_kernels_matches_plain_torch_ops(monkeypatch):
     x = torch.rand(1, 3, 23, 70, generator=torch.Generator().manual_seed(2)).contiguous(memory_format=torch.channels_last)
     assert cpu_kernels_usable(x), cpu_kernels_status()
     calls = {}
-    for name in ("dense_fusion_cpu", "fuse_segments_cpu", "scale_aggregate_cpu", "calibration_gate_cpu", "batchnorm_leaky_cpu"):
+    for name in ("dense_fusion_cpu", "fuse_segments_cpu", "scale_aggregate_cpu", "calibration_gate_cpu", "sam_attention_cpu",
+                 "batchnorm_leaky_cpu"):
         def counted(*a, _f=getattr(jdnet_module, name), _n=name, **k):
             calls[_n] = calls.get(_n, 0) + 1
             return _f(*a, **k)
         monkeypatch.setattr(jdnet_module, name, counted)
     with torch.inference_mode():
         fast = model(x)
-    # Per unit: one dense fusion, two segment fusions (attention tail, bottleneck), one of each other.
-    assert calls == {"dense_fusion_cpu": 3, "fuse_segments_cpu": 6, "scale_aggregate_cpu": 3, "calibration_gate_cpu": 3,
-                     "batchnorm_leaky_cpu": 3}
+    # Per unit: one dense fusion, three segment fusions (attention tail, bottleneck in and out), one
+    # of each other; the attention block's own BatchNorm kernel is only for the non-fused path.
+    assert calls == {"dense_fusion_cpu": 3, "fuse_segments_cpu": 9, "scale_aggregate_cpu": 3, "calibration_gate_cpu": 3,
+                     "sam_attention_cpu": 3}
     with torch.inference_mode():
         for module, name in ((jdnet_module, "cpu_kernels_usable"), (jdnet_module, "nhwc_kernels_usable"),
                              (attention_module, "cpu_kernels_usable")):
@@ -331,3 +334,151 @@ def test_batchnorm_leaky_kernel_matches_eval_batchnorm_then_leaky_relu():
     x = _nhwc(2, 16, 7, 9, seed=16)
     with torch.inference_mode():
         assert (batchnorm_leaky_cpu(x, bn, 0.2) - F.leaky_relu(bn(x), 0.2)).abs().max().item() <= 1e-5
+
+
+def _random_batchnorm(channels: int, seed: int) -> torch.nn.BatchNorm2d:
+    bn = torch.nn.BatchNorm2d(channels).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for t in (bn.running_mean, bn.weight, bn.bias):
+            t.copy_(torch.randn(channels, generator=g))
+        bn.running_var.uniform_(0.2, 2.0, generator=g)
+    return bn
+
+
+def _random_convs(seed: int, outs=(2, 2, 8)) -> list[torch.nn.Conv2d]:
+    torch.manual_seed(seed)
+    return [torch.nn.Conv2d(32, o, 1) for o in outs]
+
+
+@needs_compiler
+@pytest.mark.parametrize("n, h, w, p_batch", [(1, 4, 4, 1), (2, 9, 13, 1), (2, 7, 70, 2), (1, 33, 5, 1)])
+def test_attention_inputs_kernel_matches_batchnorm_projections_and_reflect_padding(n, h, w, p_batch):
+    x = _nhwc(n, 32, h, w, seed=20)
+    bn = _random_batchnorm(32, seed=21)
+    convs = _random_convs(22)
+    p = torch.randn(p_batch, 2, h, w, generator=torch.Generator().manual_seed(23))
+    weight = torch.cat([c.weight.view(c.out_channels, 32) for c in convs])
+    weight_t = torch.zeros(32, 16)
+    weight_t[:, :12] = weight.t()
+    bias = torch.zeros(16)
+    bias[:12] = torch.cat([c.bias for c in convs])
+    scale = bn.running_var.add(bn.eps).rsqrt() * bn.weight
+    shift = bn.bias - bn.running_mean * scale
+    with torch.inference_mode():
+        got = torch.ops.jdnet.attention_inputs(x, scale, shift, weight_t, bias, 8, p, 0.2)
+        pre = F.leaky_relu(bn(x), 0.2)
+        want = padded_planes(*(c(pre) for c in convs), p, torch.float32)
+    assert [t.shape for t in got] == [t.shape for t in want]
+    for g, r in zip(got, want):
+        assert (g - r).abs().max().item() <= 1e-5
+
+
+@needs_compiler
+def test_attention_inputs_kernel_refuses_maps_too_small_to_reflect():
+    x = _nhwc(1, 32, 3, 8, seed=24)
+    with pytest.raises(RuntimeError, match="at least 4 rows"):
+        torch.ops.jdnet.attention_inputs(x, torch.ones(32), torch.zeros(32), torch.zeros(32, 16), torch.zeros(16), 8,
+                                         torch.zeros(1, 2, 3, 8), 0.2)
+
+
+@needs_compiler
+@pytest.mark.parametrize("shape", [(1, 9, 13), (2, 5, 64), (1, 7, 70), (2, 4, 129)])
+def test_attention_with_batchnorm_epilogue_writes_channels_last(shape):
+    args = _inputs(*shape, seed=sum(shape) + 1)
+    centre, neighbours, values = padded_planes(*args[:4], torch.float32)
+    v = (args[5].view(2, 1) * args[4]).sum(0).tolist()
+    bn = _random_batchnorm(8, seed=25)
+    scale = bn.running_var.add(bn.eps).rsqrt() * bn.weight
+    shift = bn.bias - bn.running_mean * scale
+    with torch.inference_mode():
+        out = torch.ops.jdnet.pairwise_attention_bn_leaky(centre, neighbours, values, v, 0.2, scale, shift)
+        ref = F.leaky_relu(bn(pairwise_attention_reference(*args)), 0.2)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert (out - ref).abs().max().item() <= 1e-4
+
+
+@needs_compiler
+@pytest.mark.parametrize("n, h, w", [(1, 4, 5), (2, 11, 70)])
+def test_sam_attention_kernel_path_matches_the_block_in_torch_ops(n, h, w):
+    from jdnet_cli.models.jdnet import SelfAttentionBottleneck
+
+    torch.manual_seed(26)
+    block = SelfAttentionBottleneck(32).eval()
+    block.bn1.load_state_dict(_random_batchnorm(32, seed=27).state_dict())
+    block.bn2.load_state_dict(_random_batchnorm(8, seed=28).state_dict())
+    x = _nhwc(n, 32, h, w, seed=29)
+    loc = position_planes(h, w)
+    sam = block.sam
+    with torch.inference_mode():
+        h_att = sam_attention_cpu(x, block.bn1, [sam.conv1, sam.conv2, sam.conv3], sam.conv_p(loc),
+                                  sam.conv_w[1].weight.flatten(1), sam.conv_w[2].weight.flatten(1), block.bn2, 0.2)
+        fast = block(x, loc)
+        block.sam.op = pairwise_attention_reference  # the block then runs its plain ops
+        ref_att = F.leaky_relu(block.bn2(sam(F.leaky_relu(block.bn1(x), 0.2), loc)), 0.2)
+        reference = block(x, loc)
+    assert (h_att - ref_att).abs().max().item() <= 1e-4
+    assert (fast - reference).abs().max().item() <= 1e-4
+
+
+@needs_compiler
+def test_fuse_segments_kernel_splits_its_outputs_over_two_maps():
+    z = _nhwc(2, 32, 5, 7, seed=30)
+    weight = torch.randn(32, 32, 1, 1, generator=torch.Generator().manual_seed(31)) / 5
+    bias = torch.randn(32, generator=torch.Generator().manual_seed(32))
+    low = torch.empty(2, 16, 5, 7).contiguous(memory_format=torch.channels_last)
+    high = torch.empty_like(low)
+    with torch.inference_mode():
+        fuse_segments_cpu([z], weight, bias, None, low, activate=True, slope=0.2, out_high=high)
+        ref = F.leaky_relu(F.conv2d(z, weight, bias), 0.2)
+    assert (low - ref[:, :16]).abs().max().item() <= 1e-5
+    assert (high - ref[:, 16:]).abs().max().item() <= 1e-5
+
+
+@needs_compiler
+@pytest.mark.parametrize("h, w", [(321, 37), (9, 13)])
+def test_scale_aggregate_kernel_applies_the_full_resolution_projection(h, w):
+    y = _nhwc(2, 32, h, w, seed=33)
+    smalls = [_nhwc(2, 32, (h + 1) // 2, (w + 1) // 2, seed=34), _nhwc(2, 32, (h + 3) // 4, (w + 3) // 4, seed=35)]
+    weight = torch.randn(32, 32, 1, 1, generator=torch.Generator().manual_seed(36)) / 5
+    bias = torch.randn(32, generator=torch.Generator().manual_seed(37))
+    with torch.inference_mode():
+        out = scale_aggregate_cpu(y, y, smalls, 0.2, weight=weight, bias=bias)
+        ref = F.conv2d(y, weight, bias)
+        for s in smalls:
+            ref = ref + F.interpolate(s, size=(h, w))
+        ref = F.leaky_relu(ref, 0.2) + y
+    assert (out - ref).abs().max().item() <= 1e-5
+
+
+def test_inference_feature_buffer_is_reused_per_thread_and_never_aliases_outputs():
+    import threading
+
+    from jdnet_cli.models.dense_buffer import reusable_feature_buffer
+
+    like = torch.zeros(1)
+    with torch.inference_mode():
+        a = reusable_feature_buffer(1, 64, 5, 7, like)
+        b = reusable_feature_buffer(1, 64, 4, 7, like)  # smaller: same storage
+        assert b.data_ptr() == a.data_ptr() and b.is_contiguous(memory_format=torch.channels_last)
+        c = reusable_feature_buffer(2, 64, 5, 7, like)  # larger: a new one
+        assert c.shape == (2, 64, 5, 7) and c.is_contiguous(memory_format=torch.channels_last)
+        other = {}
+        t = threading.Thread(target=lambda: other.update(ptr=reusable_feature_buffer(1, 64, 5, 7, like).data_ptr()))
+        t.start()
+        t.join()
+        assert other["ptr"] != reusable_feature_buffer(1, 64, 5, 7, like).data_ptr()
+    # Outside inference mode an inference tensor cannot be written, so it is not handed out there.
+    with torch.no_grad():
+        d = reusable_feature_buffer(1, 64, 5, 7, like)
+        d[:, :32] = 1.0
+        assert not d.is_inference()
+
+    model = make_tiny_model(channels=32, units=2).to(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(3)
+    x1, x2 = (torch.rand(1, 3, 9, 12, generator=g).contiguous(memory_format=torch.channels_last) for _ in range(2))
+    with torch.inference_mode():
+        first = model(x1)
+        model(x2)
+        again = model(x1)
+    assert torch.equal(first, again)

@@ -13,7 +13,8 @@
 // activation; a register-blocked loop does both.
 //
 // fuse_segments: the same product over inputs split into channel segments (a concatenation
-// that is never built), plus an optional residual, written into a given (strided) output.
+// that is never built), plus an optional residual, written into a given (strided) output or
+// split over two 16-channel outputs.
 //
 // affine_leaky: an eval-mode BatchNorm and the LReLU after it in one pass.
 //
@@ -66,14 +67,28 @@ struct Planes {
   const float* centre;      // N x 4 x H x W
   const float* neighbours;  // N x 4 x (H+6) x (W+6)
   const float* values;      // N x C x (H+6) x (W+6)
-  float* out;               // N x C x H x W
+  float* out;               // N x C x H x W, planar or channels-last (see nhwc)
   int64_t h, w, ch;
   const float* v;           // the relation's 4 -> 1 projection
   float slope;
+  // Optional epilogue LReLU(scale_k * out + shift_k) (the SAM's eval BatchNorm and activation),
+  // and channels-last output so the 1x1 conv after it reads pixel rows without a transpose.
+  const float* scale = nullptr;
+  const float* shift = nullptr;
+  bool nhwc = false;
   const float* centre_row(int64_t n, int64_t c, int64_t y) const { return centre + ((n * RELATIONS + c) * h + y) * w; }
   const float* neighbour_row(int64_t n, int64_t c, int64_t y) const { return neighbours + ((n * RELATIONS + c) * (h + KERNEL - 1) + y) * (w + KERNEL - 1); }
   const float* value_row(int64_t n, int64_t k, int64_t y) const { return values + ((n * ch + k) * (h + KERNEL - 1) + y) * (w + KERNEL - 1); }
-  float* out_row(int64_t n, int64_t k, int64_t y) const { return out + ((n * ch + k) * h + y) * w; }
+  // Where output channel k of pixel (y, x0) goes, and the step from one pixel to the next.
+  float* out_at(int64_t n, int64_t k, int64_t y, int64_t x0) const {
+    return nhwc ? out + ((n * h + y) * w + x0) * ch + k : out + ((n * ch + k) * h + y) * w + x0;
+  }
+  int64_t out_step() const { return nhwc ? ch : 1; }
+  float finish(float a, int64_t k) const {
+    if (!scale) return a;
+    const float r = a * scale[k] + shift[k];
+    return std::max(r, r * slope);
+  }
 };
 
 struct Scratch {
@@ -116,8 +131,9 @@ void strip_any_width(const Planes& p, Scratch& s, int64_t n, int64_t y, int64_t 
     for (int64_t x = 0; x < tw; ++x) s.acc[x] = 0.f;
     for (int64_t t = 0; t < TAPS; ++t)
       multiply_add(s.acc, s.logit + t * STRIP, p.value_row(n, k, y + t / KERNEL) + x0 + t % KERNEL, tw);
-    float* o = p.out_row(n, k, y) + x0;
-    for (int64_t x = 0; x < tw; ++x) o[x] = s.acc[x] * s.total[x];
+    float* o = p.out_at(n, k, y, x0);
+    const int64_t step = p.out_step();
+    for (int64_t x = 0; x < tw; ++x) o[x * step] = p.finish(s.acc[x] * s.total[x], k);
   }
 }
 
@@ -164,18 +180,26 @@ void strip_full(const Planes& p, Scratch& s, int64_t n, int64_t y, int64_t x0) {
   for (int64_t k = 0; k < p.ch; ++k) {
     const float* rows[KERNEL];
     for (int64_t dy = 0; dy < KERNEL; ++dy) rows[dy] = p.value_row(n, k, y + dy) + x0;
-    float* o = p.out_row(n, k, y) + x0;
+    float* o = p.out_at(n, k, y, x0);
     for (int64_t j = 0; j < STRIP; j += LANES) {
       vec8 acc = vec8{};
       for (int64_t t = 0; t < TAPS; ++t) acc += load8(s.logit + t * STRIP + j) * load8(rows[t / KERNEL] + t % KERNEL + j);
-      store8(o + j, acc * load8(s.total + j));
+      acc *= load8(s.total + j);
+      if (p.scale) acc = leaky(acc * p.scale[k] + p.shift[k], vec8{} + p.slope);
+      if (!p.nhwc) {
+        store8(o + j, acc);
+      } else {
+        // Channels-last: this channel's value lands every ch floats (8 scalar stores per
+        // vector, against 49 multiply-adds per vector above).
+        for (int64_t i = 0; i < LANES; ++i) o[(j + i) * p.ch] = acc[i];
+      }
     }
   }
 }
 
-at::Tensor pairwise_attention(
+at::Tensor attention_impl(
     const at::Tensor& centre, const at::Tensor& neighbours, const at::Tensor& values,
-    at::ArrayRef<double> v, double slope) {
+    at::ArrayRef<double> v, double slope, const at::Tensor* scale, const at::Tensor* shift) {
   TORCH_CHECK(centre.scalar_type() == at::kFloat && neighbours.scalar_type() == at::kFloat &&
                   values.scalar_type() == at::kFloat,
               "pairwise_attention: float32 only");
@@ -192,7 +216,13 @@ at::Tensor pairwise_attention(
                   values.size(0) == n_img && values.size(2) == hp && values.size(3) == wp,
               "pairwise_attention: padded planes must be 3 larger on every side");
 
-  at::Tensor out = at::empty({n_img, ch, h, w}, centre.options());
+  const bool nhwc = scale != nullptr;
+  if (nhwc)
+    TORCH_CHECK(scale->scalar_type() == at::kFloat && shift->scalar_type() == at::kFloat && scale->is_contiguous() &&
+                    shift->is_contiguous() && scale->numel() == ch && shift->numel() == ch,
+                "pairwise_attention: scale and shift must be float32 with one value per value channel");
+  at::Tensor out = nhwc ? at::empty({n_img, ch, h, w}, centre.options().memory_format(at::MemoryFormat::ChannelsLast))
+                        : at::empty({n_img, ch, h, w}, centre.options());
   const float* cen = centre.const_data_ptr<float>();
   const float* nb = neighbours.const_data_ptr<float>();
   const float* val = values.const_data_ptr<float>();
@@ -200,7 +230,12 @@ at::Tensor pairwise_attention(
   const float vc[RELATIONS] = {float(v[0]), float(v[1]), float(v[2]), float(v[3])};
   const float s = float(slope);
 
-  const Planes planes{cen, nb, val, dst, h, w, ch, vc, s};
+  Planes planes{cen, nb, val, dst, h, w, ch, vc, s};
+  if (nhwc) {
+    planes.scale = scale->const_data_ptr<float>();
+    planes.shift = shift->const_data_ptr<float>();
+    planes.nhwc = true;
+  }
   at::parallel_for(0, n_img * h, 1, [&](int64_t begin, int64_t end) {
     Scratch scratch;
     for (int64_t row = begin; row < end; ++row) {
@@ -221,12 +256,131 @@ at::Tensor pairwise_attention(
   return out;
 }
 
+at::Tensor pairwise_attention(const at::Tensor& centre, const at::Tensor& neighbours, const at::Tensor& values,
+                              at::ArrayRef<double> v, double slope) {
+  return attention_impl(centre, neighbours, values, v, slope, nullptr, nullptr);
+}
+
+// LReLU(scale * attention + shift), channels-last: the SAM's attention, BatchNorm and activation.
+at::Tensor pairwise_attention_bn_leaky(const at::Tensor& centre, const at::Tensor& neighbours, const at::Tensor& values,
+                                       at::ArrayRef<double> v, double slope, const at::Tensor& scale,
+                                       const at::Tensor& shift) {
+  return attention_impl(centre, neighbours, values, v, slope, &scale, &shift);
+}
+
+// ---- attention_inputs -------------------------------------------------------------------------
+
+// The attention's input planes straight from the SAM block's channels-last input x:
+//   pre = LReLU(scale * x + shift)             (eval BatchNorm + activation)
+//   [x1 | x2 | x3] = pre @ weight_t + bias     (conv1, conv2, conv3: 2 + 2 + ch outputs)
+//   centre = [x1, p], neighbours = reflect_pad3([x2, p]), values = reflect_pad3(x3), all planar.
+// One pass over x instead of BN, LReLU, three small convs, two concatenations, two reflect pads
+// and the layout changes between them. weight_t and bias are zero-padded to 16 columns, so each
+// pixel's outputs are two vectors.
+constexpr int64_t PROJ = 2 * LANES;
+
+std::vector<at::Tensor> attention_inputs(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift,
+                                         const at::Tensor& weight_t, const at::Tensor& bias, int64_t ch,
+                                         const at::Tensor& p, double slope) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast) &&
+                  x.size(1) % LANES == 0 && x.size(1) <= 256,
+              "attention_inputs: x must be a float32 channels-last map, channels a multiple of 8 up to 256");
+  const int64_t n_img = x.size(0), c_in = x.size(1), h = x.size(2), w = x.size(3);
+  const int64_t pad = KERNEL / 2, hp = h + 2 * pad, wp = w + 2 * pad;
+  // Same limit as F.pad's reflect mode: the pad must be smaller than the side.
+  TORCH_CHECK(h > pad && w > pad, "attention_inputs: reflect padding needs at least 4 rows and columns");
+  TORCH_CHECK(scale.scalar_type() == at::kFloat && shift.scalar_type() == at::kFloat && scale.is_contiguous() &&
+                  shift.is_contiguous() && scale.numel() == c_in && shift.numel() == c_in,
+              "attention_inputs: scale and shift need one float32 per input channel");
+  TORCH_CHECK(ch >= 1 && RELATIONS + ch <= PROJ, "attention_inputs: 1 to 12 value channels");
+  TORCH_CHECK(weight_t.scalar_type() == at::kFloat && weight_t.is_contiguous() && weight_t.dim() == 2 &&
+                  weight_t.size(0) == c_in && weight_t.size(1) == PROJ && bias.scalar_type() == at::kFloat &&
+                  bias.is_contiguous() && bias.numel() == PROJ,
+              "attention_inputs: weight_t must be C_in x 16 and bias 16 (zero-padded)");
+  TORCH_CHECK(p.scalar_type() == at::kFloat && p.is_contiguous() && p.dim() == 4 && p.size(1) == 2 &&
+                  (p.size(0) == 1 || p.size(0) == n_img) && p.size(2) == h && p.size(3) == w,
+              "attention_inputs: p must be 1 or N x 2 x H x W float32, planar");
+  TORCH_CHECK(slope >= 0.0 && slope <= 1.0, "attention_inputs: slope must lie in [0, 1]");
+  auto opts = x.options();
+  at::Tensor centre = at::empty({n_img, RELATIONS, h, w}, opts);
+  at::Tensor neighbours = at::empty({n_img, RELATIONS, hp, wp}, opts);
+  at::Tensor values = at::empty({n_img, ch, hp, wp}, opts);
+  const float* src = x.const_data_ptr<float>();
+  const float* sc = scale.const_data_ptr<float>();
+  const float* sh = shift.const_data_ptr<float>();
+  const float* wt = weight_t.const_data_ptr<float>();
+  const float* bs = bias.const_data_ptr<float>();
+  const float* pp = p.const_data_ptr<float>();
+  float* cen = centre.mutable_data_ptr<float>();
+  float* nb = neighbours.mutable_data_ptr<float>();
+  float* val = values.mutable_data_ptr<float>();
+  const int64_t p_batch = p.size(0), planes = RELATIONS + ch;
+  // Padded plane q of image n (q < 4: neighbours, else values), padded row yp.
+  auto padded_row = [&](int64_t n, int64_t q, int64_t yp) -> float* {
+    return q < RELATIONS ? nb + ((n * RELATIONS + q) * hp + yp) * wp : val + ((n * ch + q - RELATIONS) * hp + yp) * wp;
+  };
+  const vec8 sl = vec8{} + float(slope);
+  at::parallel_for(0, n_img * h, 1, [&](int64_t begin, int64_t end) {
+    alignas(64) float pre[256];
+    alignas(64) float res[PROJ];
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / h, y = row % h;
+      const float* xr = src + row * w * c_in;
+      const float* pos0 = pp + ((n % p_batch) * 2 * h + y) * w;
+      const float* pos1 = pos0 + h * w;
+      float* c0 = cen + (n * RELATIONS * h + y) * w;
+      float* dst[PROJ];
+      for (int64_t q = 0; q < planes; ++q) dst[q] = padded_row(n, q, y + pad) + pad;
+      for (int64_t xx = 0; xx < w; ++xx) {
+        const float* px = xr + xx * c_in;
+        vec8 a0 = load8(bs), a1 = load8(bs + LANES);
+        for (int64_t c0i = 0; c0i < c_in; c0i += LANES)
+          store8(pre + c0i, leaky(load8(px + c0i) * load8(sc + c0i) + load8(sh + c0i), sl));
+        for (int64_t c = 0; c < c_in; ++c) {
+          const vec8 b = vec8{} + pre[c];
+          a0 += b * load8(wt + c * PROJ);
+          a1 += b * load8(wt + c * PROJ + LANES);
+        }
+        store8(res, a0);
+        store8(res + LANES, a1);
+        c0[xx] = res[0];
+        c0[h * w + xx] = res[1];
+        c0[2 * h * w + xx] = pos0[xx];
+        c0[3 * h * w + xx] = pos1[xx];
+        dst[0][xx] = res[2];
+        dst[1][xx] = res[3];
+        dst[2][xx] = pos0[xx];
+        dst[3][xx] = pos1[xx];
+        for (int64_t q = RELATIONS; q < planes; ++q) dst[q][xx] = res[q];
+      }
+      // The row's left and right borders: column -j is column j.
+      for (int64_t q = 0; q < planes; ++q)
+        for (int64_t j = 1; j <= pad; ++j) {
+          dst[q][-j] = dst[q][j];
+          dst[q][w - 1 + j] = dst[q][w - 1 - j];
+        }
+    }
+  });
+  // Then the top and bottom rows (row -j is row j), whole padded rows so the corners follow.
+  for (int64_t n = 0; n < n_img; ++n)
+    for (int64_t q = 0; q < planes; ++q)
+      for (int64_t j = 1; j <= pad; ++j) {
+        std::memcpy(padded_row(n, q, pad - j), padded_row(n, q, pad + j), wp * sizeof(float));
+        std::memcpy(padded_row(n, q, pad + h - 1 + j), padded_row(n, q, pad + h - 1 - j), wp * sizeof(float));
+      }
+  return {centre, neighbours, values};
+}
+
 // ---- dense_fusion ----------------------------------------------------------------------------
 
 constexpr int64_t FUSION_OUT = 32;    // output channels the register block holds (4 vectors)
 constexpr int64_t FUSION_ROWS = 3;    // pixels per register block: 12 accumulators + 4 weights
 constexpr int64_t FUSION_PANEL = 192;  // pixels per task: a multiple of FUSION_ROWS
-constexpr int64_t FUSION_DEPTH = 256; // input channels per pass: 32 KiB of weights, about L1
+constexpr int64_t FUSION_DEPTH = 128; // input channels per pass: 16 KiB of weights, half of L1
+// Pixel rows lie one buffer width (up to 4 KiB) apart, so a short prefix read per row defeats the
+// hardware prefetcher; each block prefetches the rows of the block two ahead. 481x321, k = 64:
+// 9.7 ms vs 17.9 ms without; k = 1056: 77-88 ms either way (compute-bound there).
+constexpr int64_t FUSION_PREFETCH = 2 * FUSION_ROWS;
 
 // acc[r] += sum_{k0 <= kk < k1} a_r[kk] * wt[kk, :] for R pixels, all 32 outputs in registers.
 template <int R>
@@ -288,6 +442,10 @@ at::Tensor dense_fusion(const at::Tensor& rows, int64_t k, const at::Tensor& wei
             src[r] = a + (r0 + r) * lda;
             o[r] = dst + (r0 + r) * FUSION_OUT;
           }
+          if (r0 + FUSION_PREFETCH + FUSION_ROWS <= p1)
+            for (int64_t r = 0; r < FUSION_ROWS; ++r)
+              for (int64_t kk = k0; kk < k1; kk += 64 / sizeof(float))
+                __builtin_prefetch(a + (r0 + FUSION_PREFETCH + r) * lda + kk);
           if (count == 3)
             fusion_block<3>(src, wt, b, o, k0, k1, k0 == 0, k1 == k, sl);
           else if (count == 2)
@@ -311,11 +469,23 @@ struct SegmentRows {
   int64_t count;
 };
 
+// Where the 32 outputs go: all in `low`, or channels 0-15 in `low` and 16-31 in `high` (two
+// maps produced by one pass, such as the two branch inputs of the SC bottleneck).
+struct OutRows {
+  float* low;
+  int64_t ld_low;
+  float* high;
+  int64_t ld_high;
+  float* at(int64_t r, int j) const {
+    return high && j >= 2 ? high + r * ld_high + (j - 2) * LANES : low + r * ld_low + j * LANES;
+  }
+};
+
 // out[r] = act(bias + skip[r] + sum_s W_s a_s[r]) for R pixels whose inputs are split over
 // several channel segments (the concatenation is never built).
 template <int R>
 inline void segment_block(const SegmentRows& seg, int64_t r0, const float* wt, const float* bias, const float* skip,
-                          int64_t ld_skip, float* out, int64_t ld_out, bool activate, float slope) {
+                          int64_t ld_skip, const OutRows& out, bool activate, float slope) {
   vec8 acc[R][4];
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < 4; ++j) {
@@ -331,15 +501,21 @@ inline void segment_block(const SegmentRows& seg, int64_t r0, const float* wt, c
   }
   const vec8 sl = vec8{} + slope;
   for (int r = 0; r < R; ++r)
-    for (int j = 0; j < 4; ++j) store8(out + (r0 + r) * ld_out + j * LANES, activate ? leaky(acc[r][j], sl) : acc[r][j]);
+    for (int j = 0; j < 4; ++j) store8(out.at(r0 + r, j), activate ? leaky(acc[r][j], sl) : acc[r][j]);
 }
 
 void fuse_segments(at::TensorList segments, const at::Tensor& weight_t, const at::Tensor& bias,
-                   const std::optional<at::Tensor>& skip, const at::Tensor& out, bool activate, double slope) {
+                   const std::optional<at::Tensor>& skip, const at::Tensor& out, bool activate, double slope,
+                   const std::optional<at::Tensor>& out_high) {
   TORCH_CHECK(!segments.empty() && segments.size() <= MAX_SEGMENTS, "fuse_segments: 1 to 4 segments");
-  TORCH_CHECK(out.scalar_type() == at::kFloat && out.dim() == 2 && out.size(1) == FUSION_OUT && out.stride(1) == 1,
-              "fuse_segments: out must be P x 32 float32 rows with unit column stride");
+  const int64_t out_width = out_high.has_value() ? FUSION_OUT / 2 : FUSION_OUT;
+  TORCH_CHECK(out.scalar_type() == at::kFloat && out.dim() == 2 && out.size(1) == out_width && out.stride(1) == 1,
+              "fuse_segments: out must be P x 32 float32 rows (P x 16 with out_high) with unit column stride");
   const int64_t n_rows = out.size(0);
+  if (out_high.has_value())
+    TORCH_CHECK(out_high->scalar_type() == at::kFloat && out_high->dim() == 2 && out_high->size(0) == n_rows &&
+                    out_high->size(1) == out_width && out_high->stride(1) == 1,
+                "fuse_segments: out_high must be P x 16 float32 rows with unit column stride");
   SegmentRows seg{};
   seg.count = int64_t(segments.size());
   int64_t k = 0;
@@ -368,18 +544,19 @@ void fuse_segments(at::TensorList segments, const at::Tensor& weight_t, const at
   TORCH_CHECK(slope >= 0.0 && slope <= 1.0, "fuse_segments: slope must lie in [0, 1]");
   const float* wt = weight_t.const_data_ptr<float>();
   const float* b = bias.const_data_ptr<float>();
-  float* dst = out.mutable_data_ptr<float>();
-  const int64_t ld_out = out.stride(0);
+  const OutRows dst{out.mutable_data_ptr<float>(), out.stride(0),
+                    out_high.has_value() ? out_high->mutable_data_ptr<float>() : nullptr,
+                    out_high.has_value() ? out_high->stride(0) : 0};
   const float sl = float(slope);
   at::parallel_for(0, (n_rows + FUSION_ROWS - 1) / FUSION_ROWS, 256, [&](int64_t begin, int64_t end) {
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t r0 = blk * FUSION_ROWS, count = std::min(FUSION_ROWS, n_rows - r0);
       if (count == 3)
-        segment_block<3>(seg, r0, wt, b, sk, ld_skip, dst, ld_out, activate, sl);
+        segment_block<3>(seg, r0, wt, b, sk, ld_skip, dst, activate, sl);
       else if (count == 2)
-        segment_block<2>(seg, r0, wt, b, sk, ld_skip, dst, ld_out, activate, sl);
+        segment_block<2>(seg, r0, wt, b, sk, ld_skip, dst, activate, sl);
       else
-        segment_block<1>(seg, r0, wt, b, sk, ld_skip, dst, ld_out, activate, sl);
+        segment_block<1>(seg, r0, wt, b, sk, ld_skip, dst, activate, sl);
     }
   });
 }
@@ -409,9 +586,19 @@ void check_upsample_inputs(const char* op, const at::Tensor& full, const at::Ten
 
 // LReLU(base + sum_j up(small_j)) + skip: the scale aggregation's fusion (its 1x1 conv already
 // applied at each scale) plus the unit's residual.
+// With weight_t, base is first projected (base @ weight_t + bias per pixel, 32 outputs): the
+// full-resolution scale's 1x1 conv, computed row by row into a buffer that stays in cache.
 at::Tensor scale_aggregate(const at::Tensor& base, const at::Tensor& skip, at::TensorList smalls, at::TensorList rows,
-                           at::TensorList cols, double slope) {
+                           at::TensorList cols, double slope, const std::optional<at::Tensor>& weight_t,
+                           const std::optional<at::Tensor>& bias) {
   check_upsample_inputs("scale_aggregate", base, smalls, rows, cols);
+  TORCH_CHECK(weight_t.has_value() == bias.has_value(), "scale_aggregate: weight_t and bias go together");
+  const bool project = weight_t.has_value();
+  if (project)
+    TORCH_CHECK(base.size(1) == FUSION_OUT && weight_t->scalar_type() == at::kFloat && weight_t->is_contiguous() &&
+                    weight_t->dim() == 2 && weight_t->size(0) == FUSION_OUT && weight_t->size(1) == FUSION_OUT &&
+                    bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == FUSION_OUT,
+                "scale_aggregate: projection needs 32 channels, a 32 x 32 weight_t and 32 biases");
   TORCH_CHECK(nhwc_float(skip) && skip.sizes() == base.sizes(), "scale_aggregate: skip must match base");
   TORCH_CHECK(smalls.size() <= 8, "scale_aggregate: at most 8 scales");
   TORCH_CHECK(slope >= 0.0 && slope <= 1.0, "scale_aggregate: slope must lie in [0, 1]");
@@ -433,15 +620,38 @@ at::Tensor scale_aggregate(const at::Tensor& base, const at::Tensor& skip, at::T
     sw[j] = smalls[j].size(3);
   }
   const vec8 sl = vec8{} + float(slope);
+  const float* wt = project ? weight_t->const_data_ptr<float>() : nullptr;
+  const float* pb = project ? bias->const_data_ptr<float>() : nullptr;
   at::parallel_for(0, n_img * h, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> projected(project ? w * c : 0);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / h, y = row % h;
       const float* src_row[8];
       for (int64_t j = 0; j < scales; ++j) src_row[j] = sp[j] + ((n * sh[j] + ry[j][y]) * sw[j]) * c;
       const int64_t off = row * w * c;
+      const float* base_row = b + off;
+      if (project) {
+        float* pr = projected.data();
+        for (int64_t x0 = 0; x0 < w; x0 += FUSION_ROWS) {
+          const float* a[FUSION_ROWS];
+          float* o[FUSION_ROWS];
+          const int64_t count = std::min(FUSION_ROWS, w - x0);
+          for (int64_t r = 0; r < count; ++r) {
+            a[r] = base_row + (x0 + r) * c;
+            o[r] = pr + (x0 + r) * c;
+          }
+          if (count == 3)
+            fusion_block<3>(a, wt, pb, o, 0, c, true, false, 0.f);
+          else if (count == 2)
+            fusion_block<2>(a, wt, pb, o, 0, c, true, false, 0.f);
+          else
+            fusion_block<1>(a, wt, pb, o, 0, c, true, false, 0.f);
+        }
+        base_row = pr;
+      }
       for (int64_t x = 0; x < w; ++x) {
         for (int64_t k = 0; k < c; k += LANES) {
-          vec8 v = load8(b + off + x * c + k);
+          vec8 v = load8(base_row + x * c + k);
           for (int64_t j = 0; j < scales; ++j) v += load8(src_row[j] + cx[j][x] * c + k);
           store8(dst + off + x * c + k, leaky(v, sl) + load8(sk + off + x * c + k));
         }
@@ -512,15 +722,19 @@ at::Tensor affine_leaky(const at::Tensor& x, const at::Tensor& scale, const at::
 
 TORCH_LIBRARY(jdnet, m) {
   m.def("pairwise_attention(Tensor centre, Tensor neighbours, Tensor values, float[] v, float slope) -> Tensor");
+  m.def("pairwise_attention_bn_leaky(Tensor centre, Tensor neighbours, Tensor values, float[] v, float slope, Tensor scale, Tensor shift) -> Tensor");
+  m.def("attention_inputs(Tensor x, Tensor scale, Tensor shift, Tensor weight_t, Tensor bias, int ch, Tensor p, float slope) -> Tensor[]");
   m.def("dense_fusion(Tensor rows, int k, Tensor weight_t, Tensor bias, float slope) -> Tensor");
-  m.def("fuse_segments(Tensor[] segments, Tensor weight_t, Tensor bias, Tensor? skip, Tensor(a!) out, bool activate, float slope) -> ()");
+  m.def("fuse_segments(Tensor[] segments, Tensor weight_t, Tensor bias, Tensor? skip, Tensor(a!) out, bool activate, float slope, Tensor(b!)? out_high=None) -> ()");
   m.def("affine_leaky(Tensor x, Tensor scale, Tensor shift, float slope) -> Tensor");
-  m.def("scale_aggregate(Tensor base, Tensor skip, Tensor[] smalls, Tensor[] rows, Tensor[] cols, float slope) -> Tensor");
+  m.def("scale_aggregate(Tensor base, Tensor skip, Tensor[] smalls, Tensor[] rows, Tensor[] cols, float slope, Tensor? weight_t=None, Tensor? bias=None) -> Tensor");
   m.def("calibration_gate(Tensor x, Tensor context, Tensor row_index, Tensor col_index, Tensor features) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(jdnet, CPU, m) {
   m.impl("pairwise_attention", &pairwise_attention);
+  m.impl("pairwise_attention_bn_leaky", &pairwise_attention_bn_leaky);
+  m.impl("attention_inputs", &attention_inputs);
   m.impl("dense_fusion", &dense_fusion);
   m.impl("fuse_segments", &fuse_segments);
   m.impl("affine_leaky", &affine_leaky);

@@ -8,6 +8,9 @@
   (a concatenation never built), with a residual, written into a given output such as a slot of
   the feature buffer.
 * ``batchnorm_leaky_cpu``: eval-mode BatchNorm + LReLU in one pass.
+* ``sam_attention_cpu``: the SAM block from its input to the activation after its attention:
+  BatchNorm + LReLU + the three 1x1 projections + padding in one pass (planar planes for the
+  attention kernel), then the attention with BatchNorm + LReLU applied as it writes channels-last.
 * ``scale_aggregate_cpu``, ``calibration_gate_cpu``: nearest-upsample-and-combine steps of the
   scale aggregation and the SC-conv in one pass over channels-last maps (``nhwc_kernels_usable``).
 
@@ -67,16 +70,17 @@ def _rows(t: torch.Tensor, *, view: bool = False) -> torch.Tensor:
 
 def fuse_segments_cpu(
     segments: list[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor, skip: torch.Tensor | None,
-    out: torch.Tensor, activate: bool, slope: float,
+    out: torch.Tensor, activate: bool, slope: float, out_high: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """out <- [LReLU](bias + conv1x1(cat(segments)) + skip) for channels-last maps; returns out.
 
     ``out`` may be a channel slice of a wider channels-last buffer (its rows are then strided).
+    With ``out_high``, output channels 0-15 go to ``out`` and 16-31 to ``out_high``.
     """
     weight_t = weight.reshape(FUSION_OUT, -1).t().contiguous()
     torch.ops.jdnet.fuse_segments(
         [_rows(s) for s in segments], weight_t, bias.contiguous(), None if skip is None else _rows(skip),
-        _rows(out, view=True), activate, float(slope),
+        _rows(out, view=True), activate, float(slope), None if out_high is None else _rows(out_high, view=True),
     )
     return out
 
@@ -105,12 +109,21 @@ def nearest_index(in_size: int, out_size: int) -> torch.Tensor:
     return F.interpolate(src, size=(out_size, 1)).view(out_size).to(torch.int64)
 
 
-def scale_aggregate_cpu(base: torch.Tensor, skip: torch.Tensor, smalls: list[torch.Tensor], slope: float) -> torch.Tensor:
-    """LReLU(base + sum of nearest-upsampled ``smalls``) + skip, all channels-last float32."""
+def scale_aggregate_cpu(
+    base: torch.Tensor, skip: torch.Tensor, smalls: list[torch.Tensor], slope: float,
+    weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """LReLU(base + sum of nearest-upsampled ``smalls``) + skip, all channels-last float32.
+
+    With ``weight`` (32 x 32 x 1 x 1) and ``bias``, ``base`` is replaced by conv1x1(base) first.
+    """
     h, w = base.shape[-2:]
     rows = [nearest_index(s.shape[-2], h) for s in smalls]
     cols = [nearest_index(s.shape[-1], w) for s in smalls]
-    return torch.ops.jdnet.scale_aggregate(base, skip, smalls, rows, cols, float(slope))
+    if weight is None:
+        return torch.ops.jdnet.scale_aggregate(base, skip, smalls, rows, cols, float(slope))
+    weight_t = weight.reshape(FUSION_OUT, -1).t().contiguous()
+    return torch.ops.jdnet.scale_aggregate(base, skip, smalls, rows, cols, float(slope), weight_t, bias.contiguous())
 
 
 def calibration_gate_cpu(x: torch.Tensor, context: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -120,12 +133,51 @@ def calibration_gate_cpu(x: torch.Tensor, context: torch.Tensor, features: torch
     return torch.ops.jdnet.calibration_gate(x, context, rows, cols, features)
 
 
-def batchnorm_leaky_cpu(x: torch.Tensor, bn: torch.nn.BatchNorm2d, slope: float) -> torch.Tensor:
-    """LReLU(bn(x)) for an eval-mode BatchNorm2d (running statistics) on a channels-last map."""
+def batchnorm_affine(bn: torch.nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with bn(x) == x * scale + shift per channel, for an eval-mode BatchNorm2d."""
     scale = bn.running_var.add(bn.eps).rsqrt()
     if bn.weight is not None:
         scale = scale * bn.weight
     shift = -bn.running_mean * scale
     if bn.bias is not None:
         shift = shift + bn.bias
-    return torch.ops.jdnet.affine_leaky(x, scale.float().contiguous(), shift.float().contiguous(), float(slope))
+    return scale.float().contiguous(), shift.float().contiguous()
+
+
+def batchnorm_leaky_cpu(x: torch.Tensor, bn: torch.nn.BatchNorm2d, slope: float) -> torch.Tensor:
+    """LReLU(bn(x)) for an eval-mode BatchNorm2d (running statistics) on a channels-last map."""
+    return torch.ops.jdnet.affine_leaky(x, *batchnorm_affine(bn), float(slope))
+
+
+ATTENTION_PROJECTION = 16  # attention_inputs' projection width: 2 + 2 + value channels, zero-padded
+
+
+def sam_attention_usable(x: torch.Tensor, value_channels: int) -> bool:
+    """Whether ``sam_attention_cpu`` can take this channels-last map (reflect padding needs > 3 px)."""
+    return (
+        x.dim() == 4 and x.shape[1] <= 256 and 4 + value_channels <= ATTENTION_PROJECTION
+        and min(x.shape[-2:]) > 3
+    )
+
+
+def sam_attention_cpu(
+    x: torch.Tensor, bn_in: torch.nn.BatchNorm2d, projections: list[torch.nn.Conv2d], p: torch.Tensor,
+    w1: torch.Tensor, w2: torch.Tensor, bn_out: torch.nn.BatchNorm2d, slope: float,
+) -> torch.Tensor:
+    """LReLU(bn_out(attention(conv1(a), conv2(a), conv3(a), p))) with a = LReLU(bn_in(x)), channels-last.
+
+    ``projections`` are conv1, conv2, conv3 (2, 2 and C outputs); ``p`` the position planes.
+    """
+    c_in = x.shape[1]
+    weight = torch.cat([conv.weight.reshape(conv.out_channels, c_in) for conv in projections])
+    bias = torch.cat([conv.bias for conv in projections])
+    outs = weight.shape[0]
+    weight_t = x.new_zeros(c_in, ATTENTION_PROJECTION)
+    weight_t[:, :outs] = weight.t()
+    bias_pad = x.new_zeros(ATTENTION_PROJECTION)
+    bias_pad[:outs] = bias
+    centre, neighbours, values = torch.ops.jdnet.attention_inputs(
+        x, *batchnorm_affine(bn_in), weight_t, bias_pad, outs - 4, p.float().contiguous(), float(slope)
+    )
+    v = (w2.view(2, 1).double() * w1.double()).sum(0).tolist()
+    return torch.ops.jdnet.pairwise_attention_bn_leaky(centre, neighbours, values, v, float(slope), *batchnorm_affine(bn_out))

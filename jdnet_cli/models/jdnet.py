@@ -20,9 +20,11 @@ from .cpu_kernels import (
     fuse_segments_cpu,
     is_nhwc_slot,
     nhwc_kernels_usable,
+    sam_attention_cpu,
+    sam_attention_usable,
     scale_aggregate_cpu,
 )
-from .dense_buffer import dense_forward
+from .dense_buffer import dense_forward, reusable_feature_buffer
 from .pairwise_attention import pairwise_attention_fast, pairwise_attention_reference, position_planes
 
 SLOPE = 0.2
@@ -76,6 +78,20 @@ class SelfAttentionBottleneck(nn.Module):
         self.act = _lrelu()
 
     def forward(self, x: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+        sam = self.sam
+        if (
+            not self.training
+            and sam.op is pairwise_attention_fast  # a test's reference op runs as given
+            and self.conv.out_channels == FUSION_OUT
+            and sam_attention_usable(x, sam.conv3.out_channels)
+            and nhwc_kernels_usable(x, params=(self.bn1.running_mean, self.conv.weight, sam.conv1.weight))
+        ):
+            h = sam_attention_cpu(
+                x, self.bn1, [sam.conv1, sam.conv2, sam.conv3], sam.conv_p(loc.to(x.dtype)),
+                sam.conv_w[1].weight.flatten(1), sam.conv_w[2].weight.flatten(1), self.bn2, SLOPE,
+            )
+            out = torch.empty_like(x, memory_format=torch.channels_last)
+            return fuse_segments_cpu([h], self.conv.weight, self.conv.bias, x, out, activate=False, slope=SLOPE)
         if not self.bn1.training and nhwc_kernels_usable(x, params=(self.bn1.running_mean, self.bn1.weight)):
             pre = batchnorm_leaky_cpu(x, self.bn1, SLOPE)
         else:
@@ -138,8 +154,20 @@ class SelfCalibratedBottleneck(nn.Module):
 
     def forward(self, z: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``out``: where to write the result (e.g. a slot of the dense feature buffer)."""
-        a = self.k1(self.act(self.conv1_a(z)))
-        b = self.scconv(self.act(self.conv1_b(z)))
+        if self.conv1_a.out_channels == self.conv1_b.out_channels == FUSION_OUT // 2 and nhwc_kernels_usable(
+            z, params=(self.conv1_a.weight, self.conv1_b.weight)
+        ):
+            # Both branch inputs (with their activation) from one pass over z.
+            a_in = torch.empty_like(z[:, : self.conv1_a.out_channels], memory_format=torch.channels_last)
+            b_in = torch.empty_like(z[:, : self.conv1_b.out_channels], memory_format=torch.channels_last)
+            fuse_segments_cpu(
+                [z], torch.cat([self.conv1_a.weight, self.conv1_b.weight]), torch.cat([self.conv1_a.bias, self.conv1_b.bias]),
+                None, a_in, activate=True, slope=SLOPE, out_high=b_in,
+            )
+        else:
+            a_in, b_in = self.act(self.conv1_a(z)), self.act(self.conv1_b(z))
+        a = self.k1(a_in)
+        b = self.scconv(b_in)
         if (
             out is not None
             and is_nhwc_slot(out)
@@ -169,12 +197,15 @@ class JointUnit(nn.Module):
         c = y.shape[1]
         # conv11(cat(y, up(s1..s4))) == sum_j up(W_j * s_j): nearest upsampling commutes with a
         # 1x1 conv, so each scale is projected at its own (smaller) size and no 5x concat is built.
-        fused = F.conv2d(y, conv.weight[:, :c], conv.bias)
         smalls = []
         s = y
         for j, block in enumerate(self.res_list, start=1):
             s = block(s)
             smalls.append(F.conv2d(s, conv.weight[:, j * c : (j + 1) * c]))
+        if c == FUSION_OUT and nhwc_kernels_usable(y, *smalls, params=(conv.weight,)):
+            # The full-resolution projection runs inside the aggregation, row by row.
+            return self.scn(scale_aggregate_cpu(y, y, smalls, SLOPE, weight=conv.weight[:, :c], bias=conv.bias), out)
+        fused = F.conv2d(y, conv.weight[:, :c], conv.bias)
         if nhwc_kernels_usable(fused, y, *smalls):
             return self.scn(scale_aggregate_cpu(fused, y, smalls, SLOPE), out)
         for small in smalls:
@@ -219,7 +250,11 @@ class DenseJointUnits(nn.Module):
         n, c, h, w = f0.shape
         # One preallocated buffer instead of a growing list: each unit writes its channel slice and
         # each fusion conv reads the contiguous prefix, so no unit re-copies the features before it.
-        feats = torch.empty((n, c * (len(self.units) + 1), h, w), dtype=f0.dtype, device=f0.device, memory_format=_memory_format(f0))
+        slots = c * (len(self.units) + 1)
+        if f0.device.type == "cpu" and _memory_format(f0) is torch.channels_last:
+            feats = reusable_feature_buffer(n, slots, h, w, f0)
+        else:
+            feats = torch.empty((n, slots, h, w), dtype=f0.dtype, device=f0.device, memory_format=_memory_format(f0))
         feats[:, :c] = f0
         current = f0
         for i, (unit, fuse) in enumerate(zip(self.units, self.conv1x1)):
