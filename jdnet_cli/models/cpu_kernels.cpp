@@ -197,6 +197,13 @@ void strip_full(const Planes& p, Scratch& s, int64_t n, int64_t y, int64_t x0) {
   }
 }
 
+// A per-channel affine (an eval BatchNorm folded to scale and shift): one float32 each per channel.
+void check_channel_affine(const char* op, const at::Tensor& scale, const at::Tensor& shift, int64_t channels) {
+  TORCH_CHECK(scale.scalar_type() == at::kFloat && shift.scalar_type() == at::kFloat && scale.is_contiguous() &&
+                  shift.is_contiguous() && scale.numel() == channels && shift.numel() == channels,
+              op, ": scale and shift must be float32 with one value per channel");
+}
+
 at::Tensor attention_impl(
     const at::Tensor& centre, const at::Tensor& neighbours, const at::Tensor& values,
     at::ArrayRef<double> v, double slope, const at::Tensor* scale, const at::Tensor* shift) {
@@ -218,9 +225,7 @@ at::Tensor attention_impl(
 
   const bool nhwc = scale != nullptr;
   if (nhwc)
-    TORCH_CHECK(scale->scalar_type() == at::kFloat && shift->scalar_type() == at::kFloat && scale->is_contiguous() &&
-                    shift->is_contiguous() && scale->numel() == ch && shift->numel() == ch,
-                "pairwise_attention: scale and shift must be float32 with one value per value channel");
+    check_channel_affine("pairwise_attention", *scale, *shift, ch);
   at::Tensor out = nhwc ? at::empty({n_img, ch, h, w}, centre.options().memory_format(at::MemoryFormat::ChannelsLast))
                         : at::empty({n_img, ch, h, w}, centre.options());
   const float* cen = centre.const_data_ptr<float>();
@@ -289,9 +294,7 @@ std::vector<at::Tensor> attention_inputs(const at::Tensor& x, const at::Tensor& 
   const int64_t pad = KERNEL / 2, hp = h + 2 * pad, wp = w + 2 * pad;
   // Same limit as F.pad's reflect mode: the pad must be smaller than the side.
   TORCH_CHECK(h > pad && w > pad, "attention_inputs: reflect padding needs at least 4 rows and columns");
-  TORCH_CHECK(scale.scalar_type() == at::kFloat && shift.scalar_type() == at::kFloat && scale.is_contiguous() &&
-                  shift.is_contiguous() && scale.numel() == c_in && shift.numel() == c_in,
-              "attention_inputs: scale and shift need one float32 per input channel");
+  check_channel_affine("attention_inputs", scale, shift, c_in);
   TORCH_CHECK(ch >= 1 && RELATIONS + ch <= PROJ, "attention_inputs: 1 to 12 value channels");
   TORCH_CHECK(weight_t.scalar_type() == at::kFloat && weight_t.is_contiguous() && weight_t.dim() == 2 &&
                   weight_t.size(0) == c_in && weight_t.size(1) == PROJ && bias.scalar_type() == at::kFloat &&
@@ -699,9 +702,7 @@ at::Tensor calibration_gate(const at::Tensor& x, const at::Tensor& context, cons
 // LReLU(x * scale + shift) per channel: an eval-mode BatchNorm and its activation in one pass.
 at::Tensor affine_leaky(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift, double slope) {
   TORCH_CHECK(nhwc_float(x) && x.size(1) % LANES == 0, "affine_leaky: float32 channels-last map, channels a multiple of 8");
-  TORCH_CHECK(scale.scalar_type() == at::kFloat && shift.scalar_type() == at::kFloat && scale.is_contiguous() &&
-                  shift.is_contiguous() && scale.numel() == x.size(1) && shift.numel() == x.size(1),
-              "affine_leaky: scale and shift must be float32 with one value per channel");
+  check_channel_affine("affine_leaky", scale, shift, x.size(1));
   TORCH_CHECK(slope >= 0.0 && slope <= 1.0, "affine_leaky: slope must lie in [0, 1]");
   const int64_t c = x.size(1), pixels = x.numel() / c;
   at::Tensor out = at::empty_like(x, at::MemoryFormat::ChannelsLast);

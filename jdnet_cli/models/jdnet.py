@@ -86,19 +86,19 @@ class SelfAttentionBottleneck(nn.Module):
             and sam_attention_usable(x, sam.conv3.out_channels)
             and nhwc_kernels_usable(x, params=(self.bn1.running_mean, self.conv.weight, sam.conv1.weight))
         ):
+            # Channels-last already, with both BatchNorms and activations applied.
             h = sam_attention_cpu(
                 x, self.bn1, [sam.conv1, sam.conv2, sam.conv3], sam.conv_p(loc.to(x.dtype)),
                 sam.conv_w[1].weight.flatten(1), sam.conv_w[2].weight.flatten(1), self.bn2, SLOPE,
             )
-            out = torch.empty_like(x, memory_format=torch.channels_last)
-            return fuse_segments_cpu([h], self.conv.weight, self.conv.bias, x, out, activate=False, slope=SLOPE)
-        if not self.bn1.training and nhwc_kernels_usable(x, params=(self.bn1.running_mean, self.bn1.weight)):
-            pre = batchnorm_leaky_cpu(x, self.bn1, SLOPE)
         else:
-            pre = self.act(self.bn1(x))
-        h = self.act(self.bn2(self.sam(pre, loc)))
+            if not self.bn1.training and nhwc_kernels_usable(x, params=(self.bn1.running_mean, self.bn1.weight)):
+                pre = batchnorm_leaky_cpu(x, self.bn1, SLOPE)
+            else:
+                pre = self.act(self.bn1(x))
+            h = self.act(self.bn2(self.sam(pre, loc)))
         if self.conv.out_channels == FUSION_OUT and nhwc_kernels_usable(x, params=(h, self.conv.weight, self.conv.bias)):
-            # The attention output is planar; the kernel reads pixel rows.
+            # The plain attention output is planar; the kernel reads pixel rows (no copy if NHWC).
             h = h.contiguous(memory_format=torch.channels_last)
             out = torch.empty_like(x, memory_format=torch.channels_last)
             return fuse_segments_cpu([h], self.conv.weight, self.conv.bias, x, out, activate=False, slope=SLOPE)
