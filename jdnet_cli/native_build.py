@@ -54,24 +54,29 @@ def _compile_flags() -> list[str]:
 
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     includes = [f"-I{p}" for p in cpp_extension.include_paths()]
-    lib_dir = os.path.join(os.path.dirname(torch.__file__), "lib")
     # -ffast-math lets the compiler use glibc's vector exp; the kernels keep no NaN/inf logic
-    # that it could break. -fopenmp makes at::parallel_for use torch's own OpenMP runtime
-    # (libgomp.so.1 is already loaded by torch, so the library binds to that one).
+    # that it could break. -fopenmp makes at::parallel_for use torch's own OpenMP runtime.
     return [
-        "-shared", "-fPIC", "-std=c++17", "-O3", "-ffast-math", "-fopenmp",
+        "-c", "-fPIC", "-std=c++17", "-O3", "-ffast-math", "-fopenmp",
         *_cpu_flags(),
         f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
         *includes,
-        f"-L{lib_dir}", "-lc10", "-ltorch_cpu",
-        f"-Wl,-rpath,{lib_dir}",
     ]
+
+
+def _link_flags() -> list[str]:
+    # Linked in a separate step without -ffast-math: with it, GCC before 13 adds crtfastmath.o,
+    # whose constructor turns on flush-to-zero for the whole process when the library loads
+    # (every later torch op in the process then flushed subnormal floats to zero).
+    # libgomp.so.1 is already loaded by torch, so the library binds to that one.
+    lib_dir = os.path.join(os.path.dirname(torch.__file__), "lib")
+    return ["-shared", "-fopenmp", f"-L{lib_dir}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{lib_dir}"]
 
 
 def _library_path(source: Path) -> Path:
     key = hashlib.sha256()
     key.update(source.read_bytes())
-    key.update(" ".join([torch.__version__, _compiler(), *_compile_flags(), platform.machine(), sys.version]).encode())
+    key.update(" ".join([torch.__version__, _compiler(), *_compile_flags(), *_link_flags(), platform.machine(), sys.version]).encode())
     return cache_dir() / f"{source.stem}-{key.hexdigest()[:16]}{sysconfig.get_config_var('SHLIB_SUFFIX') or '.so'}"
 
 
@@ -108,14 +113,19 @@ def _build(source: Path, library: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=library.parent, prefix=f".{library.stem}-", suffix=".tmp")
     os.close(fd)
     try:
-        command = [_compiler(), str(source), "-o", tmp, *_compile_flags()]
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
-        if proc.returncode != 0:
-            raise RuntimeError(f"compiler exit {proc.returncode}: {proc.stderr.strip()[-2000:]}")
+        obj = tmp + ".o"
+        for command in (
+            [_compiler(), str(source), "-o", obj, *_compile_flags()],
+            [_compiler(), obj, "-o", tmp, *_link_flags()],
+        ):
+            proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
+            if proc.returncode != 0:
+                raise RuntimeError(f"compiler exit {proc.returncode}: {proc.stderr.strip()[-2000:]}")
         os.replace(tmp, library)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for path in (tmp, tmp + ".o"):
+            if os.path.exists(path):
+                os.unlink(path)
 
 
 def native_status(name: str) -> str:

@@ -187,6 +187,35 @@ def test_cpu_attention_kernel_takes_any_value_channel_count():
 
 
 @needs_compiler
+def test_loading_cpu_kernels_keeps_subnormal_floats_in_torch_ops():
+    # A -ffast-math link used to add crtfastmath.o, which switched the whole process to
+    # flush-to-zero when the library loaded.
+    assert cpu_kernels_usable(torch.zeros(1))
+    tiny = torch.tensor([1e-39])
+    assert (tiny * 1.0).item() > 0.0
+    args = _inputs(1, 5, 70, seed=4)
+    with torch.inference_mode():
+        pairwise_attention_cpu(*args)  # the kernel flushes subnormals inside its own threads only
+    assert (tiny * 1.0).item() > 0.0
+
+
+@needs_compiler
+@pytest.mark.parametrize("spread", [30.0, 300.0])
+def test_cpu_attention_kernel_matches_reference_with_peaked_softmax(spread):
+    # Large relation inputs spread the logits over hundreds: the kernel's exp then runs over its
+    # whole range, down to the clamp at -87 where weights vanish next to the maximum's 1.
+    x1, x2, x3, p, w1, w2, b2 = _inputs(2, 6, 133, seed=int(spread))
+    args = [x1 * spread, x2 * spread, x3, p, w1, w2, b2]
+    with torch.inference_mode():
+        out = pairwise_attention_cpu(*args)
+        # Logits in the hundreds carry float32 rounding of ~1e-5 into the weights; the float32
+        # reference itself is ~2e-4 off at spread 300, so the yardstick is float64.
+        ref = pairwise_attention_reference(*[a.double() for a in args])
+    assert torch.isfinite(out).all()
+    assert (out.double() - ref).abs().max().item() <= 1e-4
+
+
+@needs_compiler
 @pytest.mark.parametrize("k", [1, 32, 64, 300, 1056])
 def test_dense_fusion_kernel_matches_gemm(k):
     # 7 x 29 = 203 pixels: not a multiple of the 3-pixel register block or the 192-pixel panel;
