@@ -216,19 +216,50 @@ def test_cpu_attention_kernel_matches_reference_with_peaked_softmax(spread):
 
 
 @needs_compiler
-@pytest.mark.parametrize("k", [1, 32, 64, 300, 1056])
-def test_dense_fusion_kernel_matches_gemm(k):
+@pytest.mark.parametrize("widths", [[1], [32], [64], [300], [1056], [64, 64, 32], [64] * 16 + [32], [7, 129, 64]])
+def test_dense_fusion_kernel_matches_gemm(widths):
     # 7 x 29 = 203 pixels: not a multiple of the 3-pixel register block or the 192-pixel panel;
-    # k = 300 crosses the 256-channel depth chunk; the rows are a strided prefix of a wider buffer.
-    g = torch.Generator().manual_seed(k)
-    buffer = torch.randn(7 * 29, 1056 + 32, generator=g)
+    # 300 and 1056 cross the 128-channel depth chunk; every segment is a strided column prefix of a
+    # wider block, as the last slot group of an odd slot count is.
+    g = torch.Generator().manual_seed(sum(widths) + len(widths))
+    blocks = [torch.randn(7 * 29, width + 32, generator=g) for width in widths]
+    segments = [block[:, :width] for block, width in zip(blocks, widths)]
+    k = sum(widths)
     weight = torch.randn(32, k, 1, 1, generator=g) / k**0.5
     bias = torch.randn(32, generator=g)
     with torch.inference_mode():
-        out = dense_fusion_cpu(buffer, k, weight, bias, 0.2)
-        ref = F.leaky_relu(torch.addmm(bias, buffer[:, :k], weight.view(32, k).t()), 0.2)
+        out = dense_fusion_cpu(segments, weight, bias, 0.2)
+        ref = F.leaky_relu(torch.addmm(bias, torch.cat(segments, 1), weight.view(32, k).t()), 0.2)
     assert out.shape == (7 * 29, 32)
     assert (out - ref).abs().max().item() <= 1e-4
+
+
+@needs_compiler
+def test_dense_fusion_kernel_refuses_mismatched_segments():
+    rows = torch.zeros(10, 64)
+    with pytest.raises(RuntimeError, match="sum of widths"):
+        torch.ops.jdnet.dense_fusion([rows, rows[:, :32]], torch.zeros(64, 32), torch.zeros(32), 0.2)
+    with pytest.raises(RuntimeError, match="P x k float32 rows"):
+        torch.ops.jdnet.dense_fusion([rows, torch.zeros(9, 32)], torch.zeros(96, 32), torch.zeros(32), 0.2)
+
+
+def test_slot_groups_views_cover_the_storage_in_channel_order():
+    from jdnet_cli.models.dense_buffer import SlotGroups
+
+    n, slots, c, h, w = 2, 5, 32, 3, 4
+    storage = torch.arange(n * slots * c * h * w, dtype=torch.float32)
+    store = SlotGroups(storage, n, slots, c, h, w)
+    assert [g.shape for g in store.groups] == [(24, 64), (24, 64), (24, 32)]
+    for i in range(slots):
+        view = store.slot(i)
+        assert view.shape == (n, c, h, w) and view.stride(1) == 1
+        view.fill_(float(i))
+    # Every element belongs to exactly one slot, and the prefix lists slots in order.
+    seen = torch.cat(store.prefix(slots), 1)
+    assert seen.shape == (n * h * w, slots * c)
+    assert torch.equal(seen, torch.arange(slots).repeat_interleave(c).float().expand_as(seen))
+    assert [t.shape[1] for t in store.prefix(3)] == [64, 32]
+    assert sorted(storage.unique().tolist()) == list(range(slots))
 
 
 @needs_compiler

@@ -7,8 +7,8 @@
 // live in a small stack array (12.5 KiB), so logits, softmax weights and neighbourhoods never
 // reach memory. Inner loops run over consecutive pixels of a row and vectorise.
 //
-// dense_fusion: LReLU(bias + rows[:, :k] @ weight_t) for the dense connections' 1x1 fusions,
-// reading the channel prefix of the feature buffer in place. MKL's sgemm runs this tall, 32-wide
+// dense_fusion: LReLU(bias + [segments] @ weight_t) for the dense connections' 1x1 fusions,
+// reading the channel prefix of the feature buffer (given as row segments) in place. MKL's sgemm runs this tall, 32-wide
 // product at about half the speed oneDNN reaches on a 3x3 conv here, and cannot take the
 // activation; a register-blocked loop does both.
 //
@@ -496,47 +496,66 @@ inline void fusion_block(const float* const* a, const float* wt, const float* bi
     for (int j = 0; j < 4; ++j) store8(out[r] + j * LANES, last ? leaky(acc[r][j], sl) : acc[r][j]);
 }
 
-at::Tensor dense_fusion(const at::Tensor& rows, int64_t k, const at::Tensor& weight_t, const at::Tensor& bias, double slope) {
-  TORCH_CHECK(rows.scalar_type() == at::kFloat && weight_t.scalar_type() == at::kFloat && bias.scalar_type() == at::kFloat,
-              "dense_fusion: float32 only");
-  TORCH_CHECK(rows.dim() == 2 && rows.stride(1) == 1 && k >= 1 && k <= rows.size(1),
-              "dense_fusion: rows must be P x C with unit column stride, 1 <= k <= C");
-  TORCH_CHECK(weight_t.is_contiguous() && weight_t.dim() == 2 && weight_t.size(0) == k && weight_t.size(1) == FUSION_OUT &&
+// The feature buffer's channel prefix as a list of row segments (P x width each, any row
+// stride): the slot groups of the inference buffer, the last one possibly a column prefix.
+at::Tensor dense_fusion(at::TensorList segments, const at::Tensor& weight_t, const at::Tensor& bias, double slope) {
+  TORCH_CHECK(!segments.empty() && segments.size() <= 64, "dense_fusion: 1 to 64 segments");
+  const int64_t n_rows = segments[0].size(0);
+  std::vector<const float*> data;
+  std::vector<int64_t> stride, width;
+  int64_t k = 0;
+  for (const at::Tensor& t : segments) {
+    TORCH_CHECK(t.scalar_type() == at::kFloat && t.dim() == 2 && t.size(0) == n_rows && t.stride(1) == 1 && t.size(1) >= 1,
+                "dense_fusion: segments must be P x k float32 rows with unit column stride");
+    data.push_back(t.const_data_ptr<float>());
+    stride.push_back(t.stride(0));
+    width.push_back(t.size(1));
+    k += t.size(1);
+  }
+  TORCH_CHECK(weight_t.scalar_type() == at::kFloat && bias.scalar_type() == at::kFloat && weight_t.is_contiguous() &&
+                  weight_t.dim() == 2 && weight_t.size(0) == k && weight_t.size(1) == FUSION_OUT &&
                   bias.is_contiguous() && bias.numel() == FUSION_OUT,
-              "dense_fusion: weight_t must be k x 32 and bias 32");
+              "dense_fusion: weight_t must be (sum of widths) x 32 and bias 32, float32");
   TORCH_CHECK(slope >= 0.0 && slope <= 1.0, "dense_fusion: slope must lie in [0, 1]");
-  const int64_t n_rows = rows.size(0), lda = rows.stride(0);
-  at::Tensor out = at::empty({n_rows, FUSION_OUT}, rows.options());
-  const float* a = rows.const_data_ptr<float>();
+  at::Tensor out = at::empty({n_rows, FUSION_OUT}, segments[0].options());
   const float* wt = weight_t.const_data_ptr<float>();
   const float* b = bias.const_data_ptr<float>();
   float* dst = out.mutable_data_ptr<float>();
   const float sl = float(slope);
+  const int64_t n_seg = int64_t(segments.size());
   const int64_t panels = (n_rows + FUSION_PANEL - 1) / FUSION_PANEL;
   at::parallel_for(0, panels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t panel = begin; panel < end; ++panel) {
       const int64_t p0 = panel * FUSION_PANEL, p1 = std::min(n_rows, p0 + FUSION_PANEL);
-      for (int64_t k0 = 0; k0 < k; k0 += FUSION_DEPTH) {
-        const int64_t k1 = std::min(k, k0 + FUSION_DEPTH);
-        for (int64_t r0 = p0; r0 < p1; r0 += FUSION_ROWS) {
-          const int64_t count = std::min(FUSION_ROWS, p1 - r0);
-          const float* src[FUSION_ROWS];
-          float* o[FUSION_ROWS];
-          for (int64_t r = 0; r < count; ++r) {
-            src[r] = a + (r0 + r) * lda;
-            o[r] = dst + (r0 + r) * FUSION_OUT;
+      int64_t koff = 0;
+      for (int64_t s = 0; s < n_seg; ++s) {
+        const float* a = data[s];
+        const int64_t lda = stride[s];
+        for (int64_t c0 = 0; c0 < width[s]; c0 += FUSION_DEPTH) {
+          const int64_t c1 = std::min(width[s], c0 + FUSION_DEPTH);
+          const bool first = s == 0 && c0 == 0, last = s == n_seg - 1 && c1 == width[s];
+          const float* w_chunk = wt + koff * FUSION_OUT;  // rows of weight_t from this segment's column 0
+          for (int64_t r0 = p0; r0 < p1; r0 += FUSION_ROWS) {
+            const int64_t count = std::min(FUSION_ROWS, p1 - r0);
+            const float* src[FUSION_ROWS];
+            float* o[FUSION_ROWS];
+            for (int64_t r = 0; r < count; ++r) {
+              src[r] = a + (r0 + r) * lda;
+              o[r] = dst + (r0 + r) * FUSION_OUT;
+            }
+            if (r0 + FUSION_PREFETCH + FUSION_ROWS <= p1)
+              for (int64_t r = 0; r < FUSION_ROWS; ++r)
+                for (int64_t kk = c0; kk < c1; kk += 64 / sizeof(float))
+                  __builtin_prefetch(a + (r0 + FUSION_PREFETCH + r) * lda + kk);
+            if (count == 3)
+              fusion_block<3>(src, w_chunk, b, o, c0, c1, first, last, sl);
+            else if (count == 2)
+              fusion_block<2>(src, w_chunk, b, o, c0, c1, first, last, sl);
+            else
+              fusion_block<1>(src, w_chunk, b, o, c0, c1, first, last, sl);
           }
-          if (r0 + FUSION_PREFETCH + FUSION_ROWS <= p1)
-            for (int64_t r = 0; r < FUSION_ROWS; ++r)
-              for (int64_t kk = k0; kk < k1; kk += 64 / sizeof(float))
-                __builtin_prefetch(a + (r0 + FUSION_PREFETCH + r) * lda + kk);
-          if (count == 3)
-            fusion_block<3>(src, wt, b, o, k0, k1, k0 == 0, k1 == k, sl);
-          else if (count == 2)
-            fusion_block<2>(src, wt, b, o, k0, k1, k0 == 0, k1 == k, sl);
-          else
-            fusion_block<1>(src, wt, b, o, k0, k1, k0 == 0, k1 == k, sl);
         }
+        koff += width[s];
       }
     }
   });
@@ -806,7 +825,7 @@ TORCH_LIBRARY(jdnet, m) {
   m.def("pairwise_attention(Tensor centre, Tensor neighbours, Tensor values, float[] v, float slope) -> Tensor");
   m.def("pairwise_attention_bn_leaky(Tensor centre, Tensor neighbours, Tensor values, float[] v, float slope, Tensor scale, Tensor shift) -> Tensor");
   m.def("attention_inputs(Tensor x, Tensor scale, Tensor shift, Tensor weight_t, Tensor bias, int ch, Tensor p, float slope) -> Tensor[]");
-  m.def("dense_fusion(Tensor rows, int k, Tensor weight_t, Tensor bias, float slope) -> Tensor");
+  m.def("dense_fusion(Tensor[] segments, Tensor weight_t, Tensor bias, float slope) -> Tensor");
   m.def("fuse_segments(Tensor[] segments, Tensor weight_t, Tensor bias, Tensor? skip, Tensor(a!) out, bool activate, float slope, Tensor(b!)? out_high=None) -> ()");
   m.def("affine_leaky(Tensor x, Tensor scale, Tensor shift, float slope) -> Tensor");
   m.def("scale_aggregate(Tensor base, Tensor skip, Tensor[] smalls, Tensor[] rows, Tensor[] cols, float slope, Tensor? weight_t=None, Tensor? bias=None) -> Tensor");

@@ -3,7 +3,7 @@
 * ``pairwise_attention_cpu``: the SAM attention in one pass per strip of 64 pixels, with the 49
   logits in a stack array (same maths as the reference op).
 * ``dense_fusion_cpu``: a dense connection's 1x1 fusion plus its LReLU, reading the feature
-  buffer's channel prefix in place.
+  buffer's channel prefix in place (as row segments: the buffer's slot groups).
 * ``fuse_segments_cpu``: the same 32-wide product over inputs given as separate channel segments
   (a concatenation never built), with a residual, written into a given output such as a slot of
   the feature buffer.
@@ -54,10 +54,11 @@ def pairwise_attention_cpu(x1, x2, x3, p, w1, w2, b2, slope: float = 0.2) -> tor
     return torch.ops.jdnet.pairwise_attention(centre, neighbours, values, v, float(slope))
 
 
-def dense_fusion_cpu(rows: torch.Tensor, k: int, weight: torch.Tensor, bias: torch.Tensor, slope: float) -> torch.Tensor:
-    """LReLU(bias + rows[:, :k] @ weight.view(32, k).T) as a P x 32 tensor; rows may be strided."""
+def dense_fusion_cpu(segments: list[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor, slope: float) -> torch.Tensor:
+    """LReLU(bias + cat(segments, 1) @ weight.view(32, k).T) as a P x 32 tensor; segments may be strided rows."""
+    k = sum(t.shape[1] for t in segments)
     weight_t = weight.reshape(FUSION_OUT, k).t().contiguous()
-    return torch.ops.jdnet.dense_fusion(rows, k, weight_t, bias.contiguous(), float(slope))
+    return torch.ops.jdnet.dense_fusion(segments, weight_t, bias.contiguous(), float(slope))
 
 
 def _rows(t: torch.Tensor, *, view: bool = False) -> torch.Tensor:

@@ -20,15 +20,14 @@ REUSE_LIMIT_BYTES = 1 << 30
 _reusable = threading.local()
 
 
-def reusable_feature_buffer(n: int, channels: int, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
-    """An N x C x H x W channels-last CPU buffer whose storage is reused by the next call on this thread.
+def _reusable_storage(numel: int, like: torch.Tensor) -> torch.Tensor:
+    """A flat CPU tensor of ``numel`` elements whose storage is reused by the next call on this thread.
 
     The dense buffer is JDNet's largest tensor (4 KiB per pixel at 32 units). Allocated afresh per
     image, it was either faulted in again page by page or, freed between other allocations, left
     the heap fragmented so that the next image's buffer needed new memory (peak RSS grew by ~60%
     from the first image to the second at 481x321). Per thread, so concurrent models never share one.
     """
-    numel = n * channels * h * w
     kept = getattr(_reusable, "storage", None)
     fits = (
         kept is not None and kept.numel() >= numel and kept.dtype == like.dtype
@@ -39,7 +38,57 @@ def reusable_feature_buffer(n: int, channels: int, h: int, w: int, like: torch.T
         kept = torch.empty(numel, dtype=like.dtype)
         if numel * kept.element_size() <= REUSE_LIMIT_BYTES:
             _reusable.storage = kept
-    return kept[:numel].view(n, h, w, channels).permute(0, 3, 1, 2)
+    return kept[:numel]
+
+
+def reusable_feature_buffer(n: int, channels: int, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
+    """An N x C x H x W channels-last CPU buffer whose storage is reused by the next call on this thread."""
+    return _reusable_storage(n * channels * h * w, like).view(n, h, w, channels).permute(0, 3, 1, 2)
+
+
+SLOTS_PER_GROUP = 2
+
+
+class SlotGroups:
+    """Inference feature store for the CPU fusion kernel: slots in pairs, each pair its own row block.
+
+    In one pixels x (slots * C) block, a fusion reading the first k channels reads a short piece of
+    every 4 KiB row, which the memory system serves at ~8 GB/s here against ~22 GB/s for a
+    contiguous read. With slots paired into P x 2C blocks (256-byte rows at C = 32) each block is
+    read front to back. Measured with the kernel at 481x321: 126-157 GFLOP/s over all prefix
+    lengths against 68-135 GFLOP/s in one block; groups of 1, 4 and 8 slots were slower.
+    """
+
+    def __init__(self, storage: torch.Tensor, n: int, slots: int, channels: int, h: int, w: int):
+        self.shape = (n, h, w)
+        self.channels = channels
+        pixels = n * h * w
+        self.groups: list[torch.Tensor] = []
+        offset = 0
+        for first in range(0, slots, SLOTS_PER_GROUP):
+            width = channels * min(SLOTS_PER_GROUP, slots - first)
+            self.groups.append(storage[offset : offset + pixels * width].view(pixels, width))
+            offset += pixels * width
+
+    def slot(self, i: int) -> torch.Tensor:
+        """N x C x H x W view (channels-last strides) of slot ``i``, for a unit to write its output into."""
+        group, j = divmod(i, SLOTS_PER_GROUP)
+        c = self.channels
+        n, h, w = self.shape
+        return self.groups[group][:, j * c : (j + 1) * c].view(n, h, w, c).permute(0, 3, 1, 2)
+
+    def prefix(self, slots: int) -> list[torch.Tensor]:
+        """The first ``slots`` slots as row segments (P x width), in channel order."""
+        full, rest = divmod(slots, SLOTS_PER_GROUP)
+        segments = self.groups[:full]
+        if rest:
+            segments = segments + [self.groups[full][:, : rest * self.channels]]
+        return segments
+
+
+def reusable_slot_groups(n: int, slots: int, channels: int, h: int, w: int, like: torch.Tensor) -> SlotGroups:
+    """A ``SlotGroups`` store on this thread's reusable storage (see ``_reusable_storage``)."""
+    return SlotGroups(_reusable_storage(n * slots * channels * h * w, like), n, slots, channels, h, w)
 
 
 class FeatureBuffer:

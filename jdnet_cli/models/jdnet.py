@@ -24,7 +24,7 @@ from .cpu_kernels import (
     sam_attention_usable,
     scale_aggregate_cpu,
 )
-from .dense_buffer import dense_forward, reusable_feature_buffer
+from .dense_buffer import dense_forward, reusable_feature_buffer, reusable_slot_groups
 from .pairwise_attention import pairwise_attention_fast, pairwise_attention_reference, position_planes
 
 SLOPE = 0.2
@@ -226,10 +226,7 @@ def _fuse_prefix(fuse: nn.Sequential, feats: torch.Tensor, k: int) -> torch.Tens
         # A channels-last prefix is strided; a conv would copy it, a GEMM reads it in place.
         n, c, h, w = feats.shape
         rows = feats.permute(0, 2, 3, 1).reshape(n * h * w, c)
-        if conv.out_channels == FUSION_OUT and cpu_kernels_usable(rows, conv.weight, conv.bias):
-            out = dense_fusion_cpu(rows, k, conv.weight, conv.bias, act.negative_slope)
-        else:
-            out = act(torch.addmm(conv.bias, rows[:, :k], conv.weight.view(conv.out_channels, k).t()))
+        out = act(torch.addmm(conv.bias, rows[:, :k], conv.weight.view(conv.out_channels, k).t()))
         return out.view(n, h, w, -1).permute(0, 3, 1, 2)
     return act(conv(feats[:, :k]))
 
@@ -248,6 +245,12 @@ class DenseJointUnits(nn.Module):
         if torch.is_grad_enabled() and f0.requires_grad:
             return self._forward_autograd(f0, loc)
         n, c, h, w = f0.shape
+        fusion = self.conv1x1[0][0]
+        if (
+            _memory_format(f0) is torch.channels_last and c == fusion.out_channels == FUSION_OUT
+            and cpu_kernels_usable(f0, fusion.weight)
+        ):
+            return self._forward_cpu_kernels(f0, loc)
         # One preallocated buffer instead of a growing list: each unit writes its channel slice and
         # each fusion conv reads the contiguous prefix, so no unit re-copies the features before it.
         slots = c * (len(self.units) + 1)
@@ -260,6 +263,18 @@ class DenseJointUnits(nn.Module):
         for i, (unit, fuse) in enumerate(zip(self.units, self.conv1x1)):
             unit(current, loc, out=feats[:, (i + 1) * c : (i + 2) * c])
             current = _fuse_prefix(fuse, feats, (i + 2) * c)
+        return current
+
+    def _forward_cpu_kernels(self, f0: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = f0.shape
+        store = reusable_slot_groups(n, len(self.units) + 1, c, h, w, f0)
+        store.slot(0).copy_(f0)
+        current = f0
+        for i, (unit, fuse) in enumerate(zip(self.units, self.conv1x1)):
+            unit(current, loc, out=store.slot(i + 1))
+            conv, act = fuse[0], fuse[1]
+            rows = dense_fusion_cpu(store.prefix(i + 2), conv.weight, conv.bias, act.negative_slope)
+            current = rows.view(n, h, w, c).permute(0, 3, 1, 2)
         return current
 
     def _forward_autograd(self, f0: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
