@@ -263,13 +263,14 @@ def test_slot_groups_views_cover_the_storage_in_channel_order():
 
 
 @needs_compiler
-def test_model_with_cpu_kernels_matches_plain_torch_ops(monkeypatch):
+@pytest.mark.parametrize("batch", [1, 2])
+def test_model_with_cpu_kernels_matches_plain_torch_ops(monkeypatch, batch):
     """Full inference path (32 channels, so the fusion kernel is used) against the torch ops."""
     from jdnet_cli.models import jdnet as jdnet_module
     from jdnet_cli.models import pairwise_attention as attention_module
 
     model = make_tiny_model(channels=32, units=3).to(memory_format=torch.channels_last)
-    x = torch.rand(1, 3, 23, 70, generator=torch.Generator().manual_seed(2)).contiguous(memory_format=torch.channels_last)
+    x = torch.rand(batch, 3, 23, 70, generator=torch.Generator().manual_seed(2)).contiguous(memory_format=torch.channels_last)
     assert cpu_kernels_usable(x), cpu_kernels_status()
     calls = {}
     for name in ("dense_fusion_cpu", "fuse_segments_cpu", "scale_aggregate_cpu", "calibration_gate_cpu", "sam_attention_cpu",
