@@ -191,3 +191,24 @@ def test_quality_without_weights_names_the_alternatives(monkeypatch, paired):
     res = _cli("benchmark", "quality", str(paired))
     assert res.exit_code == 2
     assert res.stderr.strip() == "error: no shipped weights in this install; pass --weights PATH, or --input-only to score the rainy inputs alone"
+
+
+def test_gpu_targets_script_dry_run_on_the_cpu(tmp_path):
+    """benchmarks/gpu_targets.py end to end on a tiny model: its straightforward path is the same network."""
+    import importlib.util
+
+    from .conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("gpu_targets", REPO / "benchmarks" / "gpu_targets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "targets.json"
+    result = module.main(["--device", "cpu", "--size", "40x32", "--units", "2", "--channels", "8",
+                          "--warmup", "0", "--runs", "1", "--baseline-runs", "1", "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert set(result["rows"]) == {"fast fp32", "fast bf16", "straightforward fp32"}
+    assert all(row["median_ms"] > 0 for row in result["rows"].values())
+    # The baseline must be the same model computed the plain way, not a different network.
+    assert result["fast_vs_straightforward_fp32_max_abs"] <= 1e-4
+    assert 30.0 < result["psnr_vs_fp32_db"]["bf16"] < float("inf")
+    assert len(result["targets"]) == 3
