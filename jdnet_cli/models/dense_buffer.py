@@ -1,4 +1,4 @@
-"""Dense connections for training without O(units^2) concatenations.
+"""Feature buffers for the dense connections, so that no unit re-concatenates the ones before it.
 
 ``torch.cat`` per unit copies every earlier feature again, keeps each concatenation alive for
 backward and, in backward, adds the growing gradients slice by slice. Here all features live in
@@ -7,6 +7,10 @@ the buffer's column prefix, and in backward every fusion accumulates its input g
 matching gradient buffer with an in-place GEMM. Autograd only sees scalar tokens chaining the
 appends, which keeps the backward order right (a unit's gradient is read after every fusion that
 used it has run) at no cost.
+
+For inference the same idea needs no autograd: ``reusable_feature_buffer`` (one channels-last
+buffer) and ``SlotGroups`` (slots in pairs, for the CPU fusion kernel) keep their storage per
+thread between calls.
 """
 from __future__ import annotations
 

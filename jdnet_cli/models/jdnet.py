@@ -266,6 +266,8 @@ class DenseJointUnits(nn.Module):
         return current
 
     def _forward_cpu_kernels(self, f0: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+        # Slots in pairs rather than one wide buffer: the fusion kernel then reads each pair's rows
+        # front to back (see SlotGroups).
         n, c, h, w = f0.shape
         store = reusable_slot_groups(n, len(self.units) + 1, c, h, w, f0)
         store.slot(0).copy_(f0)
