@@ -60,7 +60,8 @@ class SlotGroups:
     every 4 KiB row, which the memory system serves at ~8 GB/s here against ~22 GB/s for a
     contiguous read. With slots paired into P x 2C blocks (256-byte rows at C = 32) each block is
     read front to back. Measured with the kernel at 481x321: 126-157 GFLOP/s over all prefix
-    lengths against 68-135 GFLOP/s in one block; groups of 1, 4 and 8 slots were slower.
+    lengths against 67-135 GFLOP/s in one block; groups of 1, 4 and 8 slots were slower at some
+    lengths.
     """
 
     def __init__(self, storage: torch.Tensor, n: int, slots: int, channels: int, h: int, w: int):
