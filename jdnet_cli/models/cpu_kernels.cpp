@@ -461,10 +461,12 @@ std::vector<at::Tensor> attention_inputs(const at::Tensor& x, const at::Tensor& 
 constexpr int64_t FUSION_OUT = 32;    // output channels the register block holds (4 vectors)
 constexpr int64_t FUSION_ROWS = 3;    // pixels per register block: 12 accumulators + 4 weights
 constexpr int64_t FUSION_PANEL = 192;  // pixels per task: a multiple of FUSION_ROWS
-constexpr int64_t FUSION_DEPTH = 128; // input channels per pass: 16 KiB of weights, half of L1
-// Pixel rows lie one buffer width (up to 4 KiB) apart, so a short prefix read per row defeats the
-// hardware prefetcher; each block prefetches the rows of the block two ahead. 481x321, k = 64:
-// 9.7 ms vs 17.9 ms without; k = 1056: 77-88 ms either way (compute-bound there).
+// Input channels per pass: 16 KiB of weights, half of L1. The model's slot pairs are 64 wide, so
+// this splits only wider segments.
+constexpr int64_t FUSION_DEPTH = 128;
+// Each block prefetches the rows of the block two ahead. With one 1056-wide buffer (rows 4 KiB
+// apart) this took k = 64 from 17.9 to 9.7 ms at 481x321; with the 256-byte rows of slot pairs
+// it still helps at most prefix lengths (e.g. 5 slots: 141-158 vs 109-125 GFLOP/s without).
 constexpr int64_t FUSION_PREFETCH = 2 * FUSION_ROWS;
 
 // acc[r] += sum_{k0 <= kk < k1} a_r[kk] * wt[kk, :] for R pixels, all 32 outputs in registers.
