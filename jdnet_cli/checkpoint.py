@@ -21,7 +21,8 @@ FORMAT_VERSION = 1
 _UNIT_KEY = re.compile(r"^derain_net\.units\.(\d+)\.")
 
 
-def _read(path: Path) -> Any:
+def read_checkpoint(path: Path) -> Any:
+    """Load a checkpoint file safely (weights_only), with one-line errors for missing or foreign files."""
     if not path.exists():
         raise JDNetError(f"{path}: weights file not found")
     if not path.is_file():
@@ -81,7 +82,7 @@ def build_model(state: dict[str, torch.Tensor], source: str = "checkpoint") -> J
 def load_model(path: str | Path) -> tuple[JDNet, dict]:
     """Load any supported checkpoint file into an eval-mode JDNet on the CPU; return (model, meta)."""
     path = Path(path)
-    state, meta = extract_state_dict(_read(path), str(path))
+    state, meta = extract_state_dict(read_checkpoint(path), str(path))
     model = build_model(state, str(path))
     return model.eval(), meta
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from .errors import JDNetError
 from .image_io import is_image_path, read_rgb
-from .synthetic_rain import RainStyle, render_rain
+from .synthetic_rain import HEAVY_RAIN, RainStyle, render_rain
 
 LAYOUTS_HELP = (
     "rain/ + norain/ (also rainy/ + norain/, rain/ + clean/, data/ + gt/), pairing rain-N with norain-N "
@@ -150,7 +150,8 @@ class SyntheticRainPatches:
 
     MARGIN = 24  # streaks are rendered past the patch edge so they enter it naturally
 
-    def __init__(self, clean_dir: str | Path, style: RainStyle = RainStyle(), rank: int = 0, world: int = 1, limit: int = 0):
+    def __init__(self, clean_dir: str | Path, style: RainStyle = RainStyle(), rank: int = 0, world: int = 1, limit: int = 0,
+                 heavy_fraction: float = 0.0, heavy_style: RainStyle | None = None):
         folder = Path(clean_dir)
         if not folder.is_dir():
             raise JDNetError(f"{folder}: not a directory")
@@ -161,15 +162,60 @@ class SyntheticRainPatches:
         self.files = shard(files[: limit or None], rank, world)
         self.images = [read_rgb(p) for p in self.files]
         self.style = style
+        self.heavy_fraction = heavy_fraction
+        self.heavy_style = heavy_style or HEAVY_RAIN
 
     def sample(self, rng: np.random.Generator, size: int, flips: bool, rotations: bool) -> tuple[np.ndarray, np.ndarray]:
         """One (rainy, clean) patch pair."""
         img = self.images[int(rng.integers(len(self.images)))]
         (clean,) = random_crop([img], size + 2 * self.MARGIN, rng)
         (clean,) = augment([clean], rng, flips, rotations)
-        rainy = render_rain(clean, rng, self.style)
+        # No extra draw without heavy rain, so light-only runs replay as before.
+        heavy = self.heavy_fraction > 0 and rng.random() < self.heavy_fraction
+        rainy = render_rain(clean, rng, self.heavy_style if heavy else self.style)
         m = self.MARGIN
         return rainy[m : m + size, m : m + size], clean[m : m + size, m : m + size]
+
+
+class MixedPatches:
+    """Draws each patch from one of several sources, picked at random in proportion to its weight."""
+
+    def __init__(self, sources: list[tuple[PairedPatches | SyntheticRainPatches, float]], names: list[str] | None = None):
+        if not sources:
+            raise JDNetError("no training data: give a paired dataset (DATA or --pairs) or --clean DIR")
+        weights = np.array([w for _, w in sources], dtype=np.float64)
+        if (weights < 0).any() or weights.sum() <= 0:
+            raise JDNetError("source weights must be >= 0 and not all 0")
+        self.sources = [s for s, _ in sources]
+        self.names = names or [str(i) for i in range(len(sources))]
+        self.probs = weights / weights.sum()
+        self.drawn = [0] * len(sources)
+
+    @property
+    def images(self) -> list:
+        """All source images (their count is what the run reports)."""
+        return [im for s in self.sources for im in s.images]
+
+    def sample(self, rng: np.random.Generator, size: int, flips: bool, rotations: bool) -> tuple[np.ndarray, np.ndarray]:
+        """One (rainy, clean) patch pair from a source drawn by weight."""
+        # A single source consumes no extra random number, so one-source runs replay as before.
+        i = 0 if len(self.sources) == 1 else int(rng.choice(len(self.sources), p=self.probs))
+        self.drawn[i] += 1
+        return self.sources[i].sample(rng, size, flips, rotations)
+
+
+def split_weight(spec: str) -> tuple[str, float]:
+    """``DIR`` or ``DIR:WEIGHT`` -> (DIR, weight); a suffix that is not a number stays part of the path."""
+    head, sep, tail = spec.rpartition(":")
+    if sep and head:
+        try:
+            weight = float(tail)
+        except ValueError:
+            return spec, 1.0
+        if not np.isfinite(weight) or weight < 0:
+            raise JDNetError(f"{spec}: the sampling weight after ':' must be a number >= 0")
+        return head, weight
+    return spec, 1.0
 
 
 def write_synthetic_pairs(

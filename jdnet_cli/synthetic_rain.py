@@ -19,6 +19,10 @@ class RainStyle:
     brightness: tuple[float, float] = (0.25, 0.8)
     haze_prob: float = 0.4
     haze: tuple[float, float] = (0.0, 0.04)
+    # Each layer's direction differs from the shared one by a normal draw of this spread: heavy rain
+    # falls in several directions at once.
+    layer_angle_std: float = 3.0
+    airlight: tuple[float, float] = (0.7, 0.95)
 
 
 def _line_kernel(length: int, angle_deg: float) -> np.ndarray:
@@ -56,11 +60,29 @@ def render_rain(
     angle = rng.normal(0.0, style.angle_deg_std)
     rain = np.zeros((h, w), np.float32)
     for _ in range(int(rng.integers(style.layers[0], style.layers[1] + 1))):
-        layer = rain_layer(h, w, rng, style, angle + rng.normal(0.0, 3.0))
+        layer = rain_layer(h, w, rng, style, angle + rng.normal(0.0, style.layer_angle_std))
         rain = 1.0 - (1.0 - rain) * (1.0 - layer)  # screen: layers never exceed 1
     tint = rng.uniform(0.9, 1.0, size=3).astype(np.float32)
     out = 1.0 - (1.0 - clean) * (1.0 - rain[..., None] * tint)
     if rng.random() < style.haze_prob:
         veil = rng.uniform(*style.haze)
-        out = out * (1.0 - veil) + veil * rng.uniform(0.7, 0.95)
+        # Rain accumulation: distant streaks merge into a veil of atmospheric light (I = J(1-t) + tA).
+        out = out * (1.0 - veil) + veil * rng.uniform(*style.airlight)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+# Heavy rain: up to five layers of long, wide, bright streaks in several directions under a veil of
+# atmospheric light (rain accumulation), the way the heavy-rain training sets of the deraining
+# literature are rendered. Tuned against ../shared/data/train-pairs/heavy-18 (see docs/).
+HEAVY_RAIN = RainStyle(
+    layers=(2, 5),
+    density=(0.002, 0.008),
+    length=(25, 70),
+    width_sigma=(0.6, 1.8),
+    angle_deg_std=15.0,
+    brightness=(0.5, 1.0),
+    haze_prob=0.9,
+    haze=(0.05, 0.25),
+    layer_angle_std=8.0,
+    airlight=(0.75, 0.95),
+)

@@ -1,7 +1,10 @@
-"""Training loop: patches, SSIM/L1/MSE losses, Adam with step decay, exact resume, DDP via torchrun."""
+"""Training loop: weighted data sources, SSIM/L1/MSE losses, Adam with warm-up and step or cosine decay,
+warm starts with lineage, exact resume, validation keeping the best weights, DDP via torchrun."""
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import platform
 import random
@@ -17,14 +20,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .atomic import atomic_path
-from .checkpoint import save_weights
-from .datasets import PairedPatches, SyntheticRainPatches, find_pairs, shard
+from .checkpoint import build_model, extract_state_dict, read_checkpoint, save_weights
+from .datasets import MixedPatches, PairedPatches, SyntheticRainPatches, find_pairs, shard, split_weight
 from .devices import resolve_device
 from .errors import JDNetError
 from .metrics import score_pair, ssim_torch
 from .models import JDNet
 
 LOSSES = ("ssim", "l1", "mse", "l1+ssim")
+SCHEDULES = ("step", "cosine")
 
 
 @dataclass
@@ -46,12 +50,46 @@ class TrainConfig:
     num_units: int = 32
     save_every: int = 100
     log_every: int = 10
-    val: str | None = None
+    val: str | list[str] | None = None
     val_every: int = 0
     val_limit: int = 0
     device: str = "auto"
     threads: int = 0
     extra: dict = field(default_factory=dict)
+    # More paired folders, each ``DIR`` or ``DIR:WEIGHT``; ``data`` and ``clean`` take the same suffix.
+    pairs: list[str] = field(default_factory=list)
+    heavy_fraction: float = 0.0
+    schedule: str = "step"
+    warmup: int = 0
+    init: str | None = None
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (the identity of an init file in the lineage)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """The learning rate after ``step`` steps, as a fraction of ``cfg.lr``."""
+    warm = min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else 1.0
+    if cfg.schedule == "cosine":
+        # Cosine from the end of the warm-up down to 0 at the last step.
+        span = max(1, cfg.steps - cfg.warmup)
+        t = min(1.0, max(0, step - cfg.warmup) / span)
+        return warm * 0.5 * (1.0 + math.cos(math.pi * t))
+    milestones = sorted({max(1, int(cfg.steps * 0.6)), max(1, int(cfg.steps * 0.8))})
+    return warm * 0.1 ** sum(step >= m for m in milestones)
+
+
+def val_sets(cfg: TrainConfig) -> list[str]:
+    """The validation folders of a config (one path or several)."""
+    if not cfg.val:
+        return []
+    return [cfg.val] if isinstance(cfg.val, str) else list(cfg.val)
 
 
 def loss_fn(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -95,7 +133,7 @@ def _set_rng_state(rng: np.random.Generator, state: dict, device: torch.device) 
 
 
 # Fields that may differ on --resume without changing what the run computes.
-_RESUME_FREE_FIELDS = {"out_dir", "save_every", "log_every", "val", "val_every", "val_limit", "device", "threads", "extra"}
+_RESUME_FREE_FIELDS = {"out_dir", "save_every", "log_every", "val", "val_every", "val_limit", "device", "threads", "extra", "init"}
 
 
 class Trainer:
@@ -104,8 +142,12 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, on_log: Callable[[dict], None] | None = None):
         if cfg.loss not in LOSSES:
             raise JDNetError(f"unknown loss {cfg.loss!r} (choose from {', '.join(LOSSES)})")
-        if (cfg.data is None) == (cfg.clean is None):
-            raise JDNetError("give exactly one of a paired dataset (DATA) or --clean DIR")
+        if cfg.data is None and cfg.clean is None and not cfg.pairs:
+            raise JDNetError("no training data: give a paired dataset (DATA or --pairs) or --clean DIR")
+        if cfg.schedule not in SCHEDULES:
+            raise JDNetError(f"unknown schedule {cfg.schedule!r} (choose from {', '.join(SCHEDULES)})")
+        if not 0.0 <= cfg.heavy_fraction <= 1.0:
+            raise JDNetError(f"heavy rain fraction {cfg.heavy_fraction} is not in [0, 1]")
         self.cfg = cfg
         self.rank, self.world, local_rank = _dist_info()
         self.device = _pick_device(cfg.device, local_rank)
@@ -122,7 +164,13 @@ class Trainer:
         # Each rank draws from its own stream, so ranks see different patches (their own shard).
         self.rng = np.random.default_rng([cfg.seed, self.rank])
         self.data = self._load_data()
-        self.model = JDNet(cfg.channels, cfg.num_units).to(self.device)
+        self.lineage: list[dict] = []
+        self.init_sha256: str | None = None
+        if cfg.init:
+            self.model, self.lineage = self._warm_start_model(cfg.init)
+        else:
+            self.model = JDNet(cfg.channels, cfg.num_units)
+        self.model = self.model.to(self.device)
         if self.device.type == "cpu":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.net: torch.nn.Module = self.model
@@ -131,20 +179,53 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
-        milestones = sorted({max(1, int(cfg.steps * 0.6)), max(1, int(cfg.steps * 0.8))})
-        self.sched = torch.optim.lr_scheduler.MultiStepLR(self.opt, milestones=milestones, gamma=0.1)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda step: lr_factor(step, cfg))
         self.amp = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.loss = loss_fn(cfg.loss)
         self.step = 0
         self.elapsed = 0.0
-        self.val_pairs = find_pairs(cfg.val)[: cfg.val_limit or None] if cfg.val else []
+        self.val_named = {root: find_pairs(root)[: cfg.val_limit or None] for root in val_sets(cfg)}
+        self.val_pairs = [p for pairs in self.val_named.values() for p in pairs]
+        self.best_score: float | None = None
+        self.best_step = 0
+
+    def _warm_start_model(self, path: str) -> tuple[JDNet, list[dict]]:
+        """The model built from an inference weights file, and the lineage recorded in that file."""
+        source = Path(path)
+        state, meta = extract_state_dict(read_checkpoint(source), str(source))
+        model = build_model(state, str(source))
+        if (model.channels, model.num_units) != (self.cfg.channels, self.cfg.num_units):
+            raise JDNetError(
+                f"{source}: init weights are a {model.channels}-channel, {model.num_units}-unit model; "
+                f"this run asks for {self.cfg.channels} channels, {self.cfg.num_units} units"
+            )
+        self.init_sha256 = file_sha256(source)
+        lineage = meta.get("lineage")
+        if not isinstance(lineage, list):
+            # Weights from before lineage was recorded (or the authors' files): one stage from what they say.
+            training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
+            lineage = [{
+                "sha256": self.init_sha256,
+                "steps": int(meta.get("steps_done") or meta.get("step") or 0),
+                "seconds": float(meta.get("train_seconds") or 0.0),
+                "data": _data_summary(training) if training else "unknown",
+                "recipe": _recipe_summary(training) if training else "unknown",
+            }]
+        return model, [dict(stage) for stage in lineage]
 
     # -- data ---------------------------------------------------------------------------------
-    def _load_data(self) -> PairedPatches | SyntheticRainPatches:
-        if self.cfg.clean:
-            return SyntheticRainPatches(self.cfg.clean, rank=self.rank, world=self.world)
-        return PairedPatches(shard(find_pairs(self.cfg.data), self.rank, self.world))
+    def _load_data(self) -> MixedPatches:
+        cfg, sources, names = self.cfg, [], []
+        if cfg.clean:
+            folder, weight = split_weight(cfg.clean)
+            sources.append((SyntheticRainPatches(folder, rank=self.rank, world=self.world, heavy_fraction=cfg.heavy_fraction), weight))
+            names.append(f"synthetic:{folder}")
+        for spec in ([cfg.data] if cfg.data else []) + list(cfg.pairs):
+            folder, weight = split_weight(spec)
+            sources.append((PairedPatches(shard(find_pairs(folder), self.rank, self.world)), weight))
+            names.append(f"pairs:{folder}")
+        return MixedPatches(sources, names)
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw one batch of (rainy, clean) patches as N x 3 x P x P tensors on the device."""
@@ -184,6 +265,8 @@ class Trainer:
             "rank_rngs": rank_rngs,
             "world_size": self.world,
             "config": asdict(self.cfg),
+            "best": {"psnr_y": self.best_score, "step": self.best_step},
+            "lineage": {"init_sha256": self.init_sha256, "stages": self.lineage},
         }
         with atomic_path(self.checkpoint_path) as tmp:
             torch.save(state, tmp)
@@ -210,6 +293,11 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         self.elapsed = float(state.get("elapsed", 0.0))
+        best = state.get("best") or {}
+        self.best_score, self.best_step = best.get("psnr_y"), int(best.get("step") or 0)
+        # The lineage is the run's own: resuming without --init keeps the init it started from.
+        lineage = state.get("lineage") or {}
+        self.init_sha256, self.lineage = lineage.get("init_sha256"), list(lineage.get("stages") or [])
         rank_rngs = state.get("rank_rngs") or [state["rng"]]
         if len(rank_rngs) == self.world:
             _set_rng_state(self.rng, rank_rngs[self.rank], self.device)
@@ -231,18 +319,36 @@ class Trainer:
             self.on_log(record)
 
     @torch.no_grad()
-    def validate(self) -> dict[str, float]:
-        """Mean PSNR-Y / SSIM-Y of the current model over the validation pairs."""
+    def validate(self) -> dict:
+        """Mean PSNR-Y / SSIM-Y of the current model: the mean of the sets' means, and each set's."""
         self.model.eval()
-        scores = []
-        for pair in self.val_pairs:
-            rainy, clean = pair.load()
-            x = torch.from_numpy(rainy).permute(2, 0, 1)[None].to(self.device)
-            out = self.model(x).clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
-            out = np.round(out * 255.0) / 255.0
-            scores.append(score_pair(out, clean))
+        per_set = {}
+        for root, pairs in self.val_named.items():
+            scores = []
+            for pair in pairs:
+                rainy, clean = pair.load()
+                x = torch.from_numpy(rainy).permute(2, 0, 1)[None].to(self.device)
+                out = self.model(x).clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
+                out = np.round(out * 255.0) / 255.0
+                scores.append(score_pair(out, clean))
+            per_set[root] = {k: float(np.mean([s[k] for s in scores])) for k in ("psnr_y", "ssim_y")}
         self.model.train()
-        return {k: float(np.mean([s[k] for s in scores])) for k in ("psnr_y", "ssim_y")}
+        result = {k: float(np.mean([v[k] for v in per_set.values()])) for k in ("psnr_y", "ssim_y")}
+        if len(per_set) > 1:
+            result["sets"] = per_set
+        return result
+
+    @property
+    def best_path(self) -> Path:
+        return self.out_dir / "best.pt"
+
+    def _keep_if_best(self, val: dict) -> bool:
+        """Export the weights to OUT/best.pt when the mean validation PSNR-Y is the best so far."""
+        if self.best_score is not None and val["psnr_y"] <= self.best_score:
+            return False
+        self.best_score, self.best_step = val["psnr_y"], self.step
+        self.export(self.best_path, extra={"val": val})
+        return True
 
     # -- the loop -------------------------------------------------------------------------------
     def train_step(self) -> float:
@@ -284,15 +390,29 @@ class Trainer:
                 })
                 window_s, window_n, losses = 0.0, 0, []
             if cfg.val_every and self.val_pairs and self.step % cfg.val_every == 0 and self.rank == 0:
-                self.log({"step": self.step, "val": self.validate()})
+                val = self.validate()
+                self.log({"step": self.step, "val": val, "best": self._keep_if_best(val)})
             if self.step % cfg.save_every == 0:
                 self.save_checkpoint()
         self.save_checkpoint()
 
-    def export(self, dest: str | Path | None = None, half: bool = True) -> Path:
-        """Write inference weights with the run's metadata (rank 0 only)."""
+    def stage_record(self) -> dict:
+        """This run as one stage of the weights' lineage."""
+        cfg = asdict(self.cfg)
+        return {
+            "init_sha256": self.init_sha256,
+            "steps": self.step,
+            "seconds": round(self.elapsed, 1),
+            "data": _data_summary(cfg),
+            "recipe": _recipe_summary(cfg),
+            "hardware": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or platform.machine(),
+        }
+
+    def export(self, dest: str | Path | None = None, half: bool = True, extra: dict | None = None) -> Path:
+        """Write inference weights with the run's metadata and lineage (rank 0 only)."""
         dest = Path(dest) if dest else self.out_dir / "jdnet.pt"
         if self.rank == 0:
+            lineage = self.lineage + [self.stage_record()]
             meta = {
                 "training": {k: v for k, v in asdict(self.cfg).items() if k not in ("extra",)},
                 "steps_done": self.step,
@@ -302,6 +422,10 @@ class Trainer:
                 "world_size": self.world,
                 "torch": str(torch.__version__),  # TorchVersion would not load with weights_only=True
                 "python": sys.version.split()[0],
+                "lineage": lineage,
+                "total_steps": sum(int(st.get("steps") or 0) for st in lineage),
+                "total_seconds": round(sum(float(st.get("seconds") or 0.0) for st in lineage), 1),
+                **(extra or {}),
             }
             save_weights(self.model, dest, meta, half=half)
         return dest
@@ -313,3 +437,27 @@ class Trainer:
             # gloo's threads ("terminate called without an active exception"): leave together.
             dist.barrier()
             dist.destroy_process_group()
+
+
+def _data_summary(cfg: dict) -> str:
+    """One line naming a run's data sources and their weights."""
+    parts = []
+    if cfg.get("clean"):
+        folder, weight = split_weight(cfg["clean"])
+        heavy = cfg.get("heavy_fraction") or 0.0
+        parts.append(f"synthetic rain on {folder} (weight {weight:g}" + (f", heavy {heavy:g})" if heavy else ")"))
+    for spec in ([cfg["data"]] if cfg.get("data") else []) + list(cfg.get("pairs") or []):
+        folder, weight = split_weight(spec)
+        parts.append(f"pairs {folder} (weight {weight:g})")
+    return "; ".join(parts) or "unknown"
+
+
+def _recipe_summary(cfg: dict) -> str:
+    """One line with the recipe of a run."""
+    schedule = cfg.get("schedule", "step")
+    sched = "cosine" if schedule == "cosine" else "x0.1 at 60%/80%"
+    warm = f", warm-up {cfg['warmup']}" if cfg.get("warmup") else ""
+    aug = "+flips" if cfg.get("flips") else ""
+    aug += "+rot90" if cfg.get("rotations") else ""
+    return (f"batch {cfg.get('batch_size')}, patch {cfg.get('patch_size')}{aug}, loss {cfg.get('loss')}, "
+            f"Adam lr {cfg.get('lr'):g} {sched}{warm}, {cfg.get('steps')} planned steps, seed {cfg.get('seed')}")

@@ -3,39 +3,48 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from ..errors import JDNetError
-from ..training import LOSSES, Trainer, TrainConfig
+from ..checkpoint import extract_state_dict, infer_arch, read_checkpoint
+from ..training import LOSSES, SCHEDULES, Trainer, TrainConfig
 from .console import err_console, fail, interactive
 
 
 def _log_line(record: dict) -> str:
     if "val" in record:
         v = record["val"]
-        return f"step {record['step']}: val PSNR-Y {v['psnr_y']:.3f} dB, SSIM-Y {v['ssim_y']:.4f}"
+        line = f"step {record['step']}: val PSNR-Y {v['psnr_y']:.3f} dB, SSIM-Y {v['ssim_y']:.4f}"
+        if "sets" in v:
+            line += " (" + ", ".join(f"{Path(k).name} {s['psnr_y']:.3f}" for k, s in v["sets"].items()) + ")"
+        return line + (" best, saved" if record.get("best") else "")
     return f"step {record['step']}: loss {record['loss']:.5f}, lr {record['lr']:.3g}, {record['it_s']:.2f} it/s"
 
 
 def train(
-    data: Optional[Path] = typer.Argument(None, metavar="[DATA]", help="Paired dataset folder (layout auto-detected)."),
-    clean: Optional[Path] = typer.Option(None, "--clean", help="Clean photos; rainy inputs are rendered on the fly."),
+    data: Optional[str] = typer.Argument(None, metavar="[DATA]", help="Paired dataset folder (layout auto-detected); DIR:W gives it sampling weight W."),
+    clean: Optional[str] = typer.Option(None, "--clean", help="Clean photos; rainy inputs are rendered on the fly (DIR:W for a weight)."),
+    pairs: Optional[List[str]] = typer.Option(None, "--pairs", help="Another paired folder, DIR or DIR:WEIGHT; repeatable."),
+    heavy_fraction: float = typer.Option(0.0, "--heavy-fraction", min=0.0, max=1.0, help="Share of synthetic patches rendered as heavy rain."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Warm start: build the model from this inference weights file (fresh optimiser)."),
+    warmup: int = typer.Option(0, "--warmup", min=0, help="Linear learning-rate warm-up over the first N steps."),
+    schedule: str = typer.Option("step", "--schedule", help=f"Learning-rate decay: {' or '.join(SCHEDULES)} (step: x0.1 at 60% and 80%)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoint.pt, train_log.jsonl, jdnet.pt."),
     steps: int = typer.Option(1000, "--steps", min=1, help="Optimisation steps in total."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Patches per step (per process under torchrun)."),
     patch_size: int = typer.Option(64, "--patch-size", min=16, help="Random crop size."),
-    lr: float = typer.Option(5e-4, "--lr", help="Adam learning rate; x0.1 at 60% and 80% of --steps."),
+    lr: float = typer.Option(5e-4, "--lr", help="Adam learning rate (peak, after any warm-up)."),
     loss: str = typer.Option("ssim", "--loss", help=f"One of {', '.join(LOSSES)} (ssim means -SSIM)."),
     flips: bool = typer.Option(False, "--flips/--no-flips", help="Random horizontal flips."),
     rotations: bool = typer.Option(False, "--rotations/--no-rotations", help="Random 90-degree rotations."),
     seed: int = typer.Option(0, "--seed", help="Seed for weights init and patch sampling."),
-    channels: int = typer.Option(32, "--channels", min=2, help="Feature channels (the paper: 32)."),
-    units: int = typer.Option(32, "--units", min=1, help="Joint units (the paper: 32)."),
+    channels: Optional[int] = typer.Option(None, "--channels", min=2, help="Feature channels (the paper: 32; default: 32, or the --init file's)."),
+    units: Optional[int] = typer.Option(None, "--units", min=1, help="Joint units (the paper: 32; default: 32, or the --init file's)."),
     save_every: int = typer.Option(500, "--save-every", min=1, help="Checkpoint every N steps."),
     log_every: int = typer.Option(10, "--log-every", min=1, help="Log (JSONL and progress) every N steps."),
-    val: Optional[Path] = typer.Option(None, "--val", help="Paired set scored (PSNR-Y, SSIM-Y) every --val-every steps."),
+    val: Optional[List[Path]] = typer.Option(None, "--val", help="Paired set scored (PSNR-Y, SSIM-Y) every --val-every steps; repeatable. The best is kept as OUT/best.pt."),
     val_every: int = typer.Option(1000, "--val-every", min=1, help="Validation interval in steps."),
     val_limit: int = typer.Option(0, "--val-limit", min=0, help="Score only the first N validation pairs (0: all)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (torchrun: each rank its LOCAL_RANK GPU)."),
@@ -44,13 +53,25 @@ def train(
     export: Optional[Path] = typer.Option(None, "--export", help="Where to write the inference weights (default OUT/jdnet.pt)."),
 ) -> None:
     """Train JDNet (-SSIM, Adam, 64x64 crops by default); run under torchrun for DDP."""
+    if schedule not in SCHEDULES:
+        fail(f"--schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
+    if init is not None and (channels is None or units is None):
+        try:
+            arch = infer_arch(extract_state_dict(read_checkpoint(init), str(init))[0], str(init))
+        except JDNetError as err:
+            fail(str(err))
+        channels = arch["channels"] if channels is None else channels
+        units = arch["num_units"] if units is None else units
+    channels = 32 if channels is None else channels
+    units = 32 if units is None else units
     if channels % 2:
         fail("--channels must be even (the self-calibrated convolution splits the channels in two)")
     cfg = TrainConfig(
-        out_dir=str(out), data=str(data) if data else None, clean=str(clean) if clean else None,
+        out_dir=str(out), data=data, clean=clean, pairs=list(pairs or []), heavy_fraction=heavy_fraction,
+        init=str(init) if init else None, warmup=warmup, schedule=schedule,
         steps=steps, batch_size=batch_size, patch_size=patch_size, lr=lr, loss=loss, flips=flips,
         rotations=rotations, seed=seed, channels=channels, num_units=units, save_every=save_every,
-        log_every=log_every, val=str(val) if val else None, val_every=val_every if val else 0,
+        log_every=log_every, val=[str(v) for v in val] if val else None, val_every=val_every if val else 0,
         val_limit=val_limit, device=device, threads=threads,
     )
     if not resume and (out / "checkpoint.pt").exists():
@@ -66,7 +87,16 @@ def train(
                 if changed:
                     console.print(f"note: options differ from the checkpoint's run: {', '.join(changed)}", markup=False)
         if lead:
-            source = f"{len(trainer.data.images)} clean images + synthetic rain" if clean else f"{len(trainer.data.images)} pairs"
+            data_mix = trainer.data
+            parts = [
+                f"{len(src.images)} {'clean images + synthetic rain' if name.startswith('synthetic:') else 'pairs'}"
+                for src, name in zip(data_mix.sources, data_mix.names)
+            ]
+            if len(parts) > 1:
+                parts = [f"{part} (p={p:.2f})" for part, p in zip(parts, data_mix.probs)]
+            source = ", ".join(parts)
+            if trainer.cfg.init and trainer.init_sha256:
+                console.print(f"warm start from {trainer.cfg.init} (sha256 {trainer.init_sha256[:12]}...)", markup=False)
             console.print(
                 f"training JDNet({channels} ch, {units} units) on {source} per process, {trainer.world} process(es), "
                 f"{trainer.device}, batch {batch_size}, patch {patch_size}, loss {loss}",
