@@ -18,6 +18,13 @@ def _current_umask() -> int:
 # Read once at import: os.umask() can only be read by setting it, which races with worker threads.
 _UMASK = _current_umask()
 
+
+
+def new_file_mode() -> int:
+    """The permission bits a plain open() would give a new file (0o666 less the umask)."""
+    return 0o666 & ~_UMASK
+
+
 # Temp files being written right now, so an abandoned run (second Ctrl-C while worker threads are
 # mid-file) can delete them before exiting; the context manager cleans up its own otherwise.
 _in_flight: set[Path] = set()
@@ -33,7 +40,7 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
     # pick a format from the name still work.
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part" + (suffix or dest.suffix), dir=dest.parent)
     # mkstemp makes 0600 files; give the output the permissions a plain open() would (umask).
-    os.fchmod(fd, 0o666 & ~_UMASK)
+    os.fchmod(fd, new_file_mode())
     tmp_path = Path(tmp)
     with _in_flight_lock:
         _in_flight.add(tmp_path)

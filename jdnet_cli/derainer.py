@@ -14,7 +14,7 @@ from .errors import JDNetError
 from .memory_budget import bytes_per_pixel, choose_batch, choose_tile, device_budget, parse_size
 from .models import ATTENTION_OPS, JDNet
 from .models.cpu_kernels import cpu_kernels_status, cpu_kernels_usable
-from .tiling import MIN_TILE, normalise_tile, plan_tiles, run_halving_on_oom, run_tiled
+from .tiling import MIN_TILE, is_out_of_memory, normalise_tile, plan_tiles, run_halving_on_oom, run_tiled
 from .shipped_weights import default_weights_path
 
 # The SC-conv average-pools by 4 and the attention reflect-pads by 3, so smaller inputs are
@@ -119,6 +119,41 @@ class Derainer:
         x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None]
         y = self._run_image(x)
         return y[0].permute(1, 2, 0).clamp(0.0, 1.0).numpy()
+
+    @torch.inference_mode()
+    def derain_frames(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        """Derain same-size H x W x 3 uint8/uint16 frames; same scaling and rounding as ``jdnet derain``.
+
+        Frames that fit run as one batch; frames that need tiles (or a batch that runs out of
+        memory) go one by one through the image path, which tiles and backs off on OOM.
+        """
+        if not frames:
+            return []
+        high = frames[0].dtype == np.uint16
+        if frames[0].dtype not in (np.uint8, np.uint16) or frames[0].ndim != 3 or frames[0].shape[2] != 3:
+            raise ValueError(f"expected H x W x 3 uint8 or uint16 frames, got {frames[0].dtype} {frames[0].shape}")
+        scale = 65535.0 if high else 255.0
+        arr = np.stack(frames)
+        # uint8 crosses the bus as bytes (4x less than float); torch has no uint16 arithmetic, so widen first.
+        x = torch.from_numpy(arr.astype(np.int32) if high else arr).permute(0, 3, 1, 2)
+        h, w = x.shape[-2:]
+        y = None
+        if self.plan_tile(h, w) == 0 and len(frames) > 1:
+            try:
+                dev = x.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else x
+                y = self.run_tensor(dev.float().div_(scale)).cpu()
+            except (RuntimeError, torch.cuda.OutOfMemoryError) as err:
+                if not is_out_of_memory(err):
+                    raise
+                y = None
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+        if y is None:
+            xf = x.float().div_(scale)
+            y = torch.cat([self._run_image(xf[i : i + 1]) for i in range(len(frames))])
+        y = y.clamp_(0.0, 1.0).mul_(scale).round_().permute(0, 2, 3, 1)
+        out = (y.to(torch.int32) if high else y.to(torch.uint8)).numpy()
+        return list(out.astype(np.uint16) if high else out)
 
     def plan_tile(self, height: int, width: int) -> int:
         """Tile side for an image of this size: 0 means whole image."""

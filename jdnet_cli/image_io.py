@@ -15,7 +15,7 @@ from .errors import JDNetError
 from .image_headers import check_complete, describe_unsupported, header_size, sniff_format
 from .image_metadata import (Metadata, apply_orientation, embed_metadata, exif_orientation, png_chunk, read_metadata,
                              reset_orientation)
-from .native_stderr import capture_native_stderr
+from .native_stderr import call_capturing
 
 # OpenCV logs decoder warnings to stderr on its own; we report each bad file in one line instead.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
@@ -63,9 +63,8 @@ def decode_image(data: bytes, name: str = "<image>", max_pixels: int = DEFAULT_M
         raise JDNetError(f"{name}: {err}") from None
     meta = read_metadata(data, fmt)
     buf = np.frombuffer(data, np.uint8)
-    with capture_native_stderr() as captured:
-        arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
-    library_says = _first_line("".join(captured))
+    arr, said = call_capturing(lambda: cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION))
+    library_says = _first_line(said)
     kind = fmt[1:].upper()
     if arr is None:
         raise JDNetError(f"{name}: corrupt or unsupported {kind} data" + (f" ({library_says})" if library_says else ""))

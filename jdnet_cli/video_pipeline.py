@@ -16,9 +16,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterable
 
-import numpy as np
-import torch
 
+from .atomic import new_file_mode
 from .derainer import Derainer
 from .errors import JDNetError
 from .image_io import is_image_path
@@ -123,26 +122,6 @@ def plan_video_jobs(inputs: Iterable[str], output: str) -> list[VideoJob]:
     return jobs
 
 
-@torch.inference_mode()
-def derain_batch(derainer: Derainer, frames: list[np.ndarray]) -> list[np.ndarray]:
-    """Derain N H x W x 3 uint8/uint16 frames in one forward pass; same quantisation as ``jdnet derain``."""
-    high = frames[0].dtype == np.uint16
-    scale = 65535.0 if high else 255.0
-    arr = np.stack(frames)
-    # uint8 crosses the bus as bytes (4x less than float); torch has no uint16 arithmetic, so widen first.
-    x = torch.from_numpy(arr.astype(np.int32) if high else arr)
-    if derainer.device.type == "cuda":
-        x = x.pin_memory().to(derainer.device, non_blocking=True)
-    x = x.permute(0, 3, 1, 2).float().div_(scale)
-    y = derainer.run_tensor(x)
-    y = y.clamp_(0.0, 1.0).mul_(scale).round_().permute(0, 2, 3, 1)
-    y = y.to(torch.int32) if high else y.to(torch.uint8)
-    out = y.cpu().numpy()
-    if high:
-        out = out.astype(np.uint16)
-    return list(out)
-
-
 def _sequence_reader(src: Path, fps: Fraction) -> ImageSequenceReader:
     files = sequence_files(src)
     if not files:
@@ -201,9 +180,7 @@ def derain_video(
         out_tmp = temp_path_beside(final, "part")
         remux(video_tmp, None if sequence else src, out_tmp, offset, start, duration,
               first + encoder.end_us / 1e6 if interrupted else None)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(out_tmp, 0o666 & ~umask)  # mkstemp made it private; give it the usual mode of a new file
+        os.chmod(out_tmp, new_file_mode())  # mkstemp made it private; give it the usual mode of a new file
         os.replace(out_tmp, final)
         out_tmp = None
         if interrupted:
@@ -293,7 +270,7 @@ def _run_stages(derainer, reader, video_tmp, settings, colour, batch_size, on_fr
                 batch.append(item)
             if not batch:
                 continue
-            for frame, rgb in zip(batch, derain_batch(derainer, [f.rgb for f in batch])):
+            for frame, rgb in zip(batch, derainer.derain_frames([f.rgb for f in batch])):
                 frame.rgb = rgb
                 _put_while_alive(q_out, frame, threads[1])
             done += len(batch)

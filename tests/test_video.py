@@ -1,6 +1,7 @@
 """``jdnet video`` on short clips cut from the shared rainy clip, with a tiny model."""
 from __future__ import annotations
 
+import json
 import subprocess
 from fractions import Fraction
 from pathlib import Path
@@ -207,12 +208,10 @@ def test_probe_parses_colour_tags_and_rejects_non_video(tmp_path):
 
 
 class _Identity:
-    """A stand-in model for pipeline-only checks: returns its input."""
+    """A stand-in Derainer for pipeline-only checks: returns the frames it is given."""
 
-    device = __import__("torch").device("cpu")
-
-    def run_tensor(self, x):
-        return x
+    def derain_frames(self, frames):
+        return list(frames)
 
 
 def test_rotated_video_comes_out_upright(tmp_path, clip):
@@ -242,3 +241,60 @@ def test_ten_bit_source_is_processed_in_16_bit(tmp_path, clip):
     src, out = rgb48(ten), rgb48(dest)
     assert len(np.unique(out & 0xFF)) > 4  # more than 8 bits of precision survive
     assert np.abs(src.astype(np.int64) - out).max() <= 64  # identity model: same picture (within 10-bit rounding)
+
+
+@pytest.fixture(scope="module")
+def wide_clip(tmp_path_factory) -> Path:
+    """3 frames of the shared clip at 80x44: large enough for 32-px tiles."""
+    src = shared_path("data", "video", "real-rain-640x360.mp4")
+    path = tmp_path_factory.mktemp("wide") / "wide.mp4"
+    ff("-i", str(src), "-t", "0.12", "-vf", "scale=80:44", "-c:v", "libx264", "-crf", "10", "-an", str(path))
+    return path
+
+
+def test_frames_go_through_the_derainer_with_tiles(wide_clip, tiny_weights):
+    """Every frame takes the image path: a frame that needs tiles is tiled, exactly as `jdnet derain` tiles it."""
+    tiled = Derainer(weights=tiny_weights, device="cpu", tile=32, tile_overlap=8)
+    frames = list(decode_rgb(wide_clip))
+    assert len(frames) == 3 and tiled.plan_tile(44, 80) == 32
+    got = tiled.derain_frames(frames)
+    for frame, out in zip(frames, got):
+        expected = np.round(tiled(frame.astype(np.float32) / np.float32(255.0)) * 255.0).astype(np.uint8)
+        assert out.dtype == np.uint8 and np.array_equal(out, expected)
+    whole = Derainer(weights=tiny_weights, device="cpu", tile=0)
+    batched = whole.derain_frames(frames)  # one batch of 3
+    single = [whole.derain_frames([f])[0] for f in frames]
+    assert max(int(np.abs(a.astype(int) - b).max()) for a, b in zip(batched, single)) <= 1
+    assert not np.array_equal(np.stack(got), np.stack(single))  # 32-px tiles do change an 80x44 frame
+    high = whole.derain_frames([f.astype(np.uint16) * 257 for f in frames[:1]])[0]
+    assert high.dtype == np.uint16 and int(np.abs(high.astype(int) // 257 - single[0]).max()) <= 1
+
+
+def test_video_cli_tiles_and_prints_json_events(tmp_path, wide_clip, tiny_weights):
+    out = tmp_path / "out"
+    res = run_cli("video", str(wide_clip), str(tmp_path / "missing.mp4"), str(out), "--weights", str(tiny_weights), "--device", "cpu",
+                  "--tile", "32", "--tile-overlap", "8", "--max-memory", "1GB", "--codec", "ffv1", "--json", "--quiet")
+    assert res.returncode == 1, res.stderr.decode()
+    events = [json.loads(line) for line in res.stdout.decode().splitlines()]
+    assert [e.get("status") for e in events[:2]] == ["ok", "failed"]
+    ok, failed, summary = events
+    assert ok["frames"] == 3 and ok["output"] == str(out / "wide.mp4") and ok["error"] is None and ok["ms"] > 0
+    assert failed["input"] == str(tmp_path / "missing.mp4") and failed["error"] == "no such file or directory"
+    assert summary == {"summary": {"ok": 1, "failed": 1, "skipped": 0, "seconds": summary["summary"]["seconds"], "interrupted": False}}
+    # --quiet: only the failure line on stderr.
+    assert res.stderr.decode().splitlines() == [f"failed: {tmp_path / 'missing.mp4'}: no such file or directory"]
+    # ffv1 is lossless: the frames are the tiled Derainer's output.
+    tiled = Derainer(weights=tiny_weights, device="cpu", tile=32, tile_overlap=8)
+    assert np.array_equal(decode_rgb(out / "wide.mp4"), np.stack(tiled.derain_frames(list(decode_rgb(wide_clip)))))
+
+
+def test_video_never_reads_the_umask_by_setting_it(tmp_path, clip, derainer, monkeypatch):
+    import os
+
+    calls = []
+    monkeypatch.setattr(os, "umask", lambda *a: calls.append(a) or 0o022)
+    res = derain_video(derainer, clip, tmp_path / "m.mkv", EncodeSettings(codec="ffv1"), duration=0.04)
+    assert res.frames == 1 and calls == []
+    from jdnet_cli.atomic import new_file_mode
+
+    assert (tmp_path / "m.mkv").stat().st_mode & 0o777 == new_file_mode()

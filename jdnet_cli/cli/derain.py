@@ -1,7 +1,6 @@
 """``jdnet derain``: derain image files, directories, globs, file lists and stdin/stdout."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -17,12 +16,9 @@ from ..devices import parse_device_list
 from ..errors import JDNetError
 from ..image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, read_bytes
 from ..image_pipeline import derain_bytes, derain_file
-from ..native_stderr import stderr_lock
 from .console import err_console, fail, interactive, make_progress
 from .interrupts import GracefulStop
-
-EXIT_HELP = "Exit codes: 0 all ok; 1 some inputs failed; 2 usage error; 130 interrupted (143 on SIGTERM)."
-
+from .reporter import Reporter
 
 def derain(
     paths: List[str] = typer.Argument(..., metavar="INPUT... OUTPUT", help="Image files, directories, globs or - (stdin), then the output file, directory or - (stdout)."),
@@ -72,7 +68,7 @@ def derain(
 
         return process
 
-    reporter = _Reporter(json_events, quiet)
+    reporter = Reporter(json_events, quiet)
     graceful = GracefulStop(reporter.say)
     processes = [make_process(d) for d in derainers]
     t0 = time.perf_counter()
@@ -93,13 +89,13 @@ def derain(
     except KeyboardInterrupt:
         # Second Ctrl-C: abandon the files in progress; their temp files go, finished outputs stay.
         remove_in_flight()
-        reporter.summary(time.perf_counter() - t0, derainers, interrupted=True)
+        reporter.summary(time.perf_counter() - t0, _where(derainers), interrupted=True)
         if len(processes) > 1:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(130)  # worker threads cannot be interrupted mid-inference
         raise typer.Exit(130)
-    reporter.summary(time.perf_counter() - t0, derainers, interrupted=graceful.stop.is_set())
+    reporter.summary(time.perf_counter() - t0, _where(derainers), interrupted=graceful.stop.is_set())
     if graceful.exit_code is not None:
         raise typer.Exit(graceful.exit_code)
     raise typer.Exit(1 if reporter.counts["failed"] else 0)
@@ -146,44 +142,5 @@ def _plan(inputs: list[str], output: str, ext: Optional[str], json_events: bool)
     return [Job(src, dest.with_suffix(normalize_ext(ext)) if ext else dest)]
 
 
-class _Reporter:
-    """Per-file lines and the summary: human text on stderr, ``--json`` events on stdout."""
-
-    def __init__(self, json_events: bool, quiet: bool):
-        self.console = err_console()
-        self.json_events = json_events
-        self.quiet = quiet
-        self.counts = {"ok": 0, "failed": 0, "skipped": 0}
-
-    @property
-    def done(self) -> int:
-        """Files reported so far."""
-        return sum(self.counts.values())
-
-    def say(self, message: str) -> None:
-        """A human message on stderr (kept even with --quiet: it explains an interrupt)."""
-        with stderr_lock:
-            self.console.print(message, markup=False)
-
-    def _emit(self, obj: dict) -> None:
-        sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
-
-    def report(self, res: Result) -> None:
-        """Count one result, print its failure line and its JSON event."""
-        self.counts[res.status] += 1
-        if res.status == "failed":
-            self.say(f"failed: {res.input}: {res.error}")
-        if self.json_events:
-            self._emit(res.as_event())
-
-    def summary(self, seconds: float, derainers: list[Derainer], interrupted: bool) -> None:
-        """Final counts: a JSON object on stdout with --json, a line on stderr unless --quiet."""
-        if self.json_events:
-            self._emit({"summary": {**self.counts, "seconds": round(seconds, 3), "interrupted": interrupted}})
-        if not self.quiet:
-            where = ", ".join(sorted({d.device_description for d in derainers}))
-            note = " (interrupted)" if interrupted else ""
-            self.say(
-                f"{self.counts['ok']} ok, {self.counts['failed']} failed, {self.counts['skipped']} skipped in {seconds:.1f}s on {where}{note}"
-            )
+def _where(derainers: list[Derainer]) -> str:
+    return ", ".join(sorted({d.device_description for d in derainers}))

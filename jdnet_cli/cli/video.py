@@ -10,11 +10,13 @@ from typing import List, Optional
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from ..derainer import Derainer
+from ..batch import Result
+from ..derainer import DEFAULT_OVERLAP, Derainer
 from ..errors import JDNetError
 from ..video_io import CODECS, EncodeSettings
 from ..video_pipeline import VideoInterrupted, derain_video, plan_video_jobs
-from .console import err_console, fail, interactive, make_progress
+from .console import fail, interactive, make_progress
+from .reporter import Reporter
 
 
 def _sigterm_as_interrupt(signum, frame) -> None:
@@ -35,6 +37,11 @@ def video(
     duration: Optional[float] = typer.Option(None, "--duration", min=0.0, help="Process this many seconds."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Frames per forward pass (default: 4 on CUDA, 1 on CPU)."),
     fps: str = typer.Option("25", "--fps", help="Frame rate of image-sequence inputs (e.g. 25, 30000/1001)."),
+    tile: str = typer.Option("auto", "--tile", help="Tile side in px: auto (largest that fits in memory), 0 (whole frame) or N."),
+    tile_overlap: int = typer.Option(DEFAULT_OVERLAP, "--tile-overlap", help="Overlap between tiles in px (feathered, no seams)."),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Memory budget for --tile auto, e.g. 4GB (default: free GPU memory, or a share of RAM on the CPU)."),
+    json_events: bool = typer.Option(False, "--json", help="One JSON event per video on stdout, then a summary object."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print errors (no progress, no summary)."),
 ) -> None:
     """Remove rain from videos, keeping audio, subtitles, timing and metadata. Exit 0: all ok; 1: some failed; 2: usage error; 130: interrupted."""
     if len(paths) < 2:
@@ -51,42 +58,46 @@ def video(
     settings = EncodeSettings(codec, crf, preset, pix_fmt)
     try:
         jobs = plan_video_jobs(inputs, output)
-        derainer = Derainer(weights=weights, device=device, precision=precision)
+        derainer = Derainer(weights=weights, device=device, precision=precision, tile=tile, tile_overlap=tile_overlap,
+                            max_memory=max_memory)
     except JDNetError as err:
         fail(str(err))
     batch = batch_size or (4 if derainer.device.type == "cuda" else 1)
-    console = err_console()
+    reporter = Reporter(json_events, quiet)
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-    ok = failed = 0
     t0 = time.perf_counter()
     for job in jobs:
         if job.output is None:
-            console.print(f"failed: {job.input}: {job.error}", markup=False)
-            failed += 1
+            reporter.report(Result(str(job.input), None, "failed", error=job.error))
             continue
+        t_job = time.perf_counter()
         try:
-            res = _run_one(derainer, job, settings, start, duration, batch, seq_fps, console)
+            res = _run_one(derainer, job, settings, start, duration, batch, seq_fps, reporter)
         except VideoInterrupted as stop:
             if stop.partial is not None:
-                console.print(f"interrupted: kept a valid partial file {stop.partial} ({stop.frames} frames); {job.output} was not written", markup=False)
+                reporter.say(f"interrupted: kept a valid partial file {stop.partial} ({stop.frames} frames); {job.output} was not written")
             else:
-                console.print(f"interrupted: nothing written for {job.input}", markup=False)
+                reporter.say(f"interrupted: nothing written for {job.input}")
+            reporter.emit({"input": str(job.input), "output": str(stop.partial) if stop.partial else None, "status": "interrupted",
+                           "frames": stop.frames, "ms": round((time.perf_counter() - t_job) * 1000, 1), "error": None})
+            reporter.summary(time.perf_counter() - t0, derainer.device_description, interrupted=True)
             raise typer.Exit(130)
         except (JDNetError, RuntimeError) as err:  # RuntimeError: torch (e.g. out of memory)
             msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-            console.print(f"failed: {msg if msg.startswith(str(job.input)) or msg.startswith(str(job.output)) else f'{job.input}: {msg}'}", markup=False)
-            failed += 1
+            msg = msg.removeprefix(f"{job.input}: ")  # the reporter names the input itself
+            reporter.report(Result(str(job.input), str(job.output), "failed", (time.perf_counter() - t_job) * 1000, msg))
             continue
-        ok += 1
+        reporter.report(Result(str(job.input), str(res.output), "ok", res.seconds * 1000), {"frames": res.frames})
         rate = res.frames / max(res.seconds, 1e-9)
-        console.print(f"{job.input} -> {res.output}: {res.frames} frames in {res.seconds:.1f}s ({rate:.2f} frames/s)", markup=False)
-    console.print(f"{ok} ok, {failed} failed in {time.perf_counter() - t0:.1f}s on {derainer.device_description}", markup=False)
-    raise typer.Exit(1 if failed else 0)
+        reporter.info(f"{job.input} -> {res.output}: {res.frames} frames in {res.seconds:.1f}s ({rate:.2f} frames/s)")
+    reporter.summary(time.perf_counter() - t0, derainer.device_description, interrupted=False)
+    raise typer.Exit(1 if reporter.counts["failed"] else 0)
 
 
-def _run_one(derainer, job, settings, start, duration, batch, seq_fps, console):
+def _run_one(derainer, job, settings, start, duration, batch, seq_fps, reporter: Reporter):
     """One video with a progress bar on a terminal (no total when the container has no frame count)."""
-    if not interactive():
+    console = reporter.console
+    if not interactive() or reporter.quiet:
         return derain_video(derainer, job.input, job.output, settings, start, duration, batch, job.sequence, seq_fps)
     t0 = time.perf_counter()
     state: dict = {}

@@ -1,0 +1,55 @@
+"""One reporter for the batch commands: human lines on stderr, ``--json`` events on stdout."""
+from __future__ import annotations
+
+import json
+import sys
+
+from ..batch import Result
+from ..native_stderr import stderr_lock
+from .console import err_console
+
+
+class Reporter:
+    """Counts results, prints failures and (unless ``quiet``) progress lines; ``--json`` events on stdout."""
+
+    def __init__(self, json_events: bool, quiet: bool):
+        self.console = err_console()
+        self.json_events = json_events
+        self.quiet = quiet
+        self.counts = {"ok": 0, "failed": 0, "skipped": 0}
+
+    @property
+    def done(self) -> int:
+        """Results reported so far."""
+        return sum(self.counts.values())
+
+    def say(self, message: str) -> None:
+        """A human message on stderr (kept even with --quiet: it explains an error or an interrupt)."""
+        with stderr_lock:
+            self.console.print(message, markup=False)
+
+    def info(self, message: str) -> None:
+        """A human message on stderr, dropped with --quiet."""
+        if not self.quiet:
+            self.say(message)
+
+    def emit(self, obj: dict) -> None:
+        """One JSON object on a line of stdout (with --json)."""
+        if self.json_events:
+            sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+
+    def report(self, res: Result, extra: dict | None = None) -> None:
+        """Count one result, print its failure line and its JSON event."""
+        self.counts[res.status] += 1
+        if res.status == "failed":
+            self.say(f"failed: {res.input}: {res.error}")
+        self.emit({**res.as_event(), **(extra or {})})
+
+    def summary(self, seconds: float, where: str, interrupted: bool) -> None:
+        """Final counts: a JSON object on stdout with --json, a line on stderr unless --quiet."""
+        self.emit({"summary": {**self.counts, "seconds": round(seconds, 3), "interrupted": interrupted}})
+        note = " (interrupted)" if interrupted else ""
+        self.info(
+            f"{self.counts['ok']} ok, {self.counts['failed']} failed, {self.counts['skipped']} skipped in {seconds:.1f}s on {where}{note}"
+        )
