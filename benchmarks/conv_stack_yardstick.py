@@ -64,8 +64,11 @@ def _child(kind: str, h: int, w: int, threads: int, channels_last: bool) -> dict
         net(x)
         warm_seconds = time.perf_counter() - t0
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
-    try:  # which path the model ran on (a checkout from before the C++ kernels has none)
-        from jdnet_cli.models.cpu_kernels import cpu_kernels_status
+    try:  # which path the model ran on (a --baseline checkout has them in models/, or none at all)
+        try:
+            from jdnet_cli.ops import cpu_kernels_status
+        except ImportError:
+            from jdnet_cli.models.cpu_kernels import cpu_kernels_status
 
         kernels = cpu_kernels_status() if kind == "model" else "-"
     except ImportError:

@@ -13,7 +13,7 @@ from .devices import device_name, resolve_device, resolve_precision
 from .errors import JDNetError
 from .memory_budget import bytes_per_pixel, choose_batch, choose_tile, device_budget, parse_size
 from .models import ATTENTION_OPS, JDNet
-from .models.cpu_kernels import cpu_kernels_status, cpu_kernels_usable
+from .ops import cpu_kernels_status, prepare_cpu_kernels
 from .tiling import MIN_TILE, is_out_of_memory, normalise_tile, plan_tiles, run_halving_on_oom, run_tiled
 from .shipped_weights import default_weights_path
 
@@ -68,7 +68,7 @@ class Derainer:
             keep_freed_memory()
             # Build (first run on this machine, ~12 s) or load the fused kernels now rather than
             # stalling the first image; without them inference runs on plain torch ops.
-            self.cpu_kernels = cpu_kernels_usable(torch.empty(0))
+            self.cpu_kernels = prepare_cpu_kernels()
         self.tile = parse_tile(tile)
         if tile_overlap < 0:
             raise JDNetError(f"tile overlap must be at least 0, not {tile_overlap}")

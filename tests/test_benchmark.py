@@ -193,8 +193,7 @@ def test_quality_without_weights_names_the_alternatives(monkeypatch, paired):
     assert res.stderr.strip() == "error: no shipped weights in this install; pass --weights PATH, or --input-only to score the rainy inputs alone"
 
 
-def test_gpu_targets_script_dry_run_on_the_cpu(tmp_path):
-    """benchmarks/gpu_targets.py end to end on a tiny model: its straightforward path is the same network."""
+def _gpu_targets():
     import importlib.util
 
     from .conftest import REPO
@@ -202,6 +201,12 @@ def test_gpu_targets_script_dry_run_on_the_cpu(tmp_path):
     spec = importlib.util.spec_from_file_location("gpu_targets", REPO / "benchmarks" / "gpu_targets.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_targets_script_dry_run_on_the_cpu(tmp_path):
+    """benchmarks/gpu_targets.py end to end on a tiny model: its straightforward path is the same network."""
+    module = _gpu_targets()
     out = tmp_path / "targets.json"
     result = module.main(["--device", "cpu", "--size", "40x32", "--units", "2", "--channels", "8",
                           "--warmup", "0", "--runs", "1", "--baseline-runs", "1", "--json", str(out)])
@@ -212,3 +217,41 @@ def test_gpu_targets_script_dry_run_on_the_cpu(tmp_path):
     assert result["fast_vs_straightforward_fp32_max_abs"] <= 1e-4
     assert 30.0 < result["psnr_vs_fp32_db"]["bf16"] < float("inf")
     assert len(result["targets"]) == 3
+
+
+def test_gpu_targets_baseline_runs_the_reference_back_end_on_its_own_copy(monkeypatch):
+    """The straightforward path runs no kernel and the unfold attention; the fast model keeps its settings."""
+    from jdnet_cli import ops
+    from jdnet_cli.models.jdnet import PairwiseSelfAttention
+
+    from .test_ops import count_kernel_calls
+
+    module = _gpu_targets()
+    built, baseline = [], []
+    jdnet = module.JDNet
+    monkeypatch.setattr(module, "JDNet", lambda *a: built.append(jdnet(*a)) or built[-1])
+    calls = count_kernel_calls(monkeypatch)
+    forward = module.straightforward_forward
+
+    def watched(model, x):
+        before = dict(calls)
+        out = forward(model, x)
+        baseline.append((model, {k: n - before.get(k, 0) for k, n in calls.items() if n != before.get(k, 0)}))
+        return out
+
+    monkeypatch.setattr(module, "straightforward_forward", watched)
+    # 32 channels: every fused kernel applies on the fast path, so a leak into the baseline would show.
+    result = module.main(["--device", "cpu", "--size", "40x32", "--units", "2", "--channels", "32",
+                          "--warmup", "0", "--runs", "1", "--baseline-runs", "1"])
+    (fast,) = built
+    assert len(baseline) == 2  # one warm-up, one timed run
+    for model, during in baseline:
+        assert model is not fast and model.enterBlock[0].weight.is_contiguous()
+        assert during == {"pairwise_attention_reference": 2}  # one per unit, nothing else
+    if ops.prepare_cpu_kernels():
+        assert sum(n for name, n in calls.items() if name.endswith("_cpu")) > 0
+    assert all(m.op is ops.ATTENTION_OPS["fast"] for m in fast.modules() if isinstance(m, PairwiseSelfAttention))
+    weight = fast.enterBlock[0].weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    assert ops.current_backend() == "auto"
+    assert result["fast_vs_straightforward_fp32_max_abs"] <= 1e-4

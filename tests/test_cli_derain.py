@@ -9,7 +9,7 @@ import torch
 from jdnet_cli.derainer import Derainer
 from jdnet_cli.image_io import read_image
 
-from .conftest import make_tiny_model, run_cli, write_png
+from .conftest import REPO, make_tiny_model, run_cli, write_png
 
 
 def _expected(weights, path):
@@ -147,3 +147,18 @@ def test_bf16_on_cpu_runs(tmp_path, tiny_weights):
     res = run_cli("derain", str(tmp_path / "a.png"), str(tmp_path / "o.png"), "--precision", "bf16", "--weights", str(tiny_weights), "--device", "cpu")
     assert res.returncode == 0, res.stderr.decode()
     assert cv2.imread(str(tmp_path / "o.png")).shape == (16, 16, 3)
+
+
+def test_missing_shared_data_fails_when_ci_requires_it(tmp_path):
+    """With JDNET_REQUIRE_SHARED=1 (set by .ci/run) a test needing ../shared fails instead of skipping."""
+    import subprocess
+    import sys
+
+    test = tmp_path / "test_needs_shared.py"
+    test.write_text("from tests.conftest import shared_path\n\ndef test_it():\n    shared_path('no-such-folder')\n")
+    base = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path), str(test)]
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO)}
+    skipped = subprocess.run(base, capture_output=True, env={**env, "JDNET_REQUIRE_SHARED": "0"}, cwd=REPO)
+    failed = subprocess.run(base, capture_output=True, env={**env, "JDNET_REQUIRE_SHARED": "1"}, cwd=REPO)
+    assert skipped.returncode == 0 and b"1 skipped" in skipped.stdout
+    assert failed.returncode == 1 and b"JDNET_REQUIRE_SHARED=1" in failed.stdout

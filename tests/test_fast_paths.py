@@ -13,9 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jdnet_cli.models import attention_banded
-from jdnet_cli.models.attention_banded import padded_planes, pairwise_attention_banded
-from jdnet_cli.models.cpu_kernels import (
+from jdnet_cli import ops
+from jdnet_cli.ops import attention_banded, cpu_kernels
+from jdnet_cli.ops.attention_banded import padded_planes, pairwise_attention_banded
+from jdnet_cli.ops.cpu_kernels import (
     batchnorm_leaky_cpu,
     calibration_gate_cpu,
     cpu_kernels_status,
@@ -26,7 +27,7 @@ from jdnet_cli.models.cpu_kernels import (
     sam_attention_cpu,
     scale_aggregate_cpu,
 )
-from jdnet_cli.models.pairwise_attention import pairwise_attention_fast, pairwise_attention_reference, position_planes
+from jdnet_cli.ops.pairwise_attention import pairwise_attention_fast, pairwise_attention_reference, position_planes
 
 from .conftest import REPO, make_tiny_model
 
@@ -120,7 +121,7 @@ needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, re
 @pytest.fixture
 def triton_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    from jdnet_cli.models import attention_triton
+    from jdnet_cli.ops import attention_triton
 
     attention_triton.triton_available.cache_clear()
     attention_triton._kernel.cache_clear()
@@ -274,7 +275,7 @@ def test_dense_fusion_kernel_refuses_mismatched_segments():
 
 
 def test_slot_groups_views_cover_the_storage_in_channel_order():
-    from jdnet_cli.models.dense_buffer import SlotGroups
+    from jdnet_cli.ops.dense_buffer import SlotGroups
 
     n, slots, c, h, w = 2, 5, 32, 3, 4
     storage = torch.arange(n * slots * c * h * w, dtype=torch.float32)
@@ -296,31 +297,30 @@ def test_slot_groups_views_cover_the_storage_in_channel_order():
 @pytest.mark.parametrize("batch", [1, 2])
 def test_model_with_cpu_kernels_matches_plain_torch_ops(monkeypatch, batch):
     """Full inference path (32 channels, so the fusion kernel is used) against the torch ops."""
-    from jdnet_cli.models import jdnet as jdnet_module
-    from jdnet_cli.models import pairwise_attention as attention_module
-
     model = make_tiny_model(channels=32, units=3).to(memory_format=torch.channels_last)
     x = torch.rand(batch, 3, 23, 70, generator=torch.Generator().manual_seed(2)).contiguous(memory_format=torch.channels_last)
     assert cpu_kernels_usable(x), cpu_kernels_status()
     calls = {}
     for name in ("dense_fusion_cpu", "fuse_segments_cpu", "scale_aggregate_cpu", "calibration_gate_cpu", "sam_attention_cpu",
-                 "batchnorm_leaky_cpu"):
-        def counted(*a, _f=getattr(jdnet_module, name), _n=name, **k):
+                 "batchnorm_leaky_cpu", "pairwise_attention_cpu"):
+        def counted(*a, _f=getattr(cpu_kernels, name), _n=name, **k):
             calls[_n] = calls.get(_n, 0) + 1
             return _f(*a, **k)
-        monkeypatch.setattr(jdnet_module, name, counted)
+        monkeypatch.setattr(cpu_kernels, name, counted)
     with torch.inference_mode():
         fast = model(x)
     # Per unit: one dense fusion, three segment fusions (attention tail, bottleneck in and out), one
-    # of each other; the attention block's own BatchNorm kernel is only for the non-fused path.
+    # of each other; the BatchNorm and plain attention kernels are only for the non-fused SAM path.
     assert calls == {"dense_fusion_cpu": 3, "fuse_segments_cpu": 9, "scale_aggregate_cpu": 3, "calibration_gate_cpu": 3,
                      "sam_attention_cpu": 3}
+    counted_fast = dict(calls)
     with torch.inference_mode():
-        for module, name in ((jdnet_module, "cpu_kernels_usable"), (jdnet_module, "nhwc_kernels_usable"),
-                             (attention_module, "cpu_kernels_usable")):
-            monkeypatch.setattr(module, name, lambda *t, **k: False)
+        # Every op asks cpu_kernels_usable (nhwc_kernels_usable too), so this is the no-kernel path.
+        monkeypatch.setattr(cpu_kernels, "cpu_kernels_usable", lambda *t, **k: False)
         plain = model(x)
-        reference = model.set_attention_op(pairwise_attention_reference)(x)
+        with ops.backend("reference"):
+            reference = model(x)
+    assert calls == counted_fast
     assert (fast - plain).abs().max().item() <= 1e-4
     assert (fast - reference).abs().max().item() <= 1e-4
 
@@ -333,8 +333,8 @@ def test_cpu_kernels_are_not_used_where_gradients_are_needed():
 
 _FALLBACK_PROBE = """
 import torch
-from jdnet_cli.models.cpu_kernels import cpu_kernels_status, cpu_kernels_usable
-from jdnet_cli.models.pairwise_attention import pairwise_attention_fast, pairwise_attention_reference
+from jdnet_cli.ops.cpu_kernels import cpu_kernels_status, cpu_kernels_usable
+from jdnet_cli.ops.pairwise_attention import pairwise_attention_fast, pairwise_attention_reference
 g = torch.Generator().manual_seed(0)
 args = [torch.randn(*s, generator=g) for s in ((1, 2, 6, 9), (1, 2, 6, 9), (1, 8, 6, 9), (1, 2, 6, 9), (2, 4), (1, 2), (1,))]
 with torch.inference_mode():
@@ -505,9 +505,9 @@ def test_sam_attention_kernel_path_matches_the_block_in_torch_ops(n, h, w):
         h_att = sam_attention_cpu(x, block.bn1, [sam.conv1, sam.conv2, sam.conv3], sam.conv_p(loc),
                                   sam.conv_w[1].weight.flatten(1), sam.conv_w[2].weight.flatten(1), block.bn2, 0.2)
         fast = block(x, loc)
-        block.sam.op = pairwise_attention_reference  # the block then runs its plain ops
-        ref_att = F.leaky_relu(block.bn2(sam(F.leaky_relu(block.bn1(x), 0.2), loc)), 0.2)
-        reference = block(x, loc)
+        with ops.backend("reference"):
+            ref_att = F.leaky_relu(block.bn2(sam(F.leaky_relu(block.bn1(x), 0.2), loc)), 0.2)
+            reference = block(x, loc)
     assert (h_att - ref_att).abs().max().item() <= 1e-4
     assert (fast - reference).abs().max().item() <= 1e-4
 
@@ -545,7 +545,7 @@ def test_scale_aggregate_kernel_applies_the_full_resolution_projection(h, w):
 def test_inference_feature_buffer_is_reused_per_thread_and_never_aliases_outputs():
     import threading
 
-    from jdnet_cli.models.dense_buffer import reusable_feature_buffer
+    from jdnet_cli.ops.dense_buffer import reusable_feature_buffer
 
     like = torch.zeros(1)
     with torch.inference_mode():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from jdnet_cli.models import ATTENTION_OPS, JDNet
-from jdnet_cli.models.pairwise_attention import pairwise_attention_fast, pairwise_attention_reference, position_planes
+from jdnet_cli.ops import pairwise_attention_fast, pairwise_attention_reference, position_planes
 
 from .conftest import shared_path
 

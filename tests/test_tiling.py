@@ -110,7 +110,7 @@ def test_tiled_matches_whole_for_tiny_model_on_odd_sizes(size):
 
 
 def test_tile_position_planes_are_the_whole_image_planes_cropped():
-    from jdnet_cli.models.pairwise_attention import position_planes
+    from jdnet_cli.ops import position_planes
 
     whole = position_planes(97, 130)
     tile = position_planes(48, 64, origin=(32, 48), full_size=(97, 130))

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention_banded import pairwise_attention_banded
-from .cpu_kernels import cpu_kernels_usable, pairwise_attention_cpu
+from . import cpu_kernels
 
 KERNEL = 7
 
@@ -102,8 +102,8 @@ def pairwise_attention_fast(
     no kernel) runs the banded torch op, which has its own memory-lean backward.
     """
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x1, x2, x3, p, w1, w2, b2))
-    if cpu_kernels_usable(x1, x2, x3, p, w1, w2, b2):
-        return pairwise_attention_cpu(x1, x2, x3, p, w1, w2, b2, slope)
+    if cpu_kernels.cpu_kernels_usable(x1, x2, x3, p, w1, w2, b2):
+        return cpu_kernels.pairwise_attention_cpu(x1, x2, x3, p, w1, w2, b2, slope)
     if x1.is_cuda and not needs_grad and x3.dtype != torch.float64:
         from .attention_triton import pairwise_attention_triton, triton_available
 

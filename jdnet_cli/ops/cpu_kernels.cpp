@@ -1,11 +1,19 @@
-// JDNet's two CPU inference hot spots as fused float32 kernels, registered as torch.ops.jdnet.*.
-// Built at first use by jdnet_cli/native_build.py; jdnet_cli/models/cpu_kernels.py calls them.
+// JDNet's CPU inference as eight fused float32 kernels, registered as torch.ops.jdnet.*: the SAM
+// attention (alone, or with its block's BatchNorms and projections), the 1x1 fusions, and the
+// upsample-and-combine steps. Built at first use by jdnet_cli/ops/native_build.py;
+// jdnet_cli/ops/cpu_kernels.py wraps them.
 //
 // pairwise_attention: SAM's attention (kernel 7), one pass per strip of pixels. Inputs are what
 // attention_banded.padded_planes makes: planar planes, the neighbour and value planes reflect-padded
 // by 3. Each task takes one image row and walks it in strips of STRIP pixels; a strip's 49 logits
 // live in a small stack array (12.5 KiB), so logits, softmax weights and neighbourhoods never
 // reach memory. Inner loops run over consecutive pixels of a row and vectorise.
+//
+// pairwise_attention_bn_leaky: the same attention with the SAM block's second BatchNorm and
+// LReLU applied as it writes, channels-last.
+//
+// attention_inputs: the attention's input planes straight from the SAM block's channels-last
+// input (BatchNorm + LReLU, the three 1x1 projections, reflect padding) in one pass.
 //
 // dense_fusion: LReLU(bias + [segments] @ weight_t) for the dense connections' 1x1 fusions,
 // reading the channel prefix of the feature buffer (given as row segments) in place. MKL's sgemm

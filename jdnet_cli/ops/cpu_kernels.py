@@ -14,8 +14,8 @@
 * ``scale_aggregate_cpu``, ``calibration_gate_cpu``: nearest-upsample-and-combine steps of the
   scale aggregation and the SC-conv in one pass over channels-last maps (``nhwc_kernels_usable``).
 
-Forward only: callers check ``cpu_kernels_usable`` and otherwise use plain torch ops (training,
-other dtypes, or no compiler). Compiled on first use, see ``jdnet_cli.native_build``.
+Forward only: the ops of this package check ``cpu_kernels_usable`` and otherwise use plain torch
+ops (training, other dtypes, or no compiler). Compiled on first use, see ``native_build``.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..native_build import load_native, native_status
+from .native_build import load_native, native_status
 from .attention_banded import padded_planes
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
@@ -35,6 +35,11 @@ FUSION_OUT = 32  # the register block of dense_fusion holds exactly this many ou
 def cpu_kernels_status() -> str:
     """Why the kernels are or are not in use, for benchmark and debug output."""
     return native_status(SOURCE.stem)
+
+
+def prepare_cpu_kernels() -> bool:
+    """Build (first run on this machine) or load the kernels now; whether they can be used."""
+    return load_native(SOURCE)
 
 
 def cpu_kernels_usable(*tensors: torch.Tensor) -> bool:
