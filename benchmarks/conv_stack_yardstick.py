@@ -34,7 +34,7 @@ def _child(kind: str, h: int, w: int, threads: int, channels_last: bool) -> dict
     if threads:
         torch.set_num_threads(threads)
     try:  # what Derainer sets up on the CPU; a --baseline checkout without it runs as it always did
-        from jdnet_cli.cpu_allocator import keep_freed_memory
+        from jdnet_cli.inference.cpu_allocator import keep_freed_memory
 
         keep_freed_memory()
     except ImportError:

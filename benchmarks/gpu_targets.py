@@ -32,11 +32,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from jdnet_cli import ops  # noqa: E402
-from jdnet_cli.checkpoint import load_model  # noqa: E402
-from jdnet_cli.derainer import Derainer  # noqa: E402
-from jdnet_cli.devices import device_name  # noqa: E402
+from jdnet_cli.inference.checkpoint import load_model  # noqa: E402
+from jdnet_cli.inference.derainer import Derainer  # noqa: E402
+from jdnet_cli.inference.devices import device_name  # noqa: E402
+from jdnet_cli.inference.shipped_weights import default_weights_path  # noqa: E402
 from jdnet_cli.models import JDNet  # noqa: E402
-from jdnet_cli.shipped_weights import default_weights_path  # noqa: E402
 
 PHOTO = REPO / "examples" / "rainy-kodim23.png"
 TARGET_MS, TARGET_SPEEDUP, TARGET_PSNR = 60.0, 4.0, 45.0

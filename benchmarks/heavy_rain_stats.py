@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from jdnet_cli.datasets import find_pairs  # noqa: E402
-from jdnet_cli.synthetic_rain import HEAVY_RAIN, RainStyle, render_rain  # noqa: E402
+from jdnet_cli.data.datasets import find_pairs  # noqa: E402
+from jdnet_cli.data.synthetic_rain import HEAVY_RAIN, RainStyle, render_rain  # noqa: E402
 
 
 def per_image(d: np.ndarray) -> list[float]:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from jdnet_cli.datasets import SyntheticRainPatches  # noqa: E402
+from jdnet_cli.data.datasets import SyntheticRainPatches  # noqa: E402
 from jdnet_cli.training import TrainConfig, Trainer  # noqa: E402
 
 

@@ -20,9 +20,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jdnet_cli.batch import plan_jobs, run_jobs  # noqa: E402
-from jdnet_cli.derainer import Derainer  # noqa: E402
-from jdnet_cli.image_pipeline import derain_file  # noqa: E402
+from jdnet_cli.inference.derainer import Derainer  # noqa: E402
+from jdnet_cli.pipelines.batch import plan_jobs, run_jobs  # noqa: E402
+from jdnet_cli.pipelines.images import derain_file  # noqa: E402
 
 
 def memory_mib() -> tuple[float, float]:

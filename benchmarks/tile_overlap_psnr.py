@@ -9,9 +9,9 @@ import time
 
 import numpy as np
 
-from jdnet_cli.derainer import Derainer
-from jdnet_cli.image_io import read_image
-from jdnet_cli.metrics import psnr
+from jdnet_cli.benchmarking.metrics import psnr
+from jdnet_cli.inference.derainer import Derainer
+from jdnet_cli.io.images import read_image
 
 
 def main() -> None:

@@ -43,8 +43,8 @@ def make_input(path: Path, width: int, height: int) -> None:
 def child(args: argparse.Namespace) -> None:
     import torch
 
-    from jdnet_cli.derainer import Derainer
-    from jdnet_cli.image_pipeline import derain_file
+    from jdnet_cli.inference.derainer import Derainer
+    from jdnet_cli.pipelines.images import derain_file
     from jdnet_cli.models import JDNet
 
     if args.threads:
@@ -62,7 +62,7 @@ def child(args: argparse.Namespace) -> None:
 
 def measure_cost(args: argparse.Namespace) -> None:
     """Fit peak RSS against pixels for whole-image passes and compare with memory_budget's estimate."""
-    from jdnet_cli.memory_budget import bytes_per_pixel
+    from jdnet_cli.inference.memory_budget import bytes_per_pixel
 
     sides = [int(v) for v in args.cost_sides.split(",")]
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -111,7 +111,7 @@ def main() -> None:
         measure_cost(args)
         return
 
-    from jdnet_cli.memory_budget import bytes_per_pixel, choose_tile, device_budget, parse_size
+    from jdnet_cli.inference.memory_budget import bytes_per_pixel, choose_tile, device_budget, parse_size
 
     import torch
 

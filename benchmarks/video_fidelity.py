@@ -15,9 +15,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jdnet_cli.derainer import Derainer  # noqa: E402
-from jdnet_cli.video_io import EncodeSettings  # noqa: E402
-from jdnet_cli.video_pipeline import derain_video  # noqa: E402
+from jdnet_cli.inference.derainer import Derainer  # noqa: E402
+from jdnet_cli.io.video import EncodeSettings  # noqa: E402
+from jdnet_cli.pipelines.video import derain_video  # noqa: E402
 from tests.test_video import decode_rgb, psnr  # noqa: E402
 
 CLIP = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "video" / "real-rain-640x360.mp4"

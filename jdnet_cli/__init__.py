@@ -12,3 +12,12 @@ __version__ = "0.1.0"
 ONEDNN_CACHE_CAPACITY = "64"
 for _name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
     os.environ.setdefault(_name, ONEDNN_CACHE_CAPACITY)
+
+
+def __getattr__(name: str):
+    # The library API, ``from jdnet_cli import Derainer``, without importing torch for ``jdnet --help``.
+    if name == "Derainer":
+        from .inference.derainer import Derainer
+
+        return Derainer
+    raise AttributeError(f"module 'jdnet_cli' has no attribute {name!r}")

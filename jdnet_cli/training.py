@@ -19,12 +19,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .atomic import atomic_path
-from .checkpoint import build_model, extract_state_dict, read_checkpoint, save_weights
-from .datasets import MixedPatches, PairedPatches, SyntheticRainPatches, find_pairs, shard, split_weight
-from .devices import resolve_device
+from .benchmarking.metrics import score_pair, ssim_torch
+from .data.datasets import MixedPatches, PairedPatches, SyntheticRainPatches, find_pairs, shard, split_weight
 from .errors import JDNetError
-from .metrics import score_pair, ssim_torch
+from .inference.checkpoint import build_model, extract_state_dict, read_checkpoint, save_weights
+from .inference.devices import resolve_device
+from .io.atomic import atomic_path
 from .models import JDNet
 
 LOSSES = ("ssim", "l1", "mse", "l1+ssim")

@@ -43,7 +43,7 @@ def make_tiny_model(channels: int = 8, units: int = 2, seed: int = 0):
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
     """A project-format weights file of a 2-unit, 8-channel model."""
-    from jdnet_cli.checkpoint import save_weights
+    from jdnet_cli.inference.checkpoint import save_weights
 
     path = tmp_path_factory.mktemp("weights") / "tiny.pt"
     save_weights(make_tiny_model(), path, {"note": "test"})

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from jdnet_cli.checkpoint import load_model
+from jdnet_cli.benchmarking.metrics import ssim, ssim_torch
 from jdnet_cli.errors import JDNetError
-from jdnet_cli.metrics import ssim, ssim_torch
+from jdnet_cli.inference.checkpoint import load_model
 from jdnet_cli.training import TrainConfig, Trainer, loss_fn
 
 from .conftest import REPO, write_png

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from jdnet_cli.checkpoint import load_model, save_weights
-from jdnet_cli.datasets import MixedPatches, split_weight
+from jdnet_cli.data.datasets import MixedPatches, split_weight
 from jdnet_cli.errors import JDNetError
+from jdnet_cli.inference.checkpoint import load_model, save_weights
 from jdnet_cli.models import JDNet
 from jdnet_cli.training import TrainConfig, Trainer, file_sha256, lr_factor
 
@@ -213,7 +213,7 @@ def test_validation_scores_each_set_and_keeps_the_best(tmp_path, paired, other_p
 
 
 def test_heavy_rain_is_heavier_and_stays_in_range():
-    from jdnet_cli.synthetic_rain import HEAVY_RAIN, RainStyle, render_rain
+    from jdnet_cli.data.synthetic_rain import HEAVY_RAIN, RainStyle, render_rain
 
     clean = np.full((96, 96, 3), 0.3, np.float32)
     light = [render_rain(clean, np.random.default_rng(s), RainStyle()) for s in range(8)]

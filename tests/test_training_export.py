@@ -1,7 +1,7 @@
 """Exported weights must load back through the safe (weights_only) loader."""
 from __future__ import annotations
 
-from jdnet_cli.checkpoint import load_model
+from jdnet_cli.inference.checkpoint import load_model
 from jdnet_cli.training import Trainer, TrainConfig
 
 from .conftest import write_png

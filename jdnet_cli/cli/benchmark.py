@@ -11,12 +11,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..benchmark_quality import INPUT_NAME, SCORE_KEYS, load_datasets, model_names, quality_report, score_datasets, write_csv
-from ..benchmark_speed import DEFAULT_SIZES, SpeedConfig, parse_size, run_speed
-from ..derainer import Derainer
-from ..devices import device_name, resolve_device, resolve_precision
+from ..benchmarking.quality import INPUT_NAME, SCORE_KEYS, load_datasets, model_names, quality_report, score_datasets, write_csv
+from ..benchmarking.speed import DEFAULT_SIZES, SpeedConfig, parse_size, run_speed
 from ..errors import JDNetError
-from ..shipped_weights import default_weights_path
+from ..inference.derainer import Derainer
+from ..inference.devices import device_name, resolve_device, resolve_precision
+from ..inference.shipped_weights import default_weights_path
 from .console import err_console, fail, interactive, make_progress
 
 benchmark_app = typer.Typer(

@@ -9,13 +9,13 @@ from typing import Callable, List, Optional
 
 import typer
 
-from ..atomic import atomic_write_bytes, remove_in_flight
-from ..batch import STDIO, Job, Result, normalize_ext, parse_shard, plan_jobs, run_jobs_on_workers, shard
-from ..derainer import DEFAULT_OVERLAP, Derainer
-from ..devices import parse_device_list
 from ..errors import JDNetError
-from ..image_io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, read_bytes
-from ..image_pipeline import derain_bytes, derain_file
+from ..inference.derainer import DEFAULT_OVERLAP, Derainer
+from ..inference.devices import parse_device_list
+from ..io.atomic import atomic_write_bytes, remove_in_flight
+from ..io.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, read_bytes
+from ..pipelines.batch import STDIO, Job, Result, normalize_ext, parse_shard, plan_jobs, run_jobs_on_workers, shard
+from ..pipelines.images import derain_bytes, derain_file
 from .console import err_console, fail, interactive, make_progress
 from .interrupts import GracefulStop
 from .reporter import Reporter

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ..datasets import write_synthetic_pairs
+from ..data.datasets import write_synthetic_pairs
 from ..errors import JDNetError
 from .console import err_console, fail
 

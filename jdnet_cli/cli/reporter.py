@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 import sys
 
-from ..batch import Result
-from ..native_stderr import stderr_lock
+from ..io.native_stderr import stderr_lock
+from ..pipelines.batch import Result
 from .console import err_console
 
 

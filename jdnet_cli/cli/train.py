@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import JDNetError
-from ..checkpoint import extract_state_dict, infer_arch, read_checkpoint
+from ..inference.checkpoint import extract_state_dict, infer_arch, read_checkpoint
 from ..training import LOSSES, SCHEDULES, Trainer, TrainConfig
 from .console import err_console, fail, interactive
 

@@ -10,11 +10,11 @@ from typing import List, Optional
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from ..batch import Result
-from ..derainer import DEFAULT_OVERLAP, Derainer
 from ..errors import JDNetError
-from ..video_io import CODECS, EncodeSettings
-from ..video_pipeline import VideoInterrupted, derain_video, plan_video_jobs
+from ..inference.derainer import DEFAULT_OVERLAP, Derainer
+from ..io.video import CODECS, EncodeSettings
+from ..pipelines.batch import Result
+from ..pipelines.video import VideoInterrupted, derain_video, plan_video_jobs
 from .console import fail, interactive, make_progress
 from .reporter import Reporter
 

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .native_build import load_native, native_status
 from .attention_banded import padded_planes
+from .native_build import load_native, native_status
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
 FUSION_OUT = 32  # the register block of dense_fusion holds exactly this many output channels

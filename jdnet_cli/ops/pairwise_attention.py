@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .attention_banded import pairwise_attention_banded
 from . import cpu_kernels
+from .attention_banded import pairwise_attention_banded
 
 KERNEL = 7
 

@@ -1,0 +1,1 @@
+"""Quality and speed benchmarks, and the metrics they use."""

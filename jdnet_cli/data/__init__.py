@@ -1,0 +1,1 @@
+"""Training data: paired folders, synthetic rain, patch streams."""

@@ -1,0 +1,1 @@
+"""Files in and out: images, metadata, atomic writes, video."""

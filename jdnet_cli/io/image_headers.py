@@ -1,0 +1,188 @@
+"""Container-level checks on encoded image bytes, done before any pixel is decoded.
+
+Sniffing the format from magic bytes, reading the dimensions a header claims (so a decompression
+bomb is refused without allocating its pixels), and spotting truncated files that some decoders
+would otherwise pad with grey.
+"""
+from __future__ import annotations
+
+import struct
+
+from ..errors import JDNetError
+
+# Formats we can decode, by the extension we write them with.
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", ".png"),
+    (b"\xff\xd8\xff", ".jpg"),
+    (b"BM", ".bmp"),
+    (b"II*\x00", ".tif"),
+    (b"MM\x00*", ".tif"),
+)
+# Formats people feed us by mistake: named in the error instead of 'unknown format'.
+_UNSUPPORTED_MAGIC = (
+    (b"GIF8", "GIF"),
+    (b"%PDF", "PDF"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"8BPS", "PSD"),
+    (b"\xff\x0a", "JPEG XL"),
+    (b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
+)
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The extension ('.png', '.jpg', '.bmp', '.tif', '.webp') the bytes are encoded in, or None."""
+    for magic, ext in _MAGIC:
+        if data.startswith(magic):
+            return ext
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp"
+    return None
+
+
+def describe_unsupported(data: bytes) -> str:
+    """A one-phrase reason for bytes that :func:`sniff_format` does not recognise."""
+    for magic, name in _UNSUPPORTED_MAGIC:
+        if data.startswith(magic):
+            return f"unsupported format ({name})"
+    if len(data) >= 12 and data[4:8] == b"ftyp":
+        brand = data[8:12].decode("ascii", "replace").strip()
+        return f"unsupported format (ISO media, brand {brand!r}: HEIC/AVIF/video)"
+    return "not an image (unknown format)"
+
+
+def header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
+    """(width, height) claimed by the header, or None when the header cannot be parsed."""
+    try:
+        if fmt == ".png":
+            return _png_size(data)
+        if fmt == ".jpg":
+            return _jpeg_size(data)
+        if fmt == ".bmp":
+            return _bmp_size(data)
+        if fmt == ".tif":
+            return _tiff_size(data)
+        if fmt == ".webp":
+            return _webp_size(data)
+    except (struct.error, IndexError, ValueError):
+        return None
+    return None
+
+
+def check_complete(data: bytes, fmt: str) -> None:
+    """Raise JDNetError (reason only) if the container is visibly truncated or malformed."""
+    if fmt == ".png":
+        _check_png(data)
+    elif fmt == ".jpg":
+        _check_jpeg(data)
+    elif fmt == ".webp":
+        size = struct.unpack("<I", data[4:8])[0] + 8
+        if len(data) < size:
+            raise JDNetError(f"truncated WebP file ({len(data)} of {size} bytes)")
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    if data[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", data[16:24])
+
+
+def _check_png(data: bytes) -> None:
+    pos = 8
+    while pos + 8 <= len(data):
+        length, ctype = struct.unpack(">I4s", data[pos : pos + 8])
+        end = pos + 12 + length
+        if end > len(data):
+            raise JDNetError(f"truncated PNG file (chunk {ctype.decode('latin-1')!r} cut off)")
+        if ctype == b"IEND":
+            return
+        pos = end
+    raise JDNetError("truncated PNG file (no IEND chunk)")
+
+
+# SOF markers carry the frame size; C4 (DHT), C8 (JPG) and CC (DAC) share the range but do not.
+_SOF_MARKERS = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def jpeg_segments(data: bytes):
+    """Yield (marker, payload_start, payload_end) for each header segment up to and including SOS."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            raise ValueError("bad JPEG marker")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01,) or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        length = struct.unpack(">H", data[pos + 2 : pos + 4])[0]
+        if length < 2:
+            raise ValueError("bad JPEG segment length")
+        yield marker, pos + 4, pos + 2 + length
+        if marker == 0xDA:
+            return
+        pos += 2 + length
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    for marker, start, end in jpeg_segments(data):
+        if marker in _SOF_MARKERS:
+            height, width = struct.unpack(">HH", data[start + 1 : start + 5])
+            return width, height
+    return None
+
+
+def _check_jpeg(data: bytes) -> None:
+    sos_end = None
+    try:
+        for marker, _start, end in jpeg_segments(data):
+            if end > len(data):
+                raise JDNetError("truncated JPEG file (header cut off)")
+            if marker == 0xDA:
+                sos_end = end
+    except ValueError as err:
+        raise JDNetError(f"corrupt JPEG file ({err})") from None
+    if sos_end is None:
+        raise JDNetError("truncated JPEG file (no image data)")
+    # Progressive files hold several scans; the last one is followed by EOI. Anything may trail EOI.
+    if data.find(b"\xff\xd9", sos_end) < 0:
+        raise JDNetError("truncated JPEG file (no end-of-image marker)")
+
+
+def _bmp_size(data: bytes) -> tuple[int, int] | None:
+    dib = struct.unpack("<I", data[14:18])[0]
+    if dib == 12:
+        return struct.unpack("<HH", data[18:22])
+    width, height = struct.unpack("<ii", data[18:26])
+    return abs(width), abs(height)
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    order = "<" if data[:2] == b"II" else ">"
+    ifd = struct.unpack(order + "I", data[4:8])[0]
+    count = struct.unpack(order + "H", data[ifd : ifd + 2])[0]
+    dims: dict[int, int] = {}
+    for i in range(count):
+        entry = data[ifd + 2 + 12 * i : ifd + 14 + 12 * i]
+        tag, typ = struct.unpack(order + "HH", entry[:4])
+        if tag in (256, 257):
+            dims[tag] = struct.unpack(order + ("H" if typ == 3 else "I"), entry[8 : 10 if typ == 3 else 12])[0]
+    if 256 in dims and 257 in dims:
+        return dims[256], dims[257]
+    return None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    kind = data[12:16]
+    if kind == b"VP8X":
+        width = int.from_bytes(data[24:27], "little") + 1
+        height = int.from_bytes(data[27:30], "little") + 1
+        return width, height
+    if kind == b"VP8 ":
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if kind == b"VP8L":
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    return None

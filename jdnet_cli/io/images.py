@@ -1,0 +1,227 @@
+"""Reading and writing still images as float RGB arrays, with formats, bit depth and atomic writes."""
+from __future__ import annotations
+
+import stat
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import JDNetError
+from .atomic import atomic_path
+from .image_headers import check_complete, describe_unsupported, header_size, sniff_format
+from .image_metadata import (Metadata, apply_orientation, embed_metadata, exif_orientation, png_chunk, read_metadata,
+                             reset_orientation)
+from .native_stderr import call_capturing
+
+# OpenCV logs decoder warnings to stderr on its own; we report each bad file in one line instead.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+@dataclass
+class Image:
+    """Decoded image: ``rgb`` float32 H x W x 3 in [0, 1] plus what is needed to write it back."""
+
+    rgb: np.ndarray
+    bit_depth: int = 8
+    alpha: np.ndarray | None = None  # untouched original alpha channel (native dtype)
+    grayscale: bool = False
+    extras: dict = field(default_factory=dict)
+    metadata: Metadata = field(default_factory=Metadata)  # EXIF (orientation already applied: 1) and ICC
+    format: str | None = None  # extension of the format the bytes were in, e.g. '.jpg'
+
+
+def is_image_path(path: Path) -> bool:
+    """True if the file extension is one we read."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def decode_image(data: bytes, name: str = "<image>", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image:
+    """Decode encoded image bytes into an upright :class:`Image`; raise JDNetError with a one-line reason.
+
+    The header's claimed size is checked against ``max_pixels`` before any pixel is decoded.
+    """
+    if not data:
+        raise JDNetError(f"{name}: empty file")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise JDNetError(f"{name}: {describe_unsupported(data)}")
+    size = header_size(data, fmt)
+    if size is None:
+        raise JDNetError(f"{name}: corrupt {fmt[1:].upper()} header")
+    if size[0] * size[1] > max_pixels:
+        raise JDNetError(f"{name}: {size[0]}x{size[1]} exceeds --max-pixels {max_pixels} (possible decompression bomb)")
+    try:
+        check_complete(data, fmt)
+    except JDNetError as err:
+        raise JDNetError(f"{name}: {err}") from None
+    meta = read_metadata(data, fmt)
+    buf = np.frombuffer(data, np.uint8)
+    arr, said = call_capturing(lambda: cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION))
+    library_says = _first_line(said)
+    kind = fmt[1:].upper()
+    if arr is None:
+        raise JDNetError(f"{name}: corrupt or unsupported {kind} data" + (f" ({library_says})" if library_says else ""))
+    # libjpeg only warns on damaged scan data and fills the rest with grey: treat it as the error it is.
+    if fmt == ".jpg" and ("Corrupt JPEG" in library_says or "Premature end" in library_says):
+        raise JDNetError(f"{name}: corrupt JPEG data ({library_says})")
+    orientation = exif_orientation(meta.exif)
+    if orientation != 1:
+        arr = apply_orientation(arr, orientation)
+        meta.exif = reset_orientation(meta.exif)
+    img = _from_array(arr, name, max_pixels)
+    if _is_png_gray_alpha(data, fmt) and img.alpha is not None:
+        img.grayscale = True  # OpenCV expands grey+alpha to BGRA; remember it to write grey+alpha back
+    img.metadata, img.format = meta, fmt
+    return img
+
+
+def _is_png_gray_alpha(data: bytes, fmt: str) -> bool:
+    # IHDR is always the first chunk: colour type at byte 25, 4 = greyscale with alpha.
+    return fmt == ".png" and len(data) > 25 and data[12:16] == b"IHDR" and data[25] == 4
+
+
+def _first_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[0][:200] if lines else ""
+
+
+def _from_array(arr: np.ndarray, name: str, max_pixels: int) -> Image:
+    if arr.size == 0:
+        raise JDNetError(f"{name}: image has no pixels")
+    if arr.shape[0] * arr.shape[1] > max_pixels:
+        raise JDNetError(f"{name}: {arr.shape[1]}x{arr.shape[0]} exceeds --max-pixels {max_pixels}")
+    if arr.dtype == np.uint8:
+        depth, scale = 8, 255.0
+    elif arr.dtype == np.uint16:
+        depth, scale = 16, 65535.0
+    elif arr.dtype == np.float32:
+        depth, scale = 32, 1.0
+    else:
+        raise JDNetError(f"{name}: unsupported sample type {arr.dtype}")
+    alpha = None
+    gray = arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 1)
+    if gray:
+        rgb = np.repeat(arr.reshape(arr.shape[0], arr.shape[1], 1), 3, axis=2)
+    elif arr.shape[2] == 4:
+        alpha = arr[..., 3].copy()
+        rgb = arr[..., 2::-1]
+    elif arr.shape[2] == 3:
+        rgb = arr[..., ::-1]
+    else:
+        raise JDNetError(f"{name}: unsupported channel count {arr.shape[2]}")
+    rgb = np.ascontiguousarray(rgb, dtype=np.float32) / np.float32(scale)
+    return Image(rgb=rgb, bit_depth=depth, alpha=alpha, grayscale=gray)
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """The bytes of a file; raise JDNetError naming the file on any problem."""
+    path = Path(path)
+    try:
+        # A FIFO or device with an image name would block or never end.
+        if path.exists() and not path.is_dir() and not stat.S_ISREG(path.stat().st_mode):
+            raise JDNetError(f"{path}: not a regular file")
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise JDNetError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise JDNetError(f"{path}: is a directory") from None
+    except PermissionError:
+        raise JDNetError(f"{path}: permission denied") from None
+    except OSError as err:
+        raise JDNetError(f"{path}: cannot read ({err.strerror or err})") from None
+
+
+def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image:
+    """Read an image file; raise JDNetError naming the file on any problem."""
+    return decode_image(read_bytes(path), str(path), max_pixels)
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Read an image file as float32 RGB in [0, 1] (for datasets and metrics)."""
+    return read_image(path).rgb
+
+
+def _to_array(img: Image, ext: str) -> np.ndarray:
+    ext = ext.lower()
+    depth = img.bit_depth
+    if depth == 16 and ext not in (".png", ".tif", ".tiff"):
+        depth = 8  # the target format cannot hold 16 bits
+    if depth == 32 and ext not in (".tif", ".tiff"):
+        depth = 8
+    rgb = np.clip(img.rgb, 0.0, 1.0)
+    if depth == 8:
+        arr = np.round(rgb * 255.0).astype(np.uint8)
+    elif depth == 16:
+        arr = np.round(rgb * 65535.0).astype(np.uint16)
+    else:
+        arr = rgb.astype(np.float32)
+    keep_alpha = img.alpha is not None and ext in (".png", ".tif", ".tiff", ".webp")
+    if img.grayscale:
+        gray = arr.mean(axis=2).round().astype(arr.dtype) if depth != 32 else arr.mean(axis=2)
+        if not keep_alpha:
+            return gray
+        if ext == ".png":
+            return np.dstack([gray, _convert_alpha(img.alpha, gray.dtype)])
+        arr = np.repeat(gray[..., None], 3, axis=2)  # OpenCV writes no grey+alpha TIFF/WebP: store as RGBA
+    bgr = arr[..., ::-1]
+    if keep_alpha:
+        bgr = np.dstack([bgr, _convert_alpha(img.alpha, bgr.dtype)])
+    return np.ascontiguousarray(bgr)
+
+
+def _convert_alpha(alpha: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if alpha.dtype == dtype:
+        return alpha
+    src = np.iinfo(alpha.dtype).max if alpha.dtype.kind == "u" else 1.0
+    dst = np.iinfo(dtype).max if np.dtype(dtype).kind == "u" else 1.0
+    return np.round(alpha.astype(np.float64) * dst / src).astype(dtype)
+
+
+def _encode_params(ext: str, quality: int) -> list[int]:
+    if ext in (".jpg", ".jpeg"):
+        return [cv2.IMWRITE_JPEG_QUALITY, quality]
+    if ext == ".webp":
+        return [cv2.IMWRITE_WEBP_QUALITY, min(quality, 100) if quality < 100 else 101]
+    return []
+
+
+def encode_image(img: Image, ext: str, quality: int = 95) -> bytes:
+    """Encode to bytes in the format named by ``ext`` (e.g. '.png')."""
+    ext = ext.lower() if ext.startswith(".") else "." + ext.lower()
+    if ext not in IMAGE_EXTENSIONS:
+        raise JDNetError(f"unsupported output format {ext!r} (use one of {', '.join(IMAGE_EXTENSIONS)})")
+    arr = _to_array(img, ext)
+    if arr.ndim == 3 and arr.shape[2] == 2:
+        data = _encode_png_gray_alpha(arr)
+    else:
+        ok, buf = cv2.imencode(ext, arr, _encode_params(ext, quality))
+        if not ok:
+            raise JDNetError(f"could not encode image as {ext}")
+        data = buf.tobytes()
+    return embed_metadata(data, ".jpg" if ext == ".jpeg" else ext, img.metadata)
+
+
+def _encode_png_gray_alpha(arr: np.ndarray) -> bytes:
+    """PNG colour type 4 (grey + alpha), 8 or 16 bit: OpenCV's encoder only writes 1, 3 or 4 channels."""
+    h, w, _ = arr.shape
+    bits = 16 if arr.dtype == np.uint16 else 8
+    samples = arr.astype(">u2" if bits == 16 else np.uint8).reshape(h, -1).view(np.uint8)
+    rows = np.concatenate([np.zeros((h, 1), np.uint8), samples], axis=1)  # filter byte 0 (None) per row
+    header = struct.pack(">IIBBBBB", w, h, bits, 4, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
+            + png_chunk(b"IEND", b""))
+
+
+def write_image(path: str | Path, img: Image, quality: int = 95) -> None:
+    """Encode and write atomically (temp file in the same directory, then rename)."""
+    path = Path(path)
+    data = encode_image(img, path.suffix, quality)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)

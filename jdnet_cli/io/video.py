@@ -1,0 +1,413 @@
+"""Frame sources (ffmpeg decode, image sequences), the ffmpeg encoder and the final remux.
+
+Every ffmpeg call gets an argument list (never a shell) and runs in its own process group, so a
+Ctrl-C on the terminal reaches only Python, which then shuts the children down in order.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import queue
+import re
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..errors import JDNetError
+from .images import read_image
+from .matroska_raw import RawMatroskaWriter
+from .video_probe import VideoInfo, ffmpeg_exe
+
+_SHOWINFO = re.compile(r"\bn:\s*(\d+)\s+pts:\s*(-?\d+)\s+pts_time:\S+\s+duration:\s*(-?\d+)")
+_TIMEBASE = re.compile(r"config in time_base:\s*(\d+)/(\d+)")
+# Names ffmpeg's scale filter uses for the YUV matrices of the colorspace tags.
+_SCALE_MATRIX = {"bt709": "bt709", "bt470bg": "bt601", "smpte170m": "bt601", "bt2020nc": "bt2020", "bt2020c": "bt2020",
+                 "smpte240m": "smpte240m", "fcc": "fcc"}
+
+
+@dataclass
+class Frame:
+    """One decoded picture: H x W x 3 uint8 (or uint16) RGB, shown at ``pts_us`` for ``duration_us``."""
+
+    index: int
+    rgb: np.ndarray
+    pts_us: int
+    duration_us: int
+
+
+@dataclass(frozen=True)
+class Colour:
+    """Colour tags written to the output, and the YUV matrix/range used to convert to and from RGB."""
+
+    space: str
+    primaries: str
+    trc: str
+    range: str  # tv or pc
+
+    @property
+    def scale_matrix(self) -> str:
+        """The matrix name ffmpeg's scale filter understands."""
+        return _SCALE_MATRIX.get(self.space, "bt709")
+
+
+def colour_for(info: VideoInfo | None, height: int) -> Colour:
+    """The input's tags where it has them; else BT.709 for HD (>= 720 lines) and BT.601 (smpte170m) for SD."""
+    default = "bt709" if height >= 720 else "smpte170m"
+    space = info.color_space if info and info.color_space in _SCALE_MATRIX else default
+    prim = info.color_primaries if info and info.color_primaries and info.color_primaries != "unknown" else default
+    trc = info.color_trc if info and info.color_trc and info.color_trc != "unknown" else default
+    rng = info.color_range if info and info.color_range in ("tv", "pc") else "tv"
+    return Colour(space, prim, trc, rng)
+
+
+def _popen(cmd: list[str], **kw) -> subprocess.Popen:
+    # Own process group: the terminal's SIGINT must not kill the encoder before we finalize it.
+    return subprocess.Popen(cmd, process_group=0, **kw)
+
+
+class _StderrTail:
+    """Drain a child's stderr in a thread, keep its last lines, and hand showinfo timings to a queue."""
+
+    def __init__(self, stream, timings: "queue.Queue | None" = None):
+        self.lines: collections.deque[str] = collections.deque(maxlen=30)
+        self.time_base: Fraction | None = None
+        self.timings = timings
+        self._thread = threading.Thread(target=self._run, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _run(self, stream) -> None:
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip()
+            if self.timings is not None:
+                m = _SHOWINFO.search(line)
+                if m:
+                    self.timings.put((int(m.group(2)), int(m.group(3))))
+                    continue
+                m = _TIMEBASE.search(line)
+                if m:
+                    self.time_base = Fraction(int(m.group(1)), int(m.group(2)))
+                    continue
+                if "color_range:" in line and "color_space:" in line:
+                    continue
+            self.lines.append(line)
+        if self.timings is not None:
+            self.timings.put(None)
+
+    def join(self, timeout: float = 5.0) -> None:
+        """Wait for the child's stderr to close."""
+        self._thread.join(timeout)
+
+    def last_error(self) -> str:
+        """The most informative last line ffmpeg printed."""
+        for line in reversed(self.lines):
+            text = re.sub(r"^\[[^\]]*\]\s*", "", line).strip()
+            if text and not text.startswith(("frame=", "Press [q]", "Stream mapping", "  ")):
+                return text
+        return "ffmpeg failed"
+
+
+class FfmpegFrameReader:
+    """Decode the video stream of a file to RGB frames with their real timestamps, as a stream."""
+
+    def __init__(self, info: VideoInfo, video_index: int, start: float | None, duration: float | None, colour: Colour):
+        self.info = info
+        self.high = info.high_bit_depth
+        self.pix_fmt = "rgb48le" if self.high else "rgb24"
+        self.width, self.height = info.width, info.height
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "info"]
+        if start:
+            cmd += ["-ss", f"{start:.6f}"]
+        if duration:
+            cmd += ["-t", f"{duration:.6f}"]
+        rng = {"tv": "limited", "pc": "full"}[colour.range]
+        # ffmpeg's default YUV->RGB conversion (what `ffmpeg -i x.mp4 frame%d.png` gives), with the
+        # matrix and range made explicit so untagged HD is read as BT.709.
+        vf = f"showinfo=checksum=0,scale=in_color_matrix={colour.scale_matrix}:in_range={rng},format={self.pix_fmt}"
+        cmd += ["-i", str(info.path), "-map", f"0:v:{video_index}", "-an", "-sn", "-dn", "-vf", vf,
+                "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", self.pix_fmt, "pipe:1"]
+        self.timings: queue.Queue = queue.Queue()
+        self.proc = _popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        self.stderr = _StderrTail(self.proc.stderr, self.timings)
+        self.first_pts_s: Fraction | None = None
+        self.time_base: Fraction | None = None
+
+    def _read_exact(self, n: int) -> bytes | None:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = self.proc.stdout.read(n - len(buf))
+            if not chunk:
+                break
+            buf += chunk
+        if not buf:
+            return None
+        if len(buf) < n:
+            raise JDNetError(f"{self.info.path}: truncated frame from the decoder")
+        return bytes(buf)
+
+    def frames(self) -> Iterator[Frame]:
+        """Yield frames in presentation order; timestamps in microseconds from the first frame."""
+        channels, dtype = 3, (np.uint16 if self.high else np.uint8)
+        nbytes = self.width * self.height * channels * (2 if self.high else 1)
+        pending: tuple[bytes, int, int] | None = None  # (data, pts, duration) in stream time base
+        prev_dur, index = 0, 0
+        while True:
+            data = self._read_exact(nbytes)
+            timing = self.timings.get(timeout=600) if data is not None else None
+            if data is not None and timing is None:
+                raise JDNetError(f"{self.info.path}: decoder gave a frame without a timestamp")
+            if pending is not None:
+                p_data, p_pts, p_dur = pending
+                if p_dur <= 0:  # unknown duration: the gap to the next frame, or the last gap
+                    p_dur = (timing[0] - p_pts) if timing else prev_dur
+                prev_dur = p_dur
+                yield self._frame(index, p_data, p_pts, p_dur, dtype)
+                index += 1
+            if data is None:
+                break
+            pending = (data, timing[0], timing[1])
+        self.proc.wait()
+        self.stderr.join()
+        if self.proc.returncode != 0 and index == 0:
+            raise JDNetError(f"{self.info.path}: cannot decode ({self.stderr.last_error()})")
+        if index == 0:
+            raise JDNetError(f"{self.info.path}: no frames in the selected range")
+
+    def _frame(self, index: int, data: bytes, pts: int, dur: int, dtype) -> Frame:
+        tb = self.stderr.time_base or Fraction(1, 1_000_000)
+        self.time_base = tb
+        pts_s = pts * tb
+        if self.first_pts_s is None:
+            self.first_pts_s = pts_s
+        rgb = np.frombuffer(data, dtype=dtype).reshape(self.height, self.width, 3)
+        return Frame(index, rgb, round((pts_s - self.first_pts_s) * 1_000_000), max(1, round(dur * tb * 1_000_000)))
+
+    def close(self) -> None:
+        """Stop the decoder (used when the run is aborted)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+_PRINTF = re.compile(r"%(0?\d*)d")
+
+
+def sequence_files(spec: str | Path) -> list[Path]:
+    """Frames of an image sequence: a directory of images (natural order) or a printf pattern."""
+    from .images import is_image_path
+
+    spec = Path(spec)
+    if spec.is_dir():
+        files = [p for p in spec.iterdir() if p.is_file() and is_image_path(p)]
+
+        def natural(p: Path):
+            return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]
+
+        return sorted(files, key=natural)
+    m = _PRINTF.search(spec.name)
+    if m is None or not spec.parent.is_dir():
+        return []
+    width = m.group(1)
+    digits = r"\d{%d}" % int(width) if width.startswith("0") and width != "0" else r"\d+"
+    rx = re.compile(re.escape(spec.name[: m.start()]) + f"({digits})" + re.escape(spec.name[m.end():]) + "$")
+    found = [(int(mm.group(1)), p) for p in spec.parent.iterdir() if (mm := rx.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+class ImageSequenceReader:
+    """Frames from image files at a fixed rate."""
+
+    def __init__(self, files: list[Path], fps: Fraction):
+        if not files:
+            raise JDNetError("image sequence has no frames")
+        self.files = files
+        self.fps = fps
+        first = read_image(files[0])
+        self.height, self.width = first.rgb.shape[:2]
+        self.high = first.bit_depth > 8
+        self.pix_fmt = "rgb48le" if self.high else "rgb24"
+        self.time_base = 1 / fps
+        self.first_pts_s = Fraction(0)
+
+    def frames(self) -> Iterator[Frame]:
+        """Yield each image as a frame; raise JDNetError naming a file whose size differs."""
+        scale, dtype = (65535.0, np.uint16) if self.high else (255.0, np.uint8)
+        for i, path in enumerate(self.files):
+            img = read_image(path)
+            if img.rgb.shape[:2] != (self.height, self.width):
+                raise JDNetError(f"{path}: {img.rgb.shape[1]}x{img.rgb.shape[0]} differs from the first frame's {self.width}x{self.height}")
+            rgb = np.round(np.clip(img.rgb, 0, 1) * scale).astype(dtype)
+            pts = round(Fraction(i) / self.fps * 1_000_000)
+            nxt = round(Fraction(i + 1) / self.fps * 1_000_000)
+            yield Frame(i, rgb, pts, nxt - pts)
+
+    def close(self) -> None:
+        """Nothing to stop."""
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    """Output video codec and quality."""
+
+    codec: str = "libx264"
+    crf: int | None = None
+    preset: str | None = None
+    pix_fmt: str | None = None
+
+
+CODECS = {"libx264": "libx264", "libx265": "libx265", "libvpx-vp9": "libvpx-vp9", "ffv1": "ffv1", "prores": "prores_ks"}
+# Lower than the usual "visually lossless" 18: on grainy rain footage x264 needs crf 12 to stay
+# >= 40 dB PSNR from the model output (crf 18 gives 37-39 dB on the shared clip).
+_DEFAULT_CRF = {"libx264": 12, "libx265": 14, "libvpx-vp9": 18}
+
+
+def default_pix_fmt(codec: str, high: bool) -> str:
+    """Pixel format for a codec when --pix-fmt is not given (10-bit sources stay 10-bit)."""
+    if codec == "ffv1":
+        return "gbrp16le" if high else "gbrp"  # lossless codec: keep the model's RGB exactly
+    if codec == "prores":
+        return "yuv422p10le"
+    return "yuv420p10le" if high else "yuv420p"
+
+
+def encoder_args(settings: EncodeSettings, high: bool) -> list[str]:
+    """ffmpeg arguments selecting and tuning the encoder."""
+    codec = settings.codec
+    if codec not in CODECS:
+        raise JDNetError(f"unsupported --codec {codec!r} (use {', '.join(CODECS)})")
+    args = ["-c:v", CODECS[codec]]
+    crf = settings.crf if settings.crf is not None else _DEFAULT_CRF.get(codec)
+    if settings.crf is not None and codec not in _DEFAULT_CRF:
+        raise JDNetError(f"--crf does not apply to {codec}")
+    if codec in ("libx264", "libx265"):
+        args += ["-crf", str(crf), "-preset", settings.preset or "medium"]
+        if codec == "libx265":
+            args += ["-x265-params", "log-level=error", "-tag:v", "hvc1"]
+    elif codec == "libvpx-vp9":
+        args += ["-crf", str(crf), "-b:v", "0", "-row-mt", "1"]
+        if settings.preset:
+            args += ["-deadline", settings.preset]
+    elif codec == "ffv1":
+        args += ["-level", "3", "-slicecrc", "1"]
+    elif codec == "prores":
+        args += ["-profile:v", "3"]
+    args += ["-pix_fmt", settings.pix_fmt or default_pix_fmt(codec, high)]
+    return args
+
+
+class FfmpegEncoder:
+    """An ffmpeg process that reads raw frames with timestamps (Matroska on stdin) and encodes a file."""
+
+    def __init__(self, dest: Path, width: int, height: int, in_pix_fmt: str, settings: EncodeSettings,
+                 colour: Colour, time_base: Fraction | None):
+        high = in_pix_fmt == "rgb48le"
+        out_pix_fmt = settings.pix_fmt or default_pix_fmt(settings.codec, high)
+        rgb_out = out_pix_fmt.startswith(("gbr", "rgb", "bgr"))
+        rng = "full" if rgb_out else {"tv": "limited", "pc": "full"}[colour.range]
+        tags = f"color_primaries={colour.primaries}:color_trc={colour.trc}:range={rng}"
+        if rgb_out:
+            # RGB output needs no YUV matrix; encoders such as ffv1 reject an explicit 'gbr' colorspace tag.
+            vf = f"setparams={tags}"
+        else:
+            vf = (f"scale=out_color_matrix={colour.scale_matrix}:out_range={rng}:flags=accurate_rnd+full_chroma_int,"
+                  # Frame properties win over -color_* options in current ffmpeg, so tag the frames too.
+                  f"setparams=colorspace={colour.space}:{tags}")
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-f", "matroska", "-i", "pipe:0",
+               "-map", "0:v", "-map_metadata", "-1", "-vf", vf]
+        cmd += encoder_args(settings, high)
+        if not rgb_out:
+            cmd += ["-colorspace", colour.space]
+        cmd += ["-color_primaries", colour.primaries, "-color_trc", colour.trc,
+                "-color_range", "pc" if rgb_out else colour.range, "-fps_mode", "passthrough"]
+        if time_base is not None and time_base > 0:
+            cmd += ["-enc_time_base:v", f"{time_base.numerator}/{time_base.denominator}"]
+        cmd += ["-y", str(dest)]
+        self.dest = dest
+        self._err = tempfile.TemporaryFile()
+        self.proc = _popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._err)
+        self.writer = RawMatroskaWriter(self.proc.stdin, width, height, in_pix_fmt)
+        self.frames_written = 0
+        self.end_us = 0
+
+    def write(self, frame: Frame) -> None:
+        """Send one derained frame to the encoder."""
+        try:
+            self.writer.write(memoryview(np.ascontiguousarray(frame.rgb)).cast("B"), frame.pts_us, frame.duration_us)
+        except (BrokenPipeError, OSError):
+            self.proc.wait()
+            raise JDNetError(f"{self.dest}: encoder stopped ({self.error()})") from None
+        self.frames_written += 1
+        self.end_us = max(self.end_us, frame.pts_us + frame.duration_us)
+
+    def error(self) -> str:
+        """Last line of the encoder's error output."""
+        self._err.seek(0)
+        lines = [ln for ln in self._err.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+        return re.sub(r"^\[[^\]]*\]\s*", "", lines[-1]).strip() if lines else f"exit code {self.proc.returncode}"
+
+    def finish(self) -> None:
+        """Close the input so ffmpeg writes a complete, valid file; raise if it failed."""
+        try:
+            self.proc.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass
+        self.proc.wait()
+        if self.proc.returncode != 0:
+            raise JDNetError(f"{self.dest}: encoding failed ({self.error()})")
+
+    def abort(self) -> None:
+        """Kill the encoder (its file is then discarded)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def remux(video: Path, source: Path | None, dest: Path, video_offset: float, start: float | None,
+          duration: float | None, limit: float | None) -> None:
+    """Put the encoded video together with the source's audio, subtitles, attachments and metadata (copied).
+
+    ``video_offset``: where the first encoded frame sits on the source's timeline (seconds, including
+    ``start``); ``limit``: end of the kept part relative to ``start`` (for a partial file).
+    """
+    ext = dest.suffix.lower().lstrip(".")
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error"]
+    if video_offset:
+        # The encoded video starts at 0; this puts its first frame back where it was in the source.
+        cmd += ["-itsoffset", f"{video_offset:.6f}"]
+    cmd += ["-i", str(video), *(["-i", str(source)] if source is not None else []), "-map", "0:v", "-c", "copy"]
+    if source is not None:
+        cmd += ["-map", "1:a?", "-map", "1:s?"]
+        if ext in ("mkv", "mka", "webm"):
+            cmd += ["-map", "1:t?"]
+        cmd += ["-map_metadata", "1", "-map_chapters", "1"]
+    # Output-side -ss/-t cut every stream on the source's own timeline; input-side seeking with
+    # stream copy starts at the previous video keyframe and would shift the audio.
+    if start:
+        cmd += ["-ss", f"{start:.6f}"]
+    if limit is not None or duration:
+        cmd += ["-t", f"{min(limit or duration, duration or limit):.6f}"]
+    if ext in ("mp4", "m4v", "mov"):
+        cmd += ["-movflags", "+faststart"]
+    cmd += ["-y", str(dest)]
+    proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, process_group=0)
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+        reason = re.sub(r"^\[[^\]]*\]\s*", "", lines[-1]).strip() if lines else f"exit code {proc.returncode}"
+        raise JDNetError(f"{dest}: cannot write the output container ({reason})")
+
+
+def temp_path_beside(dest: Path, tag: str) -> Path:
+    """An empty hidden temp file in dest's directory with dest's suffix (so ffmpeg picks the format)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=f".{tag}{dest.suffix}", dir=dest.parent)
+    os.close(fd)
+    return Path(tmp)

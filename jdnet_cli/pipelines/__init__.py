@@ -1,0 +1,1 @@
+"""Jobs over many files: planning, running, reporting per file; image and video pipelines."""

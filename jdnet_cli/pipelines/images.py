@@ -1,0 +1,29 @@
+"""Derain an image file end to end: decode, run the Derainer, re-encode with the same depth and alpha."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from ..inference.derainer import Derainer
+from ..io.images import DEFAULT_MAX_PIXELS, Image, decode_image, encode_image, read_image, write_image
+
+
+def derain_image(derainer: Derainer, img: Image) -> Image:
+    """Derain the colour channels; alpha, bit depth and grayscale-ness are carried over."""
+    out = derainer(img.rgb)
+    if img.grayscale:
+        out = out.mean(axis=2, keepdims=True).repeat(3, axis=2)
+    return replace(img, rgb=out)
+
+
+def derain_file(derainer: Derainer, src: Path, dest: Path, max_pixels: int = DEFAULT_MAX_PIXELS, quality: int = 95) -> None:
+    """Read ``src``, derain it, and write ``dest`` atomically."""
+    write_image(dest, derain_image(derainer, read_image(src, max_pixels)), quality)
+
+
+def derain_bytes(
+    derainer: Derainer, data: bytes, ext: str | None = None, name: str = "-", max_pixels: int = DEFAULT_MAX_PIXELS, quality: int = 95
+) -> bytes:
+    """Derain encoded image bytes (format sniffed) and encode as ``ext`` (default: the input's format)."""
+    img = decode_image(data, name, max_pixels)
+    return encode_image(derain_image(derainer, img), ext or img.format or ".png", quality)

@@ -1,0 +1,303 @@
+"""Derain a video as a stream: decode, batched inference and encode overlap in three threads.
+
+Queues between the stages are bounded, so memory stays constant whatever the length. The encoded
+video goes to a hidden temp file beside the output, is remuxed with the source's other streams into
+a second temp file, and only then renamed to the output name.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Iterable
+
+
+from ..errors import JDNetError
+from ..inference.derainer import Derainer
+from ..io.atomic import new_file_mode
+from ..io.images import is_image_path
+from ..io.video import (
+    EncodeSettings,
+    FfmpegEncoder,
+    FfmpegFrameReader,
+    Frame,
+    ImageSequenceReader,
+    colour_for,
+    encoder_args,
+    remux,
+    sequence_files,
+    temp_path_beside,
+)
+from ..io.video_probe import count_frames, probe
+
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".mov", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".flv", ".wmv", ".mpg", ".mpeg", ".3gp", ".ogv")
+_DONE = object()
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """One input (video file or image sequence) and its output file (None when already failed)."""
+
+    input: Path
+    output: Path | None
+    sequence: bool = False
+    error: str | None = None
+
+
+@dataclass
+class VideoResult:
+    """What happened to one video."""
+
+    frames: int
+    seconds: float
+    output: Path
+    partial: bool = False
+
+
+class VideoInterrupted(Exception):
+    """Ctrl-C: ``partial`` is the valid partial file that was kept, or None when nothing was kept."""
+
+    def __init__(self, partial: Path | None, frames: int):
+        super().__init__("interrupted")
+        self.partial, self.frames = partial, frames
+
+
+def is_video_path(path: Path) -> bool:
+    """True if the extension is a video container we look for in directories."""
+    return path.suffix.lower() in VIDEO_EXTENSIONS
+
+
+def _is_sequence_spec(path: Path) -> bool:
+    return "%" in path.name and not path.exists() and path.parent.is_dir()
+
+
+def plan_video_jobs(inputs: Iterable[str], output: str) -> list[VideoJob]:
+    """Expand files, directories of videos, frame directories and printf patterns into jobs."""
+    inputs = list(inputs)
+    if not inputs:
+        raise JDNetError("no inputs given")
+    out = Path(output)
+    single = len(inputs) == 1 and out.suffix.lower() in VIDEO_EXTENSIONS and not out.is_dir()
+    entries: list[tuple[Path, Path | None, bool, str | None]] = []
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            videos = sorted(p for p in path.rglob("*") if p.is_file() and is_video_path(p) and not p.name.startswith("."))
+            if videos:
+                entries += [(p, p.relative_to(path), False, None) for p in videos]
+            elif any(is_image_path(p) for p in path.iterdir() if p.is_file()):
+                entries.append((path, Path(path.resolve().name + ".mp4"), True, None))
+            else:
+                entries.append((path, None, False, "no videos or image frames in this directory"))
+        elif _is_sequence_spec(path):
+            stem = path.name.split("%")[0].rstrip("_-. ") or path.parent.resolve().name
+            entries.append((path, Path(stem + ".mp4"), True, None))
+        elif path.exists():
+            entries.append((path, Path(path.name), False, None))
+        else:
+            entries.append((path, None, False, "no such file or directory"))
+    if single:
+        src, _, seq, err = entries[0]
+        return [VideoJob(src, None if err else out, seq, err)]
+    jobs, seen = [], {}
+    inputs_resolved = {e[0].resolve() for e in entries}
+    for src, rel, seq, err in entries:
+        if err or rel is None:
+            jobs.append(VideoJob(src, None, seq, err or "invalid input"))
+            continue
+        dest = out / rel
+        key = dest.resolve()
+        if key in inputs_resolved:
+            jobs.append(VideoJob(src, None, seq, f"refusing to overwrite the input file {dest}"))
+        elif key in seen:
+            jobs.append(VideoJob(src, None, seq, f"output {dest} would collide with the output of {seen[key]}"))
+        else:
+            seen[key] = src
+            jobs.append(VideoJob(src, dest, seq))
+    return jobs
+
+
+def _sequence_reader(src: Path, fps: Fraction) -> ImageSequenceReader:
+    files = sequence_files(src)
+    if not files:
+        raise JDNetError(f"{src}: no image frames found")
+    return ImageSequenceReader(files, fps)
+
+
+def derain_video(
+    derainer: Derainer,
+    src: Path,
+    dest: Path,
+    settings: EncodeSettings = EncodeSettings(),
+    start: float | None = None,
+    duration: float | None = None,
+    batch_size: int = 1,
+    sequence: bool = False,
+    fps: Fraction = Fraction(25),
+    on_start: Callable[[int | None], None] | None = None,
+    on_frames: Callable[[int], None] | None = None,
+) -> VideoResult:
+    """Derain ``src`` into ``dest``; raise JDNetError naming the file, VideoInterrupted on Ctrl-C."""
+    t0 = time.perf_counter()
+    if src.resolve() == dest.resolve():
+        raise JDNetError(f"{dest}: refusing to overwrite the input file")
+    reader = None
+    if sequence:
+        reader = _sequence_reader(src, fps)
+        info, total = None, len(reader.files)
+    else:
+        info = probe(src)
+        total = count_frames(src, start, duration)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        video_tmp = temp_path_beside(dest, "video")
+    except OSError as err:
+        raise JDNetError(f"{dest}: cannot write ({err.strerror or err})") from None
+    out_tmp: Path | None = None
+    encoder = None
+    try:
+        if not sequence:
+            reader = FfmpegFrameReader(info, info.video_index, start, duration, colour_for(info, info.height))
+        colour = colour_for(info, reader.height)
+        encoder_args(settings, reader.high)  # validate options before any work
+        if on_start:
+            on_start(total)
+        state = _run_stages(derainer, reader, video_tmp, settings, colour, batch_size, on_frames)
+        encoder = state["encoder"]
+        interrupted = state["interrupted"]
+        if encoder is None or encoder.frames_written == 0:
+            if interrupted:
+                raise VideoInterrupted(None, 0)
+            raise state["error"] or JDNetError(f"{src}: no frames decoded")
+        first = float(reader.first_pts_s or 0)  # decoder timestamps start at --start
+        offset = first + (start or 0.0)
+        final = dest.with_name(dest.stem + ".partial" + dest.suffix) if interrupted else dest
+        out_tmp = temp_path_beside(final, "part")
+        remux(video_tmp, None if sequence else src, out_tmp, offset, start, duration,
+              first + encoder.end_us / 1e6 if interrupted else None)
+        os.chmod(out_tmp, new_file_mode())  # mkstemp made it private; give it the usual mode of a new file
+        os.replace(out_tmp, final)
+        out_tmp = None
+        if interrupted:
+            raise VideoInterrupted(final, encoder.frames_written)
+        return VideoResult(encoder.frames_written, time.perf_counter() - t0, final)
+    except KeyboardInterrupt:
+        raise VideoInterrupted(None, 0) from None
+    finally:
+        if reader is not None:
+            reader.close()
+        for tmp in (video_tmp, out_tmp):
+            if tmp is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+
+
+def _put_while_alive(q: queue.Queue, item, consumer: threading.Thread) -> None:
+    """Put ``item`` unless the consumer thread has died (then its error is reported instead)."""
+    while consumer.is_alive():
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+def _run_stages(derainer, reader, video_tmp, settings, colour, batch_size, on_frames) -> dict:
+    """Decode thread -> inference (this thread) -> encode thread; returns what happened."""
+    q_in: queue.Queue = queue.Queue(maxsize=2 * batch_size + 2)
+    q_out: queue.Queue = queue.Queue(maxsize=2 * batch_size + 2)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    holder: dict = {"encoder": None}
+
+    def put(q: queue.Queue, item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def decode() -> None:
+        try:
+            for frame in reader.frames():
+                if not put(q_in, frame):
+                    return
+        except BaseException as err:  # handed to the main thread
+            errors.append(err)
+        finally:
+            put(q_in, _DONE)
+
+    def encode() -> None:
+        try:
+            while True:
+                item = q_out.get()
+                if item is _DONE:
+                    return
+                if holder["encoder"] is None:
+                    # Started on the first frame, when the decoder has reported the stream's time base.
+                    holder["encoder"] = FfmpegEncoder(video_tmp, reader.width, reader.height, reader.pix_fmt,
+                                                      settings, colour, reader.time_base)
+                holder["encoder"].write(item)
+        except BaseException as err:
+            errors.append(err)
+            stop.set()
+
+    threads = [threading.Thread(target=decode, daemon=True), threading.Thread(target=encode, daemon=True)]
+    for t in threads:
+        t.start()
+    interrupted, done = False, 0
+    try:
+        finished = False
+        while not finished and not stop.is_set() and not errors:
+            batch: list[Frame] = []
+            while len(batch) < batch_size:
+                try:
+                    item = q_in.get(timeout=0.1)
+                except queue.Empty:
+                    if errors or stop.is_set():
+                        break
+                    continue
+                if item is _DONE:
+                    finished = True
+                    break
+                batch.append(item)
+            if not batch:
+                continue
+            for frame, rgb in zip(batch, derainer.derain_frames([f.rgb for f in batch])):
+                frame.rgb = rgb
+                _put_while_alive(q_out, frame, threads[1])
+            done += len(batch)
+            if on_frames:
+                on_frames(done)
+    except KeyboardInterrupt:
+        interrupted = True
+    except Exception as err:  # e.g. out of GPU memory: shut the children down, then report it
+        errors.append(err)
+    # Drain: stop the decoder, let the encoder take what was already derained, then finalize.
+    try:
+        if interrupted or errors:
+            stop.set()
+            reader.close()
+        _put_while_alive(q_out, _DONE, threads[1])
+        threads[1].join()
+        encoder = holder["encoder"]
+        if encoder is None:
+            return {"encoder": None, "interrupted": interrupted, "error": errors[0] if errors else None}
+        if errors and not interrupted:
+            encoder.abort()
+            return {"encoder": None, "interrupted": False, "error": errors[0]}
+        encoder.finish()
+    except KeyboardInterrupt:
+        if holder["encoder"] is not None:
+            holder["encoder"].abort()
+        return {"encoder": None, "interrupted": True, "error": None}
+    except JDNetError as err:
+        return {"encoder": None, "interrupted": interrupted, "error": err}
+    return {"encoder": encoder, "interrupted": interrupted, "error": None}

@@ -1,0 +1,123 @@
+"""The synthetic rain renderer and the ``jdnet rain`` command that writes a paired dataset with it."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from jdnet_cli.data.datasets import find_pairs
+from jdnet_cli.data.synthetic_rain import RainStyle, rain_layer, render_rain
+
+from ..conftest import run_cli, write_png
+
+
+def _photo(h: int = 96, w: int = 96, seed: int = 0) -> np.ndarray:
+    """A smooth colour image in [0, 1] with bright and dark areas."""
+    rng = np.random.default_rng(seed)
+    small = rng.random((6, 6, 3)).astype(np.float32)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC).clip(0, 1)
+
+
+def _gradient_energy(diff: np.ndarray) -> tuple[float, float]:
+    """(energy across columns, energy across rows) of a H x W map: vertical streaks give the first."""
+    return float((np.diff(diff, axis=1) ** 2).sum()), float((np.diff(diff, axis=0) ** 2).sum())
+
+
+def test_same_seed_same_rain_other_seed_other_rain():
+    img = _photo()
+    a = render_rain(img, np.random.default_rng(5))
+    b = render_rain(img, np.random.default_rng(5))
+    c = render_rain(img, np.random.default_rng(6))
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 0.1
+
+
+@pytest.mark.parametrize("fill", [None, 0.0, 1.0])
+def test_output_stays_in_range_and_keeps_shape(fill):
+    img = _photo(64, 80) if fill is None else np.full((64, 80, 3), fill, np.float32)
+    heavy = RainStyle(layers=(3, 4), density=(0.01, 0.02), brightness=(0.8, 1.0), haze_prob=1.0, haze=(0.1, 0.2))
+    for seed in range(5):
+        out = render_rain(img, np.random.default_rng(seed), heavy)
+        assert out.shape == img.shape and out.dtype == np.float32
+        assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_rain_changes_the_image():
+    img = _photo()
+    for seed in range(10):
+        out = render_rain(img, np.random.default_rng(seed))
+        diff = np.abs(out - img).max(axis=2)
+        assert (diff > 0.05).mean() > 0.005, seed  # visible streak pixels in every sample
+    np.testing.assert_array_equal(img, _photo())  # the input is not modified
+
+
+def test_without_haze_rain_only_brightens():
+    img = _photo()
+    out = render_rain(img, np.random.default_rng(0), RainStyle(haze_prob=0.0))
+    assert np.all(out >= img - 1e-6)
+
+
+def test_streaks_are_roughly_vertical():
+    img = np.full((96, 96, 3), 0.3, np.float32)
+    ratios = []
+    for seed in range(20):
+        diff = (render_rain(img, np.random.default_rng(seed)) - img).mean(axis=2)
+        across, along = _gradient_energy(diff)
+        ratios.append(across / along)
+    assert min(ratios) > 1.5  # every sample within ~35 degrees of vertical
+    assert np.median(ratios) > 5
+
+
+def test_layer_angle_convention():
+    style = RainStyle(density=(0.005, 0.005))
+    across0, along0 = _gradient_energy(rain_layer(96, 96, np.random.default_rng(0), style, 0.0))
+    across90, along90 = _gradient_energy(rain_layer(96, 96, np.random.default_rng(0), style, 90.0))
+    assert across0 > 10 * along0  # 0 degrees: vertical
+    assert along90 > 10 * across90  # 90 degrees: horizontal
+
+
+# -- jdnet rain ---------------------------------------------------------------------------------------
+def test_rain_command_writes_a_paired_dataset(tmp_path):
+    clean = tmp_path / "clean"
+    first = write_png(clean / "a.png", 40, 48, seed=1)
+    write_png(clean / "b.jpg", 30, 36, seed=2)
+    (clean / "notes.txt").write_text("not an image")
+    res = run_cli("rain", str(clean), str(tmp_path / "out"), "--seed", "7")
+    assert res.returncode == 0, res.stderr.decode()
+    assert f"2 pairs written to {tmp_path / 'out'}/rain and" in res.stderr.decode()
+    for sub in ("rain", "norain"):
+        assert sorted(p.name for p in (tmp_path / "out" / sub).iterdir()) == ["a.png", "b.png"]
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "out" / "norain" / "a.png")), first)  # clean copied exactly
+    rainy = cv2.imread(str(tmp_path / "out" / "rain" / "a.png"))
+    assert rainy.shape == first.shape and np.abs(rainy.astype(int) - first).max() > 20
+    assert [(p.rainy.name, p.clean.name) for p in find_pairs(tmp_path / "out")] == [("a.png", "a.png"), ("b.png", "b.png")]
+
+
+def test_rain_command_is_deterministic_and_refuses_to_overwrite_inputs(tmp_path):
+    from typer.testing import CliRunner
+
+    from jdnet_cli.cli.app import app
+
+    write_png(tmp_path / "clean" / "a.png", 40, 48, seed=1)
+    runner = CliRunner()
+    for out, seed in (("o1", "3"), ("o2", "3"), ("o3", "4")):
+        assert runner.invoke(app, ["rain", str(tmp_path / "clean"), str(tmp_path / out), "--seed", seed]).exit_code == 0
+    read = lambda out: (tmp_path / out / "rain" / "a.png").read_bytes()  # noqa: E731
+    assert read("o1") == read("o2") and read("o1") != read("o3")
+
+    res = runner.invoke(app, ["rain", str(tmp_path / "o1" / "norain"), str(tmp_path / "o1")])
+    assert res.exit_code == 2
+    assert "norain/a.png: would overwrite an input image; choose another OUT_DIR" in res.output
+    res = runner.invoke(app, ["rain", str(tmp_path / "missing"), str(tmp_path / "o4")])
+    assert res.exit_code == 2 and f"error: {tmp_path / 'missing'}: not a directory" in res.output
+
+
+def test_rain_command_refuses_names_that_would_collide(tmp_path):
+    from jdnet_cli.data.datasets import write_synthetic_pairs
+    from jdnet_cli.errors import JDNetError
+
+    write_png(tmp_path / "clean" / "a.png", 20, 20, seed=1)
+    write_png(tmp_path / "clean" / "a.jpg", 20, 20, seed=2)
+    with pytest.raises(JDNetError, match=r"a\.png: same name as a\.jpg; both would be written as a\.png"):
+        write_synthetic_pairs(tmp_path / "clean", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,31 @@
+"""Atomic writes: all-or-nothing, normal permissions, temp files cleaned up on failure."""
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from jdnet_cli.io.atomic import atomic_path, atomic_write_bytes
+
+
+def test_written_file_has_umask_permissions(tmp_path):
+    from jdnet_cli.io import atomic
+
+    atomic_write_bytes(tmp_path / "a.bin", b"data")
+    assert (tmp_path / "a.bin").read_bytes() == b"data"
+    assert stat.S_IMODE((tmp_path / "a.bin").stat().st_mode) == 0o666 & ~atomic._UMASK
+    with open(tmp_path / "plain.bin", "wb"):
+        pass
+    assert stat.S_IMODE((tmp_path / "a.bin").stat().st_mode) == stat.S_IMODE((tmp_path / "plain.bin").stat().st_mode)
+
+
+def test_failure_leaves_old_file_and_no_temp(tmp_path):
+    dest = tmp_path / "keep.txt"
+    dest.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(dest) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("boom")
+    assert dest.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]

@@ -1,0 +1,294 @@
+"""Image decoding/encoding at the library level: header checks, bad inputs, orientation, metadata,
+alpha, bit depth, grayscale."""
+from __future__ import annotations
+
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from jdnet_cli.errors import JDNetError
+from jdnet_cli.inference.derainer import Derainer
+from jdnet_cli.io.image_headers import header_size, sniff_format
+from jdnet_cli.io.image_metadata import Metadata, embed_metadata, exif_orientation, read_metadata
+from jdnet_cli.io.images import decode_image, encode_image, read_image
+from jdnet_cli.pipelines.images import derain_image
+
+from ..conftest import make_tiny_model, shared_path
+
+
+def _encode(arr: np.ndarray, ext: str, params=()) -> bytes:
+    ok, buf = cv2.imencode(ext, arr, list(params))
+    assert ok
+    return buf.tobytes()
+
+
+def _exif(orientation: int, little_endian: bool = False) -> bytes:
+    """A minimal TIFF/EXIF block: IFD0 with an orientation entry and a Software string."""
+    o = "<" if little_endian else ">"
+    head = (b"II*\x00" if little_endian else b"MM\x00*") + struct.pack(o + "I", 8)
+    software = b"jdnet-test\x00\x00"
+    entries = struct.pack(o + "HHIHH", 0x0112, 3, 1, orientation, 0)
+    entries += struct.pack(o + "HHII", 0x0131, 2, len(software), 8 + 2 + 24 + 4)
+    return head + struct.pack(o + "H", 2) + entries + struct.pack(o + "I", 0) + software
+
+
+def _icc(size: int = 70_000) -> bytes:
+    """Profile-shaped bytes (size field, 'acsp' signature) larger than one JPEG APP2 segment."""
+    body = bytearray(np.random.default_rng(5).integers(0, 256, size, dtype=np.uint8).tobytes())
+    body[0:4] = struct.pack(">I", size)
+    body[36:40] = b"acsp"
+    return bytes(body)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Derainer:
+    return Derainer(model=make_tiny_model(), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def identity() -> Derainer:
+    """A model whose rain layer is exactly zero: output == input (exercises the float path)."""
+    model = make_tiny_model()
+    with torch.no_grad():
+        model.exitBlock[0].weight.zero_()
+        model.exitBlock[0].bias.zero_()
+    return Derainer(model=model, device="cpu")
+
+
+# --- formats and headers ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg", ".bmp", ".tif", ".webp"])
+def test_sniff_and_header_size_without_decoding(ext):
+    data = _encode(np.zeros((37, 53, 3), np.uint8), ext)
+    fmt = sniff_format(data)
+    assert fmt == ext
+    assert header_size(data, fmt) == (53, 37)
+
+
+def test_header_size_of_lossless_webp_with_alpha():
+    data = _encode(np.zeros((5, 300, 4), np.uint8), ".webp", [cv2.IMWRITE_WEBP_QUALITY, 101])
+    assert data[12:16] == b"VP8L" and header_size(data, ".webp") == (300, 5)
+
+
+def _png_bomb(width: int, height: int) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_refused_from_header_before_decoding(monkeypatch):
+    def no_decode(*_a, **_k):
+        raise AssertionError("pixels were decoded")
+
+    monkeypatch.setattr(cv2, "imdecode", no_decode)
+    with pytest.raises(JDNetError, match=r"^bomb.png: 60000x60000 exceeds --max-pixels 100000000 \(possible decompression bomb\)$"):
+        decode_image(_png_bomb(60000, 60000), "bomb.png")
+    # A JPEG whose SOF claims 60000x60000.
+    jpg = bytearray(_encode(np.zeros((16, 16, 3), np.uint8), ".jpg"))
+    sof = jpg.index(b"\xff\xc0")
+    jpg[sof + 5 : sof + 9] = struct.pack(">HH", 60000, 60000)
+    with pytest.raises(JDNetError, match="60000x60000 exceeds --max-pixels"):
+        decode_image(bytes(jpg), "bomb.jpg")
+    with pytest.raises(JDNetError, match="16x16 exceeds --max-pixels 100"):
+        decode_image(_encode(np.zeros((16, 16), np.uint8), ".png"), "small.png", max_pixels=100)
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty file"),
+        (b"this is not an image at all", "not an image (unknown format)"),
+        (b"GIF89a" + bytes(20), "unsupported format (GIF)"),
+        (b"\x00\x00\x00\x18ftypheic" + bytes(20), "unsupported format (ISO media, brand 'heic': HEIC/AVIF/video)"),
+    ],
+)
+def test_non_images_have_one_line_reasons(data, reason):
+    with pytest.raises(JDNetError) as info:
+        decode_image(data, "x.jpg")
+    assert str(info.value) == f"x.jpg: {reason}"
+
+
+def test_truncated_and_corrupt_files_are_errors():
+    arr = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    png, jpg = _encode(arr, ".png"), _encode(arr, ".jpg")
+    with pytest.raises(JDNetError, match=r"^t.png: truncated PNG file \(chunk 'IDAT' cut off\)$"):
+        decode_image(png[: len(png) // 2], "t.png")
+    with pytest.raises(JDNetError, match=r"^t.jpg: truncated JPEG file \(no end-of-image marker\)$"):
+        decode_image(jpg[: len(jpg) // 2], "t.jpg")
+    flipped = bytearray(png)
+    flipped[100] ^= 0xFF
+    with pytest.raises(JDNetError, match=r"^c.png: corrupt or unsupported PNG data \(libpng error: IDAT: CRC error\)$"):
+        decode_image(bytes(flipped), "c.png")
+    damaged = bytearray(jpg)
+    damaged[len(jpg) // 2 : len(jpg) // 2 + 300] = b"\x55" * 300
+    with pytest.raises(JDNetError, match=r"^c.jpg: corrupt JPEG data \(Corrupt JPEG data: "):
+        decode_image(bytes(damaged), "c.jpg")
+
+
+def test_missing_and_directory_paths(tmp_path):
+    with pytest.raises(JDNetError, match="nope.png: no such file"):
+        read_image(tmp_path / "nope.png")
+    with pytest.raises(JDNetError, match="is a directory"):
+        read_image(tmp_path)
+
+
+# --- orientation ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_matches_opencv_and_is_reset(orientation):
+    """Our rotation/flip for each of the 8 EXIF orientations equals what OpenCV's reader displays."""
+    arr = np.random.default_rng(orientation).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    data = embed_metadata(_encode(arr, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, 100]), ".jpg", Metadata(exif=_exif(orientation)))
+    img = decode_image(data, "o.jpg")
+    upright = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # OpenCV applies the tag
+    assert np.array_equal(np.round(img.rgb[..., ::-1] * 255).astype(np.uint8), upright)
+    assert exif_orientation(img.metadata.exif) == 1
+    out = encode_image(img, ".jpg")
+    assert exif_orientation(read_metadata(out, ".jpg").exif) == 1
+    assert b"jdnet-test" in read_metadata(out, ".jpg").exif  # the rest of the EXIF is carried
+
+
+def test_shared_orientation_samples_come_out_upright():
+    base = shared_path("data", "exif-orientation")
+    reference = read_image(base / "Landscape_1.jpg").rgb
+    for k in (0, 1, 3, 6, 8):
+        img = read_image(base / f"Landscape_{k}.jpg")
+        assert img.rgb.shape == (1200, 1800, 3), k
+        # Same picture up to JPEG re-compression of the rotated originals.
+        assert np.abs(img.rgb - reference).mean() < 0.02, k
+        out = encode_image(img, ".jpg")
+        assert exif_orientation(read_metadata(out, ".jpg").exif) == 1
+        assert cv2.imdecode(np.frombuffer(out, np.uint8), cv2.IMREAD_COLOR).shape == (1200, 1800, 3)
+
+
+# --- metadata carried -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("src_ext", [".jpg", ".png", ".webp"])
+@pytest.mark.parametrize("dst_ext", [".jpg", ".png", ".webp"])
+def test_exif_and_icc_are_carried_across_formats(src_ext, dst_ext, tiny):
+    meta = Metadata(exif=_exif(1, little_endian=True), icc=_icc())
+    arr = np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    data = embed_metadata(_encode(arr, src_ext), src_ext, meta)
+    img = decode_image(data, "m" + src_ext)
+    assert img.metadata == meta
+    out = encode_image(derain_image(tiny, img), dst_ext)
+    assert read_metadata(out, dst_ext) == meta
+    decoded = cv2.imdecode(np.frombuffer(out, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert decoded is not None and decoded.shape == (20, 30, 3)
+
+
+def test_webp_with_alpha_keeps_alpha_when_metadata_is_added():
+    arr = np.random.default_rng(2).integers(0, 256, (10, 12, 4), dtype=np.uint8)
+    out = embed_metadata(_encode(arr, ".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]), ".webp", Metadata(exif=_exif(1)))
+    assert out[12:16] == b"VP8X" and out[20] & 0x10  # alpha flag set
+    assert np.array_equal(cv2.imdecode(np.frombuffer(out, np.uint8), cv2.IMREAD_UNCHANGED), arr)
+
+
+# --- pixels: alpha, bit depth, grayscale, tiny ------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_alpha_passes_through_bit_for_bit(dtype, tiny):
+    hi = np.iinfo(dtype).max
+    bgra = np.random.default_rng(3).integers(0, hi + 1, (19, 23, 4)).astype(dtype)
+    img = decode_image(_encode(bgra, ".png"), "a.png")
+    out_img = derain_image(tiny, img)
+    out = cv2.imdecode(np.frombuffer(encode_image(out_img, ".png"), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert out.dtype == dtype and out.shape == (19, 23, 4)
+    assert np.array_equal(out[..., 3], bgra[..., 3])
+    expected = np.round(tiny(bgra[..., 2::-1].astype(np.float32) / hi) * hi).astype(dtype)[..., ::-1]
+    assert np.array_equal(out[..., :3], expected)
+    assert not np.array_equal(out[..., :3], bgra[..., :3])  # the colour channels were derained
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+def test_16_bit_round_trip_has_no_8_bit_detour(ext, identity, tiny):
+    bgr = np.random.default_rng(4).integers(0, 65536, (21, 17, 3)).astype(np.uint16)
+    img = decode_image(_encode(bgr, ext), "d" + ext)
+    assert img.bit_depth == 16
+    same = cv2.imdecode(np.frombuffer(encode_image(derain_image(identity, img), ext), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert same.dtype == np.uint16 and np.array_equal(same, bgr)
+    out = cv2.imdecode(np.frombuffer(encode_image(derain_image(tiny, img), ext), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert out.dtype == np.uint16
+    assert np.count_nonzero(out % 257) > out.size // 2  # not 8-bit values scaled up
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (30, 41)])
+def test_grayscale_in_grayscale_out_any_size(dtype, shape, tiny):
+    gray = np.random.default_rng(6).integers(0, np.iinfo(dtype).max + 1, shape).astype(dtype)
+    img = decode_image(_encode(gray, ".png"), "g.png")
+    assert img.grayscale
+    out = cv2.imdecode(np.frombuffer(encode_image(derain_image(tiny, img), ".png"), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert out.dtype == dtype and out.shape == shape
+
+
+def _png_gray_alpha(arr: np.ndarray) -> bytes:
+    """PNG colour type 4 written by hand (OpenCV cannot write it), 8 or 16 bit."""
+    h, w, _ = arr.shape
+    bits = 16 if arr.dtype == np.uint16 else 8
+    raw = b"".join(b"\0" + arr[y].astype(">u2" if bits == 16 else np.uint8).tobytes() for y in range(h))
+
+    def chunk(ctype: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, bits, 4, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_gray_alpha_png_comes_out_gray_alpha_with_alpha_bit_exact(dtype, tiny):
+    hi = np.iinfo(dtype).max
+    ga = np.random.default_rng(8).integers(0, hi + 1, (13, 18, 2)).astype(dtype)
+    img = decode_image(_png_gray_alpha(ga), "ga.png")
+    assert img.grayscale and img.alpha is not None
+    meta = Metadata(exif=_exif(1), icc=_icc())
+    img.metadata = meta
+    data = encode_image(derain_image(tiny, img), ".png")
+    assert data[25] == 4 and data[24] == (16 if dtype == np.uint16 else 8)  # IHDR: grey+alpha, same depth
+    assert read_metadata(data, ".png") == meta
+    out = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # OpenCV expands it to BGRA
+    assert out.dtype == dtype and out.shape == (13, 18, 4)
+    assert np.array_equal(out[..., 3], ga[..., 1])
+    rgb = np.repeat(ga[..., :1].astype(np.float32) / hi, 3, axis=2)
+    expected = np.round(np.clip(tiny(rgb).mean(axis=2), 0, 1) * hi).astype(dtype)
+    assert np.array_equal(out[..., 0], expected) and np.array_equal(out[..., 1], expected)
+    assert not np.array_equal(expected, ga[..., 0])
+    as_tiff = cv2.imdecode(np.frombuffer(encode_image(img, ".tif"), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert as_tiff.shape == (13, 18, 4) and np.array_equal(as_tiff[..., 3], ga[..., 1])  # RGBA where grey+alpha can't go
+
+
+def _tiff_gray(arr: np.ndarray, orientation: int, big_endian: bool) -> bytes:
+    """An uncompressed 8-bit greyscale TIFF with an Orientation tag, written by hand."""
+    o = ">" if big_endian else "<"
+    h, w = arr.shape
+    entries = [(256, w), (257, h), (258, 8), (259, 1), (262, 1), (273, None), (274, orientation), (277, 1), (278, h),
+               (279, w * h)]
+    pixels_at = 8 + 2 + 12 * len(entries) + 4
+    ifd = struct.pack(o + "H", len(entries))
+    for tag, value in entries:
+        if tag in (273, 279):
+            ifd += struct.pack(o + "HHII", tag, 4, 1, pixels_at if value is None else value)
+        else:
+            ifd += struct.pack(o + "HHIHH", tag, 3, 1, value, 0)
+    return (b"MM\x00*" if big_endian else b"II*\x00") + struct.pack(o + "I", 8) + ifd + struct.pack(o + "I", 0) + arr.tobytes()
+
+
+@pytest.mark.parametrize("big_endian", [False, True])
+@pytest.mark.parametrize("orientation,upright", [(1, lambda a: a), (3, lambda a: a[::-1, ::-1]), (6, lambda a: np.rot90(a, -1)),
+                                                 (8, lambda a: np.rot90(a, 1)), (2, lambda a: a[:, ::-1])])
+def test_tiff_orientation_tag_is_applied(orientation, upright, big_endian):
+    stored = np.arange(4 * 7, dtype=np.uint8).reshape(4, 7) * 9
+    img = decode_image(_tiff_gray(stored, orientation, big_endian), "o.tif")
+    assert img.grayscale
+    assert np.array_equal(np.round(img.rgb[..., 0] * 255).astype(np.uint8), upright(stored))

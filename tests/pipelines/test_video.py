@@ -1,0 +1,300 @@
+"""``jdnet video`` on short clips cut from the shared rainy clip, with a tiny model."""
+from __future__ import annotations
+
+import json
+import subprocess
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from jdnet_cli.errors import JDNetError
+from jdnet_cli.inference.derainer import Derainer
+from jdnet_cli.io.video import EncodeSettings
+from jdnet_cli.io.video_probe import count_frames, ffmpeg_exe, parse_ffmpeg_info, probe
+from jdnet_cli.pipelines.video import VideoInterrupted, derain_video, plan_video_jobs
+
+from ..conftest import run_cli, shared_path
+
+W, H = 32, 18  # tiny frames keep the model cheap on a loaded 2-core CPU
+
+
+def ff(*args: str) -> subprocess.CompletedProcess:
+    """Run the shipped ffmpeg with an argument list; fail the test on error."""
+    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", *args], capture_output=True)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return proc
+
+
+def frame_times(path: Path) -> list[tuple[float, float]]:
+    """(pts, duration) in seconds of every decoded video frame."""
+    out = ff("-i", str(path), "-map", "0:v:0", "-fps_mode", "passthrough", "-f", "framemd5", "-").stdout.decode()
+    tb = None
+    rows = []
+    for line in out.splitlines():
+        if line.startswith("#tb 0:"):
+            tb = Fraction(line.split(":", 1)[1].strip())
+        elif line and not line.startswith("#"):
+            f = [x.strip() for x in line.split(",")]
+            rows.append((float(int(f[2]) * tb), float(int(f[3]) * tb)))
+    return rows
+
+
+def audio_packets(path: Path) -> list[tuple[str, str]]:
+    """(size, md5) of every audio packet, stream-copied (no decode)."""
+    out = ff("-i", str(path), "-map", "0:a", "-c", "copy", "-f", "framemd5", "-").stdout.decode()
+    return [tuple(x.strip() for x in ln.split(",")[4:6]) for ln in out.splitlines() if ln and not ln.startswith("#")]
+
+
+def decode_rgb(path: Path) -> np.ndarray:
+    """All frames as N x H x W x 3 uint8 (ffmpeg's default YUV->RGB, which follows the file's tags)."""
+    raw = ff("-i", str(path), "-map", "0:v:0", "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-").stdout
+    info = probe(path)
+    return np.frombuffer(raw, np.uint8).reshape(-1, info.height, info.width, 3)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """5 frames (0.2 s at 25 fps) of the shared clip, scaled to 32x18, with its AAC audio copied."""
+    src = shared_path("data", "video", "real-rain-640x360.mp4")
+    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
+    ff("-i", str(src), "-t", "0.2", "-vf", f"scale={W}:{H}", "-c:v", "libx264", "-crf", "10", "-c:a", "copy", str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def derainer(tiny_weights) -> Derainer:
+    return Derainer(weights=tiny_weights, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, clip, derainer) -> np.ndarray:
+    """`jdnet derain` of each decoded frame, stored losslessly (ffv1, RGB) and read back."""
+    tmp = tmp_path_factory.mktemp("ref")
+    for i, rgb in enumerate(decode_rgb(clip)):
+        clean = derainer(rgb.astype(np.float32) / np.float32(255.0))
+        cv2.imwrite(str(tmp / f"f{i:03d}.png"), np.round(clean * 255.0).astype(np.uint8)[..., ::-1])
+    ff("-framerate", "25", "-i", str(tmp / "f%03d.png"), "-c:v", "ffv1", "-pix_fmt", "bgr0", str(tmp / "ref.mkv"))
+    return decode_rgb(tmp / "ref.mkv")
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def test_clip_keeps_frames_timing_audio_and_matches_derain(tmp_path, clip, derainer, reference):
+    dest = tmp_path / "out dir ü" / "dérainé clip.mp4"  # spaces and non-ASCII in both parts
+    totals = []
+    # libx264 as by default, but 4:4:4 at crf 0: 32x18 frames are all detail, so crf 18 gives ~31 dB here
+    # (benchmarks/video_fidelity.py measures the defaults at 640x360). What remains is RGB<->YUV rounding.
+    res = derain_video(derainer, clip, dest, EncodeSettings(pix_fmt="yuv444p", crf=0), on_start=totals.append)
+    assert res.frames == 5 and res.output == dest and not res.partial
+    assert totals == [5]  # mp4 has a frame count: the progress bar gets a total
+    assert [p.name for p in dest.parent.iterdir()] == [dest.name]  # no temp files left
+    assert frame_times(dest) == frame_times(clip)  # same pts and durations, frame by frame
+    assert len(frame_times(dest)) == 5
+    src_info, out_info = probe(clip), probe(dest)
+    assert (out_info.width, out_info.height) == (W, H)
+    assert out_info.duration == pytest.approx(src_info.duration, abs=0.011)
+    assert audio_packets(dest) == audio_packets(clip) and len(audio_packets(clip)) >= 9
+    assert out_info.stream_types == ["video", "audio"]
+    assert (out_info.color_range, out_info.color_space, out_info.color_primaries, out_info.color_trc) == ("tv", "smpte170m", "smpte170m", "smpte170m")
+
+    got = decode_rgb(dest)
+    assert got.shape == reference.shape == (5, H, W, 3)
+    assert probe(dest).codec == "h264"
+    assert min(psnr(e, g) for e, g in zip(reference, got)) >= 40.0
+
+
+def test_variable_frame_rate_mkv_without_frame_count(tmp_path, clip, derainer):
+    vfr = tmp_path / "vfr.mkv"
+    # Gaps of 40, 80, 40 and 120 ms: no constant rate describes this.
+    ff("-i", str(clip), "-vf", "setpts='(N*40+if(gte(N,2),40,0)+if(gte(N,4),80,0))/1000/TB'", "-fps_mode", "passthrough",
+       "-c:v", "libx264", "-crf", "10", "-c:a", "copy", str(vfr))
+    src_times = frame_times(vfr)
+    assert [round(t, 3) for t, _ in src_times] == [0.0, 0.04, 0.12, 0.16, 0.28]
+    assert count_frames(vfr) is None  # Matroska has no frame count: progress runs without a total
+    dest = tmp_path / "out.mkv"
+    totals = []
+    assert derain_video(derainer, vfr, dest, on_start=totals.append).frames == 5
+    assert totals == [None]
+    assert [round(t, 3) for t, _ in frame_times(dest)] == [0.0, 0.04, 0.12, 0.16, 0.28]
+    assert audio_packets(dest) == audio_packets(vfr)
+
+
+def test_start_and_duration_select_frames_lossless(tmp_path, clip, derainer, reference):
+    dest = tmp_path / "part.mkv"
+    totals = []
+    res = derain_video(derainer, clip, dest, EncodeSettings(codec="ffv1"), start=0.08, duration=0.08, on_start=totals.append)
+    assert res.frames == 2 and totals == [2]
+    assert [round(t, 3) for t, _ in frame_times(dest)] == [0.0, 0.04]
+    assert probe(dest).codec == "ffv1"
+    assert np.array_equal(decode_rgb(dest), reference[2:4])  # RGB ffv1: exactly the model output
+    assert 0 < len(audio_packets(dest)) < len(audio_packets(clip))
+
+
+def test_interrupt_keeps_a_valid_partial_file(tmp_path, clip, derainer):
+    dest = tmp_path / "out.mp4"
+
+    def ctrl_c_after_two(done: int) -> None:
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(VideoInterrupted) as info:
+        derain_video(derainer, clip, dest, on_frames=ctrl_c_after_two)
+    partial = tmp_path / "out.partial.mp4"
+    assert info.value.partial == partial and info.value.frames == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.partial.mp4"]  # no final file, no temp files
+    assert [round(t, 3) for t, _ in frame_times(partial)] == [0.0, 0.04]
+    assert probe(partial).stream_types == ["video", "audio"]
+
+
+def test_image_sequence_folder_and_printf_pattern(tmp_path, derainer):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    for i in (1, 2, 10):  # natural order: 1, 2, 10
+        cv2.imwrite(str(frames / f"img_{i}.png"), rng.integers(0, 256, (16, 24, 3), dtype=np.uint8))
+    jobs = plan_video_jobs([str(frames)], str(tmp_path / "out"))
+    assert [(j.sequence, j.output) for j in jobs] == [(True, tmp_path / "out" / "frames.mp4")]
+    res = derain_video(derainer, frames, jobs[0].output, sequence=True, fps=Fraction(10))
+    assert res.frames == 3
+    assert [round(t, 3) for t, _ in frame_times(jobs[0].output)] == [0.0, 0.1, 0.2]
+    (frames / "img_10.png").rename(frames / "img_03.png")
+    seq = derain_video(derainer, frames / "img_%02d.png", tmp_path / "pat.mkv", sequence=True)
+    assert seq.frames == 1  # only img_03.png has two digits
+
+
+def test_errors_name_the_file_and_exit_1(tmp_path, clip, tiny_weights):
+    bad = tmp_path / "not a video.mp4"
+    bad.write_text("hello")
+    audio_only = tmp_path / "audio.m4a"
+    ff("-i", str(clip), "-map", "0:a", "-c", "copy", str(audio_only))
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, so OUTPUT below it cannot be created")
+    # One CLI run (each costs a torch import): three bad inputs and a good one with an unwritable OUTPUT.
+    res = run_cli("video", str(bad), str(audio_only), str(tmp_path / "missing.mp4"), str(clip), str(blocker / "out"),
+                  "--weights", str(tiny_weights), "--device", "cpu")
+    err = res.stderr.decode()
+    assert res.returncode == 1, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("failed:")]
+    assert len(lines) == 4, err
+    assert f"{bad}: not a readable video" in lines[0]
+    assert f"{audio_only}: no video stream" in lines[1]
+    assert f"{tmp_path / 'missing.mp4'}: no such file" in lines[2]
+    assert f"{blocker / 'out' / 'clip.mp4'}: cannot write" in lines[3]
+    assert "0 ok, 4 failed" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([bad.name, audio_only.name, "blocker"])
+
+
+def test_probe_parses_colour_tags_and_rejects_non_video(tmp_path):
+    text = """Input #0, matroska,webm, from 'x.mkv':
+  Duration: 00:01:02.50, start: 0.007000, bitrate: 100 kb/s
+  Stream #0:0: Video: mjpeg (Baseline), yuvj420p(pc, bt470bg/unknown/unknown), 1920x1080, 25 fps (attached pic)
+  Stream #0:1(eng): Video: hevc (Main 10), yuv420p10le(tv, bt2020nc/bt2020/smpte2084, progressive), 3840x2160 [SAR 1:1 DAR 16:9], 23.98 fps, 23.98 tbr, 1k tbn
+  Stream #0:2(eng): Audio: eac3, 48000 Hz, 5.1(side), fltp, 640 kb/s
+  Stream #0:3(eng): Subtitle: subrip
+"""
+    info = parse_ffmpeg_info(text, Path("x.mkv"))
+    assert (info.width, info.height, info.codec, info.pix_fmt, info.video_index) == (3840, 2160, "hevc", "yuv420p10le", 1)
+    assert (info.color_range, info.color_space, info.color_primaries, info.color_trc) == ("tv", "bt2020nc", "bt2020", "smpte2084")
+    assert info.high_bit_depth and info.duration == pytest.approx(62.5) and info.fps == pytest.approx(23.98)
+    assert info.stream_types == ["video", "video", "audio", "subtitle"]
+    with pytest.raises(JDNetError, match=r"^y.mp4: not a readable video \(Invalid data found when processing input\)$"):
+        parse_ffmpeg_info("[in#0 @ 0x1] Error opening input: Invalid data found when processing input\n", Path("y.mp4"))
+
+
+class _Identity:
+    """A stand-in Derainer for pipeline-only checks: returns the frames it is given."""
+
+    def derain_frames(self, frames):
+        return list(frames)
+
+
+def test_rotated_video_comes_out_upright(tmp_path, clip):
+    rotated = tmp_path / "phone.mp4"
+    ff("-display_rotation", "90", "-i", str(clip), "-c", "copy", str(rotated))
+    info = probe(rotated)
+    assert (info.width, info.height) == (H, W)  # as displayed, i.e. as ffmpeg decodes it
+    dest = tmp_path / "out.mp4"
+    assert derain_video(_Identity(), rotated, dest, EncodeSettings(codec="ffv1"), on_start=lambda t: None).frames == 5
+    out = decode_rgb(dest)
+    assert out.shape == (5, W, H, 3)
+    assert np.array_equal(out, decode_rgb(rotated))  # identity model + lossless codec: the upright frames
+
+
+def test_ten_bit_source_is_processed_in_16_bit(tmp_path, clip):
+    ten = tmp_path / "ten.mkv"
+    ff("-i", str(clip), "-c:v", "libx265", "-x265-params", "log-level=error:lossless=1", "-pix_fmt", "yuv420p10le", "-an", str(ten))
+    assert probe(ten).high_bit_depth
+    dest = tmp_path / "out.mkv"
+    assert derain_video(_Identity(), ten, dest, EncodeSettings(codec="ffv1"), on_start=lambda t: None).frames == 5
+    assert probe(dest).pix_fmt == "gbrp16le"
+
+    def rgb48(path):
+        raw = ff("-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb48le", "-").stdout
+        return np.frombuffer(raw, np.uint16).reshape(-1, H, W, 3)
+
+    src, out = rgb48(ten), rgb48(dest)
+    assert len(np.unique(out & 0xFF)) > 4  # more than 8 bits of precision survive
+    assert np.abs(src.astype(np.int64) - out).max() <= 64  # identity model: same picture (within 10-bit rounding)
+
+
+@pytest.fixture(scope="module")
+def wide_clip(tmp_path_factory) -> Path:
+    """3 frames of the shared clip at 80x44: large enough for 32-px tiles."""
+    src = shared_path("data", "video", "real-rain-640x360.mp4")
+    path = tmp_path_factory.mktemp("wide") / "wide.mp4"
+    ff("-i", str(src), "-t", "0.12", "-vf", "scale=80:44", "-c:v", "libx264", "-crf", "10", "-an", str(path))
+    return path
+
+
+def test_frames_go_through_the_derainer_with_tiles(wide_clip, tiny_weights):
+    """Every frame takes the image path: a frame that needs tiles is tiled, exactly as `jdnet derain` tiles it."""
+    tiled = Derainer(weights=tiny_weights, device="cpu", tile=32, tile_overlap=8)
+    frames = list(decode_rgb(wide_clip))
+    assert len(frames) == 3 and tiled.plan_tile(44, 80) == 32
+    got = tiled.derain_frames(frames)
+    for frame, out in zip(frames, got):
+        expected = np.round(tiled(frame.astype(np.float32) / np.float32(255.0)) * 255.0).astype(np.uint8)
+        assert out.dtype == np.uint8 and np.array_equal(out, expected)
+    whole = Derainer(weights=tiny_weights, device="cpu", tile=0)
+    batched = whole.derain_frames(frames)  # one batch of 3
+    single = [whole.derain_frames([f])[0] for f in frames]
+    assert max(int(np.abs(a.astype(int) - b).max()) for a, b in zip(batched, single)) <= 1
+    assert not np.array_equal(np.stack(got), np.stack(single))  # 32-px tiles do change an 80x44 frame
+    high = whole.derain_frames([f.astype(np.uint16) * 257 for f in frames[:1]])[0]
+    assert high.dtype == np.uint16 and int(np.abs(high.astype(int) // 257 - single[0]).max()) <= 1
+
+
+def test_video_cli_tiles_and_prints_json_events(tmp_path, wide_clip, tiny_weights):
+    out = tmp_path / "out"
+    res = run_cli("video", str(wide_clip), str(tmp_path / "missing.mp4"), str(out), "--weights", str(tiny_weights), "--device", "cpu",
+                  "--tile", "32", "--tile-overlap", "8", "--max-memory", "1GB", "--codec", "ffv1", "--json", "--quiet")
+    assert res.returncode == 1, res.stderr.decode()
+    events = [json.loads(line) for line in res.stdout.decode().splitlines()]
+    assert [e.get("status") for e in events[:2]] == ["ok", "failed"]
+    ok, failed, summary = events
+    assert ok["frames"] == 3 and ok["output"] == str(out / "wide.mp4") and ok["error"] is None and ok["ms"] > 0
+    assert failed["input"] == str(tmp_path / "missing.mp4") and failed["error"] == "no such file or directory"
+    assert summary == {"summary": {"ok": 1, "failed": 1, "skipped": 0, "seconds": summary["summary"]["seconds"], "interrupted": False}}
+    # --quiet: only the failure line on stderr.
+    assert res.stderr.decode().splitlines() == [f"failed: {tmp_path / 'missing.mp4'}: no such file or directory"]
+    # ffv1 is lossless: the frames are the tiled Derainer's output.
+    tiled = Derainer(weights=tiny_weights, device="cpu", tile=32, tile_overlap=8)
+    assert np.array_equal(decode_rgb(out / "wide.mp4"), np.stack(tiled.derain_frames(list(decode_rgb(wide_clip)))))
+
+
+def test_video_never_reads_the_umask_by_setting_it(tmp_path, clip, derainer, monkeypatch):
+    import os
+
+    calls = []
+    monkeypatch.setattr(os, "umask", lambda *a: calls.append(a) or 0o022)
+    res = derain_video(derainer, clip, tmp_path / "m.mkv", EncodeSettings(codec="ffv1"), duration=0.04)
+    assert res.frames == 1 and calls == []
+    from jdnet_cli.io.atomic import new_file_mode
+
+    assert (tmp_path / "m.mkv").stat().st_mode & 0o777 == new_file_mode()
