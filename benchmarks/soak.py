@@ -21,7 +21,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from jdnet_cli.inference.derainer import Derainer  # noqa: E402
-from jdnet_cli.pipelines.batch import plan_jobs, run_jobs  # noqa: E402
+from jdnet_cli.pipelines.planning import plan_jobs  # noqa: E402
+from jdnet_cli.pipelines.runner import run_jobs  # noqa: E402
 from jdnet_cli.pipelines.images import derain_file  # noqa: E402
 
 

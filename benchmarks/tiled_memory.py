@@ -111,12 +111,12 @@ def main() -> None:
         measure_cost(args)
         return
 
-    from jdnet_cli.inference.memory_budget import bytes_per_pixel, choose_tile, device_budget, parse_size
+    from jdnet_cli.inference.memory_budget import bytes_per_pixel, choose_tile, device_budget, parse_byte_size
 
     import torch
 
     width, height = (int(v) for v in args.size.lower().split("x"))
-    budget = device_budget(torch.device("cpu"), parse_size(args.max_memory) if args.max_memory else None)
+    budget = device_budget(torch.device("cpu"), parse_byte_size(args.max_memory) if args.max_memory else None)
     full_bpp = bytes_per_pixel(args.channels, 32)
     tile = args.tile if args.tile is not None else str(choose_tile(height, width, full_bpp, budget))
     with tempfile.TemporaryDirectory() as tmp:

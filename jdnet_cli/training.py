@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .benchmarking.metrics import score_pair, ssim_torch
-from .data.datasets import MixedPatches, PairedPatches, SyntheticRainPatches, find_pairs, shard, split_weight
+from .data.datasets import MixedPatches, PairedPatches, SyntheticRainPatches, find_pairs, rank_slice, split_weight
 from .errors import JDNetError
 from .inference.checkpoint import build_model, extract_state_dict, read_checkpoint, save_weights
 from .inference.devices import resolve_device
@@ -223,7 +223,7 @@ class Trainer:
             names.append(f"synthetic:{folder}")
         for spec in ([cfg.data] if cfg.data else []) + list(cfg.pairs):
             folder, weight = split_weight(spec)
-            sources.append((PairedPatches(shard(find_pairs(folder), self.rank, self.world)), weight))
+            sources.append((PairedPatches(rank_slice(find_pairs(folder), self.rank, self.world)), weight))
             names.append(f"pairs:{folder}")
         return MixedPatches(sources, names)
 

@@ -22,6 +22,7 @@ import torch
 from ..errors import JDNetError
 from ..inference.derainer import Derainer
 from ..inference.devices import resolve_device
+from ..inference.tiling import parse_tile
 
 DEFAULT_SIZES: tuple[tuple[int, int], ...] = ((481, 321), (1280, 720), (1920, 1080))
 
@@ -73,7 +74,7 @@ class SpeedResult:
     isolated: bool = False
 
 
-def parse_size(text: str) -> tuple[int, int]:
+def parse_image_size(text: str) -> tuple[int, int]:
     """'1280x720' -> (1280, 720); raise JDNetError on anything else."""
     parts = text.lower().replace("×", "x").split("x")
     try:
@@ -85,17 +86,13 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
-def _tile_value(tile: str) -> int | str:
-    return int(tile) if str(tile).strip().lstrip("-").isdigit() else str(tile)
-
-
 def build_derainer(cfg: SpeedConfig) -> Derainer:
     """The Derainer to time: the given weights, or a random full-size (or --units/--channels) JDNet."""
     from ..models import JDNet
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    common = dict(device=cfg.device, precision=cfg.precision, tile=_tile_value(cfg.tile))
+    common = dict(device=cfg.device, precision=cfg.precision, tile=cfg.tile)
     if cfg.weights:
         return Derainer(weights=cfg.weights, **common)
     torch.manual_seed(cfg.seed)
@@ -126,7 +123,7 @@ def measure(cfg: SpeedConfig, isolated: bool = False) -> SpeedResult:
     warmup = cfg.warmup if cfg.warmup is not None else (3 if dev.type == "cuda" else 1)
     if runs < 1 or warmup < 0:
         raise JDNetError("--runs must be >= 1 and --warmup >= 0")
-    tiled = _tile_value(cfg.tile) not in (0, "0")
+    tiled = parse_tile(cfg.tile) != 0
     gen = torch.Generator().manual_seed(cfg.seed)
     if tiled:
         # Tiling lives in the image path of the Derainer (one H x W x 3 array at a time).

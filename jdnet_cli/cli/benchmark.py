@@ -12,12 +12,14 @@ from rich.console import Console
 from rich.table import Table
 
 from ..benchmarking.quality import INPUT_NAME, SCORE_KEYS, load_datasets, model_names, quality_report, score_datasets, write_csv
-from ..benchmarking.speed import DEFAULT_SIZES, SpeedConfig, parse_size, run_speed
+from ..benchmarking.speed import DEFAULT_SIZES, SpeedConfig, parse_image_size, run_speed
 from ..errors import JDNetError
 from ..inference.derainer import Derainer
 from ..inference.devices import device_name, resolve_device, resolve_precision
 from ..inference.shipped_weights import default_weights_path
+from ..inference.tiling import parse_tile
 from .console import err_console, fail, interactive, make_progress
+from .options import Device, Precision, Tile
 
 benchmark_app = typer.Typer(
     name="benchmark",
@@ -55,9 +57,9 @@ def quality(
     datasets: List[Path] = typer.Argument(..., metavar="DATASET...", help="Paired dataset folders (the layouts `train` reads)."),
     weights: Optional[List[Path]] = typer.Option(None, "--weights", "-w", help="Weights to score; repeat for several models (default: the shipped weights)."),
     input_only: bool = typer.Option(False, "--input-only", help="Score only the rainy inputs against the clean images; no model."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 (CUDA) or bf16."),
-    tile: str = typer.Option("0", "--tile", help="Tile size passed to the Derainer (0: whole image)."),
+    device: Device = "auto",
+    precision: Precision = "fp32",
+    tile: Tile = "0",
     crop_border: int = typer.Option(0, "--crop-border", min=0, help="Ignore N pixels on every side when scoring."),
     no_quantize: bool = typer.Option(False, "--no-quantize", help="Score float outputs instead of 8-bit-rounded ones."),
     csv_path: Optional[Path] = typer.Option(None, "--csv", help="Write per-image scores to this CSV file."),
@@ -72,9 +74,8 @@ def quality(
     try:
         data = load_datasets(datasets)
         weight_paths = list(weights) if weights else ([] if input_only else [_shipped_weights()])
-        tile_arg = int(tile) if tile.isdigit() else tile
         models = {
-            name: Derainer(weights=w, device=device, precision=precision, tile=tile_arg)
+            name: Derainer(weights=w, device=device, precision=precision, tile=tile)
             for name, w in zip(model_names(weight_paths), weight_paths)
         }
         dev_text = next(iter(models.values())).device_description if models else "none (input only)"
@@ -119,10 +120,10 @@ def quality(
 @benchmark_app.command("speed")
 def speed(
     sizes: Optional[List[str]] = typer.Option(None, "--size", help="WxH; repeat for several (default: 481x321, 1280x720, 1920x1080)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    device: Device = "auto",
     precisions: Optional[List[str]] = typer.Option(None, "--precision", help="fp32, fp16 (CUDA) or bf16; repeat to compare."),
     batch: int = typer.Option(1, "--batch", min=1, help="Images per forward pass."),
-    tile: str = typer.Option("0", "--tile", help="Tile size passed to the Derainer (0: whole image; needs --batch 1)."),
+    tile: Tile = "0",
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Weights file (default: a randomly initialised model; speed does not depend on weights)."),
     units: int = typer.Option(32, "--units", min=1, help="Joint units of the random model (the paper's model has 32)."),
     channels: int = typer.Option(32, "--channels", min=4, help="Channels of the random model (the paper's model has 32)."),
@@ -134,11 +135,11 @@ def speed(
 ) -> None:
     """Milliseconds per image, megapixels/s, frames/s and peak memory on synthetic inputs."""
     try:
-        dims = [parse_size(s) for s in sizes] if sizes else list(DEFAULT_SIZES)
+        dims = [parse_image_size(s) for s in sizes] if sizes else list(DEFAULT_SIZES)
         dev = resolve_device(device)
         for p in precisions or ["fp32"]:
             resolve_precision(p, dev)
-        if tile.strip() not in ("", "0") and batch != 1:
+        if parse_tile(tile) != 0 and batch != 1:
             raise JDNetError("--tile needs --batch 1 (tiles are taken from one image at a time)")
         configs = [
             SpeedConfig(

@@ -1,5 +1,10 @@
-"""Graceful stop for batch commands: the first Ctrl-C (or SIGTERM from a scheduler) lets the file in
-progress finish and starts no more; a second Ctrl-C abandons the current file."""
+"""One interrupt handler for every command: Ctrl-C (SIGINT) and a scheduler's SIGTERM.
+
+With ``finish_current`` (derain, train) the first signal lets the file or step in progress finish
+and starts no more; a second Ctrl-C abandons it. Without it (video, where the work in progress is
+a whole video) the first signal stops at once, and the pipeline keeps a valid partial file.
+Either way the exit code is 130 for SIGINT and 143 for SIGTERM.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -13,22 +18,26 @@ EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 class GracefulStop:
     """``stop`` is set on the first signal; ``exit_code`` is 130 (SIGINT) or 143 (SIGTERM), else None."""
 
-    def __init__(self, announce: Callable[[str], None]):
+    def __init__(self, announce: Callable[[str], None], finish_current: bool = True, what: str = "file"):
         self.stop = threading.Event()
         self.exit_code: int | None = None
+        self.finish_current = finish_current
         self._announce = announce
+        self._what = what
 
     def _handle(self, signum: int, _frame) -> None:
-        if self.stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        first = not self.stop.is_set()
         self.stop.set()
         self.exit_code = self.exit_code or EXIT_CODES.get(signum, 130)
-        self._announce("interrupted: finishing the current file, then stopping (Ctrl-C again to abandon it)")
+        if not self.finish_current or (not first and signum == signal.SIGINT):
+            raise KeyboardInterrupt
+        if first:
+            self._announce(f"interrupted: finishing the current {self._what}, then stopping (Ctrl-C again to abandon it)")
 
     @contextlib.contextmanager
-    def installed(self) -> Iterator["GracefulStop"]:
-        """Install the handlers for the duration of the block (main thread only; a no-op elsewhere)."""
-        if threading.current_thread() is not threading.main_thread():
+    def installed(self, active: bool = True) -> Iterator["GracefulStop"]:
+        """Install the handlers for the duration of the block (main thread only, and only if ``active``)."""
+        if not active or threading.current_thread() is not threading.main_thread():
             yield self
             return
         previous = {sig: signal.signal(sig, self._handle) for sig in EXIT_CODES}

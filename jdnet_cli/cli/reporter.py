@@ -5,7 +5,7 @@ import json
 import sys
 
 from ..io.native_stderr import stderr_lock
-from ..pipelines.batch import Result
+from ..pipelines.runner import Result
 from .console import err_console
 
 

@@ -1,7 +1,6 @@
 """``jdnet train``: train JDNet on a paired dataset or on clean photos with synthetic rain."""
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 from typing import List, Optional
 
@@ -11,6 +10,8 @@ from ..errors import JDNetError
 from ..inference.checkpoint import extract_state_dict, infer_arch, read_checkpoint
 from ..training import LOSSES, SCHEDULES, Trainer, TrainConfig
 from .console import err_console, fail, interactive
+from .interrupts import GracefulStop
+from .options import Device
 
 
 def _log_line(record: dict) -> str:
@@ -47,7 +48,7 @@ def train(
     val: Optional[List[Path]] = typer.Option(None, "--val", help="Paired set scored (PSNR-Y, SSIM-Y) every --val-every steps; repeatable. The best is kept as OUT/best.pt."),
     val_every: int = typer.Option(1000, "--val-every", min=1, help="Validation interval in steps."),
     val_limit: int = typer.Option(0, "--val-limit", min=0, help="Score only the first N validation pairs (0: all)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (torchrun: each rank its LOCAL_RANK GPU)."),
+    device: Device = "auto",
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (0: PyTorch's default)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt exactly where it stopped."),
     export: Optional[Path] = typer.Option(None, "--export", help="Where to write the inference weights (default OUT/jdnet.pt)."),
@@ -102,25 +103,15 @@ def train(
                 f"{trainer.device}, batch {batch_size}, patch {patch_size}, loss {loss}",
                 markup=False,
             )
-        stop = {"requested": False}
-        previous = signal.getsignal(signal.SIGINT)
-
-        def on_sigint(*_) -> None:
-            stop["requested"] = True
-            signal.signal(signal.SIGINT, previous)  # a second Ctrl-C interrupts at once
-
-        if trainer.world == 1:
-            # Finish the current step, checkpoint, then exit: a DDP job is left to torchrun's own handling,
-            # since ranks stopping at different steps would hang in the next all-reduce.
-            signal.signal(signal.SIGINT, on_sigint)
-        try:
-            _run(trainer, console, lead, lambda: stop["requested"])
-        finally:
-            signal.signal(signal.SIGINT, previous)
-        if stop["requested"]:
+        # A DDP job is left to torchrun's own handling: ranks stopping at different steps would hang
+        # in the next all-reduce.
+        graceful = GracefulStop(lambda msg: console.print(msg, markup=False), what="step")
+        with graceful.installed(active=trainer.world == 1):
+            _run(trainer, console, lead, graceful.stop.is_set)
+        if graceful.stop.is_set():
             console.print(f"interrupted at step {trainer.step}; checkpoint saved, continue with --resume", markup=False)
             trainer.close()
-            raise typer.Exit(130)
+            raise typer.Exit(graceful.exit_code or 130)
         dest = trainer.export(export)
         if lead:
             console.print(f"done: {trainer.step} steps in {trainer.elapsed:.1f}s; weights: {dest}", markup=False)

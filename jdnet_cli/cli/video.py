@@ -1,10 +1,8 @@
 """``jdnet video``: derain video files, directories of videos and image sequences."""
 from __future__ import annotations
 
-import signal
 import time
 from fractions import Fraction
-from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -13,22 +11,19 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from ..errors import JDNetError
 from ..inference.derainer import DEFAULT_OVERLAP, Derainer
 from ..io.video import CODECS, EncodeSettings
-from ..pipelines.batch import Result
+from ..pipelines.runner import Result
 from ..pipelines.video import VideoInterrupted, derain_video, plan_video_jobs
 from .console import fail, interactive, make_progress
+from .interrupts import GracefulStop
+from .options import Device, JsonEvents, MaxMemory, Precision, Quiet, Tile, TileOverlap, Weights
 from .reporter import Reporter
-
-
-def _sigterm_as_interrupt(signum, frame) -> None:
-    # A killed job gets the same clean shutdown as Ctrl-C: no temp files or corrupt outputs left.
-    raise KeyboardInterrupt
 
 
 def video(
     paths: List[str] = typer.Argument(..., metavar="INPUT... OUTPUT", help="Video files, directories of videos, frame folders or printf patterns (frame%04d.png), then the output file or directory."),
-    weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="Weights file (default: the shipped weights)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 (CUDA) or bf16."),
+    weights: Weights = None,
+    device: Device = "auto",
+    precision: Precision = "fp32",
     codec: str = typer.Option("libx264", "--codec", help=f"Video codec: {', '.join(CODECS)}."),
     crf: Optional[int] = typer.Option(None, "--crf", min=0, max=63, help="Quality for x264/x265/vp9 (default 12/14/18: >= 40 dB from the model output)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Encoder preset (x264/x265: ultrafast..veryslow; vp9: good, best, realtime)."),
@@ -37,11 +32,11 @@ def video(
     duration: Optional[float] = typer.Option(None, "--duration", min=0.0, help="Process this many seconds."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Frames per forward pass (default: 4 on CUDA, 1 on CPU)."),
     fps: str = typer.Option("25", "--fps", help="Frame rate of image-sequence inputs (e.g. 25, 30000/1001)."),
-    tile: str = typer.Option("auto", "--tile", help="Tile side in px: auto (largest that fits in memory), 0 (whole frame) or N."),
-    tile_overlap: int = typer.Option(DEFAULT_OVERLAP, "--tile-overlap", help="Overlap between tiles in px (feathered, no seams)."),
-    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Memory budget for --tile auto, e.g. 4GB (default: free GPU memory, or a share of RAM on the CPU)."),
-    json_events: bool = typer.Option(False, "--json", help="One JSON event per video on stdout, then a summary object."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print errors (no progress, no summary)."),
+    tile: Tile = "auto",
+    tile_overlap: TileOverlap = DEFAULT_OVERLAP,
+    max_memory: MaxMemory = None,
+    json_events: JsonEvents = False,
+    quiet: Quiet = False,
 ) -> None:
     """Remove rain from videos, keeping audio, subtitles, timing and metadata. Exit 0: all ok; 1: some failed; 2: usage error; 130: interrupted."""
     if len(paths) < 2:
@@ -64,32 +59,34 @@ def video(
         fail(str(err))
     batch = batch_size or (4 if derainer.device.type == "cuda" else 1)
     reporter = Reporter(json_events, quiet)
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    # A killed job gets the same clean shutdown as Ctrl-C: no temp files or corrupt outputs left.
+    graceful = GracefulStop(reporter.say, finish_current=False)
     t0 = time.perf_counter()
-    for job in jobs:
-        if job.output is None:
-            reporter.report(Result(str(job.input), None, "failed", error=job.error))
-            continue
-        t_job = time.perf_counter()
-        try:
-            res = _run_one(derainer, job, settings, start, duration, batch, seq_fps, reporter)
-        except VideoInterrupted as stop:
-            if stop.partial is not None:
-                reporter.say(f"interrupted: kept a valid partial file {stop.partial} ({stop.frames} frames); {job.output} was not written")
-            else:
-                reporter.say(f"interrupted: nothing written for {job.input}")
-            reporter.emit({"input": str(job.input), "output": str(stop.partial) if stop.partial else None, "status": "interrupted",
-                           "frames": stop.frames, "ms": round((time.perf_counter() - t_job) * 1000, 1), "error": None})
-            reporter.summary(time.perf_counter() - t0, derainer.device_description, interrupted=True)
-            raise typer.Exit(130)
-        except (JDNetError, RuntimeError) as err:  # RuntimeError: torch (e.g. out of memory)
-            msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-            msg = msg.removeprefix(f"{job.input}: ")  # the reporter names the input itself
-            reporter.report(Result(str(job.input), str(job.output), "failed", (time.perf_counter() - t_job) * 1000, msg))
-            continue
-        reporter.report(Result(str(job.input), str(res.output), "ok", res.seconds * 1000), {"frames": res.frames})
-        rate = res.frames / max(res.seconds, 1e-9)
-        reporter.info(f"{job.input} -> {res.output}: {res.frames} frames in {res.seconds:.1f}s ({rate:.2f} frames/s)")
+    with graceful.installed():
+        for job in jobs:
+            if job.output is None:
+                reporter.report(Result(str(job.input), None, "failed", error=job.error))
+                continue
+            t_job = time.perf_counter()
+            try:
+                res = _run_one(derainer, job, settings, start, duration, batch, seq_fps, reporter)
+            except VideoInterrupted as stop:
+                if stop.partial is not None:
+                    reporter.say(f"interrupted: kept a valid partial file {stop.partial} ({stop.frames} frames); {job.output} was not written")
+                else:
+                    reporter.say(f"interrupted: nothing written for {job.input}")
+                reporter.emit({"input": str(job.input), "output": str(stop.partial) if stop.partial else None, "status": "interrupted",
+                               "frames": stop.frames, "ms": round((time.perf_counter() - t_job) * 1000, 1), "error": None})
+                reporter.summary(time.perf_counter() - t0, derainer.device_description, interrupted=True)
+                raise typer.Exit(graceful.exit_code or 130)
+            except (JDNetError, RuntimeError) as err:  # RuntimeError: torch (e.g. out of memory)
+                msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+                msg = msg.removeprefix(f"{job.input}: ")  # the reporter names the input itself
+                reporter.report(Result(str(job.input), str(job.output), "failed", (time.perf_counter() - t_job) * 1000, msg))
+                continue
+            reporter.report(Result(str(job.input), str(res.output), "ok", res.seconds * 1000), {"frames": res.frames})
+            rate = res.frames / max(res.seconds, 1e-9)
+            reporter.info(f"{job.input} -> {res.output}: {res.frames} frames in {res.seconds:.1f}s ({rate:.2f} frames/s)")
     reporter.summary(time.perf_counter() - t0, derainer.device_description, interrupted=False)
     raise typer.Exit(1 if reporter.counts["failed"] else 0)
 

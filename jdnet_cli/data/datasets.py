@@ -104,7 +104,7 @@ def _looks_side_by_side(path: Path) -> bool:
     return img is not None and img.shape[1] >= 2 * img.shape[0] * 0.9
 
 
-def shard(items: list, rank: int, world: int) -> list:
+def rank_slice(items: list, rank: int, world: int) -> list:
     """Every ``world``-th item starting at ``rank`` (a DDP rank's own share); all items if too few."""
     return items[rank::world] or items
 
@@ -159,7 +159,7 @@ class SyntheticRainPatches:
         if not files:
             raise JDNetError(f"{folder}: no images found")
         # Shard before decoding: a DDP rank holds only its own share of the photos in memory.
-        self.files = shard(files[: limit or None], rank, world)
+        self.files = rank_slice(files[: limit or None], rank, world)
         self.images = [read_rgb(p) for p in self.files]
         self.style = style
         self.heavy_fraction = heavy_fraction

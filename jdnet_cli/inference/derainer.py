@@ -13,28 +13,14 @@ from ..ops import cpu_kernels_status, prepare_cpu_kernels
 from .checkpoint import load_model
 from .cpu_allocator import keep_freed_memory
 from .devices import device_name, resolve_device, resolve_precision
-from .memory_budget import bytes_per_pixel, choose_batch, choose_tile, device_budget, parse_size
+from .memory_budget import bytes_per_pixel, choose_batch, choose_tile, device_budget, parse_byte_size
 from .shipped_weights import default_weights_path
-from .tiling import MIN_TILE, is_out_of_memory, normalise_tile, plan_tiles, run_halving_on_oom, run_tiled
+from .tiling import is_out_of_memory, normalise_tile, parse_tile, plan_tiles, run_halving_on_oom, run_tiled
 
 # The SC-conv average-pools by 4 and the attention reflect-pads by 3, so smaller inputs are
 # replicate-padded up to this size and cropped back.
 MIN_SIDE = 8
 DEFAULT_OVERLAP = 32
-
-
-def parse_tile(tile: int | str) -> int | None:
-    """'auto' -> None (choose per image), '0' -> 0 (whole image), 'N' -> N (>= MIN_TILE)."""
-    text = str(tile).strip().lower()
-    if text == "auto":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise JDNetError(f"tile must be auto, 0 or a size in pixels, not {tile!r}") from None
-    if value != 0 and value < MIN_TILE:
-        raise JDNetError(f"tile {value} is too small (use 0 for whole image, or at least {MIN_TILE})")
-    return value
 
 
 class Derainer:
@@ -75,7 +61,7 @@ class Derainer:
         if self.tile:
             normalise_tile(self.tile, tile_overlap)  # reject an overlap as large as the tile now
         self.tile_overlap = tile_overlap
-        self.max_memory = parse_size(max_memory) if max_memory is not None else None
+        self.max_memory = parse_byte_size(max_memory) if max_memory is not None else None
         self.bytes_per_pixel = bytes_per_pixel(self.model.channels, self.model.num_units, self.dtype)
         # Largest tile side that has run without running out of memory since an OOM; later images
         # start there instead of failing again.

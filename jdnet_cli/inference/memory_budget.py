@@ -28,7 +28,7 @@ _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
-def parse_size(text: str | int | float) -> int:
+def parse_byte_size(text: str | int | float) -> int:
     """'4GB' -> 4e9 bytes, '512MiB' -> 2**29; plain numbers are bytes."""
     if isinstance(text, (int, float)):
         value = int(text)

@@ -42,10 +42,28 @@ class TileGrid:
         return len(self.rows) * len(self.cols)
 
 
-def normalise_tile(tile: int, overlap: int) -> tuple[int, int]:
-    """Round ``tile`` down to the 16-px grid and make the stride a multiple of 16; returns (tile, overlap)."""
+def parse_tile(tile: int | str) -> int | None:
+    """A --tile value: 'auto' -> None (choose per image), '0' -> 0 (whole image), 'N' -> N (>= MIN_TILE)."""
+    text = str(tile).strip().lower()
+    if text == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise JDNetError(f"tile must be auto, 0 or a size in pixels, not {tile!r}") from None
+    if value != 0:
+        _check_tile_size(value)
+    return value
+
+
+def _check_tile_size(tile: int) -> None:
     if tile < MIN_TILE:
         raise JDNetError(f"tile size {tile} is too small (use 0 for whole image, or at least {MIN_TILE})")
+
+
+def normalise_tile(tile: int, overlap: int) -> tuple[int, int]:
+    """Round ``tile`` down to the 16-px grid and make the stride a multiple of 16; returns (tile, overlap)."""
+    _check_tile_size(tile)
     tile = tile // ALIGN * ALIGN
     if overlap < 0 or overlap >= tile:
         raise JDNetError(f"tile overlap {overlap} must be at least 0 and smaller than the tile ({tile})")

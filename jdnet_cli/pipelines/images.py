@@ -1,11 +1,15 @@
 """Derain an image file end to end: decode, run the Derainer, re-encode with the same depth and alpha."""
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 from ..inference.derainer import Derainer
-from ..io.images import DEFAULT_MAX_PIXELS, Image, decode_image, encode_image, read_image, write_image
+from ..io.atomic import atomic_write_bytes
+from ..io.images import DEFAULT_MAX_PIXELS, Image, decode_image, encode_image, read_bytes, read_image, write_image
+from .planning import STDIO
 
 
 def derain_image(derainer: Derainer, img: Image) -> Image:
@@ -27,3 +31,24 @@ def derain_bytes(
     """Derain encoded image bytes (format sniffed) and encode as ``ext`` (default: the input's format)."""
     img = decode_image(data, name, max_pixels)
     return encode_image(derain_image(derainer, img), ext or img.format or ".png", quality)
+
+
+def image_processor(
+    derainer: Derainer, ext: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, quality: int = 95
+) -> Callable[[Path, Path], None]:
+    """A job function ``process(src, dest)`` for the runner: files, or ``STDIO`` for stdin/stdout."""
+
+    def process(src: Path, dest: Path) -> None:
+        if src != STDIO and dest != STDIO:
+            derain_file(derainer, src, dest, max_pixels=max_pixels, quality=quality)
+            return
+        data = sys.stdin.buffer.read() if src == STDIO else read_bytes(src)
+        target_ext = ext or (None if dest == STDIO else dest.suffix)
+        encoded = derain_bytes(derainer, data, target_ext, name=str(src), max_pixels=max_pixels, quality=quality)
+        if dest == STDIO:
+            sys.stdout.buffer.write(encoded)
+            sys.stdout.buffer.flush()
+        else:
+            atomic_write_bytes(dest, encoded)
+
+    return process

@@ -16,7 +16,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterable
 
-
 from ..errors import JDNetError
 from ..inference.derainer import Derainer
 from ..io.atomic import new_file_mode
@@ -34,6 +33,7 @@ from ..io.video import (
     temp_path_beside,
 )
 from ..io.video_probe import count_frames, probe
+from .planning import OutputRules
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".mov", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".flv", ".wmv", ".mpg", ".mpeg", ".3gp", ".ogv")
 _DONE = object()
@@ -101,24 +101,19 @@ def plan_video_jobs(inputs: Iterable[str], output: str) -> list[VideoJob]:
             entries.append((path, Path(path.name), False, None))
         else:
             entries.append((path, None, False, "no such file or directory"))
+    rules = OutputRules(e[0] for e in entries)
     if single:
         src, _, seq, err = entries[0]
+        err = err or rules.refusal(src, out)
         return [VideoJob(src, None if err else out, seq, err)]
-    jobs, seen = [], {}
-    inputs_resolved = {e[0].resolve() for e in entries}
+    jobs = []
     for src, rel, seq, err in entries:
         if err or rel is None:
             jobs.append(VideoJob(src, None, seq, err or "invalid input"))
             continue
         dest = out / rel
-        key = dest.resolve()
-        if key in inputs_resolved:
-            jobs.append(VideoJob(src, None, seq, f"refusing to overwrite the input file {dest}"))
-        elif key in seen:
-            jobs.append(VideoJob(src, None, seq, f"output {dest} would collide with the output of {seen[key]}"))
-        else:
-            seen[key] = src
-            jobs.append(VideoJob(src, dest, seq))
+        refusal = rules.refusal(src, dest)
+        jobs.append(VideoJob(src, None, seq, refusal) if refusal else VideoJob(src, dest, seq))
     return jobs
 
 

@@ -13,7 +13,7 @@ from jdnet_cli.data.datasets import (
     augment,
     find_pairs,
     random_crop,
-    shard,
+    rank_slice,
 )
 from jdnet_cli.data.synthetic_rain import RainStyle
 from jdnet_cli.errors import JDNetError
@@ -194,9 +194,9 @@ def test_synthetic_patches_need_images(tmp_path):
 
 def test_shard_gives_each_rank_its_own_items():
     items = list(range(7))
-    assert shard(items, 0, 2) == [0, 2, 4, 6]
-    assert shard(items, 1, 2) == [1, 3, 5]
-    assert shard([5], 1, 2) == [5]
+    assert rank_slice(items, 0, 2) == [0, 2, 4, 6]
+    assert rank_slice(items, 1, 2) == [1, 3, 5]
+    assert rank_slice([5], 1, 2) == [5]
 
 
 def test_synthetic_patches_decode_only_their_rank_share(tmp_path):

@@ -11,7 +11,7 @@ import torch
 from jdnet_cli.errors import JDNetError
 from jdnet_cli.inference import tiling
 from jdnet_cli.inference.derainer import Derainer
-from jdnet_cli.inference.memory_budget import bytes_per_pixel, choose_batch, choose_tile, parse_size
+from jdnet_cli.inference.memory_budget import bytes_per_pixel, choose_batch, choose_tile, parse_byte_size
 from jdnet_cli.inference.tiling import normalise_tile, plan_axis, plan_tiles, run_halving_on_oom, run_tiled
 
 from ..conftest import make_tiny_model, run_cli, shared_path, write_png
@@ -204,10 +204,10 @@ def test_derainer_recovers_from_oom_and_remembers_the_smaller_tile(monkeypatch):
 
 
 def test_parse_size_and_auto_tile_choice():
-    assert parse_size("4GB") == 4 * 10**9 and parse_size("512MiB") == 2**29 and parse_size("1.5g") == 1_500_000_000
+    assert parse_byte_size("4GB") == 4 * 10**9 and parse_byte_size("512MiB") == 2**29 and parse_byte_size("1.5g") == 1_500_000_000
     for bad in ("lots", "4XB", "0", "-1GB"):
         with pytest.raises(JDNetError, match="memory size"):
-            parse_size(bad)
+            parse_byte_size(bad)
     per_px = bytes_per_pixel(32, 32)
     assert 4224 < per_px < 8000  # the 33 x 32 fp32 dense buffer plus the working set
     assert bytes_per_pixel(32, 32, torch.float16) < per_px * 0.6
@@ -285,7 +285,7 @@ def test_cli_tile_options(tmp_path, tiny_weights):
     assert res.stderr.decode().count("\n") == 1  # only the summary line: no per-tile chatter
     for args, message in [
         (["--tile", "huge"], "tile must be auto, 0 or a size"),
-        (["--tile", "8"], "tile 8 is too small"),
+        (["--tile", "8"], "tile size 8 is too small"),
         (["--tile", "64", "--tile-overlap", "64"], "overlap 64 must be"),
         (["--max-memory", "lots"], "cannot read memory size 'lots'"),
     ]:

@@ -24,7 +24,8 @@ from jdnet_cli.errors import JDNetError
 from jdnet_cli.inference.derainer import Derainer
 from jdnet_cli.io.atomic import atomic_path, remove_in_flight
 from jdnet_cli.io.images import read_image
-from jdnet_cli.pipelines.batch import Job, parse_shard, run_jobs_on_workers, shard
+from jdnet_cli.pipelines.planning import Job, parse_shard, shard_jobs
+from jdnet_cli.pipelines.runner import run_jobs_on_workers
 
 from ..conftest import REPO, run_cli, write_png
 
@@ -196,7 +197,7 @@ def test_shards_partition_the_sorted_list_and_union_is_the_full_set(tmp_path, ti
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == names
     # Deterministic whatever order the inputs were listed in.
     jobs = [Job(Path(n), Path("o") / n) for n in names]
-    assert shard(jobs[::-1], 1, 3) == shard(jobs, 1, 3) and parse_shard("2/5") == (2, 5)
+    assert shard_jobs(jobs[::-1], 1, 3) == shard_jobs(jobs, 1, 3) and parse_shard("2/5") == (2, 5)
     with pytest.raises(JDNetError):
         parse_shard("-1/3")
 

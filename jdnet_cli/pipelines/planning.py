@@ -1,0 +1,183 @@
+"""Job planning for the batch commands: inputs to outputs, one set of rules for where outputs may go.
+
+Images (``plan_jobs``) and videos (``pipelines.video.plan_video_jobs``) share ``OutputRules``: an
+output never lands on an input (by path, hard link or bind mount) and two inputs never share an output.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from ..errors import JDNetError
+from ..io.images import IMAGE_EXTENSIONS, is_image_path, read_bytes
+
+GLOB_CHARS = set("*?[")
+STDIO = Path("-")  # stdin as an input, stdout as an output
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input file and where its result goes (``output`` None when the job is already an error)."""
+
+    input: Path
+    output: Path | None
+    error: str | None = None
+
+
+class OutputRules:
+    """Where outputs may go: never onto an input file, never onto another job's output."""
+
+    def __init__(self, inputs: Iterable[Path]):
+        self.inputs = {Path(p).resolve() for p in inputs}
+        self.claimed: dict[Path, Path] = {}
+
+    def refusal(self, src: Path, dest: Path) -> str | None:
+        """Why ``src`` may not write ``dest``, or None (and ``dest`` is then claimed for ``src``)."""
+        key = dest.resolve()
+        if key in self.inputs or _same_file(dest, src):
+            return f"refusing to overwrite the input file {dest}"
+        if key in self.claimed:
+            return f"output {dest} would collide with the output of {self.claimed[key]}"
+        self.claimed[key] = src
+        return None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    # A hard link or bind mount reaches the same file under another name.
+    try:
+        return a.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def normalize_ext(ext: str | None) -> str | None:
+    """'webp' / '.WEBP' -> '.webp'; None stays None; raise JDNetError for formats we cannot write."""
+    if not ext:
+        return None
+    ext = ext.lower()
+    ext = ext if ext.startswith(".") else "." + ext
+    if ext not in IMAGE_EXTENSIONS:
+        raise JDNetError(f"unsupported --ext {ext!r} (use one of {', '.join(e[1:] for e in IMAGE_EXTENSIONS)})")
+    return ext
+
+
+def _walk(root: Path, exclude: Path | None) -> Iterator[Path]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        if exclude is not None:
+            dirnames[:] = [d for d in dirnames if (here / d).resolve() != exclude]
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = here / name
+            if is_image_path(path) and not name.startswith("."):
+                yield path
+
+
+def plan_jobs(inputs: Iterable[str], output: str, ext: str | None = None) -> list[Job]:
+    """Expand files, directories (recursive, mirrored) and globs into jobs; raise on usage errors."""
+    inputs = list(inputs)
+    if not inputs:
+        raise JDNetError("no inputs given")
+    ext = normalize_ext(ext)
+    out = Path(output)
+    out_resolved = out.resolve()
+    single_file = (
+        len(inputs) == 1
+        and Path(inputs[0]).is_file()
+        and not out.is_dir()
+        and out.suffix.lower() in IMAGE_EXTENSIONS
+    )
+    if single_file:
+        src = Path(inputs[0])
+        dest = out if not ext else out.with_suffix(ext)
+        refusal = OutputRules([src]).refusal(src, dest)
+        return [Job(src, None, refusal) if refusal else Job(src, dest)]
+
+    entries: list[tuple[Path, Path | None, str | None]] = []  # (input, relative output, error)
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            if path.resolve() == out_resolved:
+                raise JDNetError(f"{raw}: output directory is the input directory; choose another OUTPUT")
+            found = list(_walk(path, out_resolved))
+            entries.extend((p, p.relative_to(path), None) for p in found)
+        elif path.is_file() or path.is_symlink():
+            entries.append((path, Path(path.name), None if is_image_path(path) else "unsupported file type"))
+        elif GLOB_CHARS & set(raw):
+            matches = sorted(Path(m) for m in glob.glob(raw, recursive=True))
+            files = [m for m in matches if m.is_file() and is_image_path(m)]
+            if not files:
+                entries.append((path, None, "no image files match this pattern"))
+            entries.extend((m, Path(m.name), None) for m in files)
+        else:
+            entries.append((path, None, "no such file or directory"))
+
+    rules = OutputRules(e[0] for e in entries if e[2] is None)
+    jobs: list[Job] = []
+    for src, rel, err in entries:
+        if err is not None or rel is None:
+            jobs.append(Job(src, None, err or "invalid input"))
+            continue
+        dest = out / rel
+        if ext:
+            dest = dest.with_suffix(ext)
+        refusal = rules.refusal(src, dest)
+        jobs.append(Job(src, None, refusal) if refusal else Job(src, dest))
+    return jobs
+
+
+def plan_image_jobs(inputs: list[str], output: str, ext: str | None = None) -> list[Job]:
+    """Jobs for files, directories and globs, or the one job of a stdin (-) input or stdout (-) output."""
+    stdin_in, stdout_out = "-" in inputs, output == "-"
+    if not (stdin_in or stdout_out):
+        return plan_jobs(inputs, output, ext)
+    if len(inputs) != 1:
+        raise JDNetError("- (stdin/stdout) works with exactly one INPUT")
+    ext = normalize_ext(ext)
+    src = STDIO if stdin_in else Path(inputs[0])
+    if stdout_out and src != STDIO and src.is_dir():
+        raise JDNetError(f"{src}: writing to - (stdout) takes one image file, not a directory")
+    if stdout_out:
+        return [Job(src, STDIO)]
+    dest = Path(output)
+    if dest.is_dir() or dest.suffix.lower() not in IMAGE_EXTENSIONS:
+        raise JDNetError(f"{output}: reading stdin needs an OUTPUT image file name (or - for stdout)")
+    return [Job(src, dest.with_suffix(ext) if ext else dest)]
+
+
+def read_input_list(source: str) -> list[str]:
+    """Input paths from a file, or from stdin for ``-``: one per line, or NUL-separated."""
+    try:
+        raw = sys.stdin.buffer.read() if source == "-" else read_bytes(source)
+    except JDNetError as err:  # "PATH: no such file" -> "--files-from PATH: no such file"
+        raise JDNetError(f"--files-from {err}") from None
+    sep = b"\0" if b"\0" in raw else b"\n"
+    names = [os.fsdecode(line.rstrip(b"\r") if sep == b"\n" else line) for line in raw.split(sep)]
+    names = [name for name in names if name.strip()]
+    if not names:
+        raise JDNetError(f"--files-from {source}: the list is empty")
+    return names
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """'K/N' -> (K, N) with 0 <= K < N; raise JDNetError on anything else."""
+    try:
+        k_text, n_text = spec.split("/")
+        k, n = int(k_text), int(n_text)
+    except ValueError:
+        raise JDNetError(f"--shard {spec!r}: expected K/N, e.g. 0/4") from None
+    if n < 1 or not 0 <= k < n:
+        raise JDNetError(f"--shard {spec}: need 0 <= K < N")
+    return k, n
+
+
+def shard_jobs(jobs: list[Job], k: int, n: int) -> list[Job]:
+    """The k-th (0-based) of n deterministic slices of the jobs sorted by input path."""
+    if n < 1 or not 0 <= k < n:
+        raise JDNetError(f"--shard {k}/{n}: need 0 <= K < N")
+    ordered = sorted(jobs, key=lambda j: str(j.input))
+    return ordered[k::n]

@@ -1,0 +1,69 @@
+"""One set of output rules for image and video jobs."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from jdnet_cli.inference.tiling import parse_tile
+from jdnet_cli.errors import JDNetError
+from jdnet_cli.pipelines.planning import OutputRules, plan_jobs
+from jdnet_cli.pipelines.video import plan_video_jobs
+
+from ..conftest import run_cli, shared_path
+
+
+def test_output_rules_refuse_inputs_links_and_collisions(tmp_path):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    a.write_bytes(b"a")
+    b.write_bytes(b"b")
+    link = tmp_path / "link.png"
+    os.link(a, link)
+    rules = OutputRules([a, b])
+    assert rules.refusal(a, b) == f"refusing to overwrite the input file {b}"
+    assert rules.refusal(a, link) == f"refusing to overwrite the input file {link}"
+    assert rules.refusal(a, tmp_path / "out" / "x.png") is None
+    assert rules.refusal(b, tmp_path / "out" / ".." / "out" / "x.png") == f"output {tmp_path / 'out' / '..' / 'out' / 'x.png'} would collide with the output of {a}"
+
+
+def test_image_and_video_planning_refuse_the_same_things(tmp_path):
+    img, vid = tmp_path / "a.png", tmp_path / "a.mp4"
+    img.write_bytes(b"x")
+    vid.write_bytes(b"x")
+    for plan, src in ((plan_jobs, img), (plan_video_jobs, vid)):
+        [job] = plan([str(src)], str(src))
+        assert job.output is None and job.error == f"refusing to overwrite the input file {src}"
+        linked = tmp_path / ("linked" + src.suffix)
+        os.link(src, linked)
+        [job] = plan([str(src)], str(linked))
+        assert job.output is None and job.error == f"refusing to overwrite the input file {linked}"
+
+
+def test_video_onto_itself_fails_and_leaves_the_input_intact(tmp_path, tiny_weights):
+    clip = tmp_path / "clip.mp4"
+    shutil.copyfile(shared_path("data", "video", "real-rain-640x360.mp4"), clip)
+    before = clip.read_bytes()
+    proc = run_cli("video", str(clip), str(clip), "--weights", str(tiny_weights), "--device", "cpu", "--duration", "0.1")
+    assert proc.returncode == 1
+    assert f"failed: {clip}: refusing to overwrite the input file {clip}" in proc.stderr.decode()
+    assert clip.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+
+
+@pytest.mark.parametrize("text, value", [("auto", None), (" AUTO ", None), ("0", 0), ("64", 64), (512, 512)])
+def test_parse_tile(text, value):
+    assert parse_tile(text) == value
+
+
+@pytest.mark.parametrize("text, message", [("8", "tile size 8 is too small"), ("big", "tile must be auto, 0 or a size")])
+def test_tile_errors_are_the_same_in_every_command(tmp_path, tiny_weights, text, message):
+    with pytest.raises(JDNetError, match=message):
+        parse_tile(text)
+    img = tmp_path / "a.png"
+    shutil.copyfile(shared_path("data", "rain12", "rain", "rain-001.png"), img)
+    for args in (["derain", str(img), str(tmp_path / "o.png")], ["video", str(img), str(tmp_path / "o.mp4")],
+                 ["benchmark", "speed", "--size", "16x16"]):
+        proc = run_cli(*args, "--tile", text, "--device", "cpu", *(["--weights", str(tiny_weights)] if args[0] != "benchmark" else []))
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert message in proc.stderr.decode(), (args, proc.stderr)
