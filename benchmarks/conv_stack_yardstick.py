@@ -33,11 +33,14 @@ def _child(kind: str, h: int, w: int, threads: int, channels_last: bool) -> dict
 
     if threads:
         torch.set_num_threads(threads)
-    try:  # what Derainer sets up on the CPU; a --baseline checkout without it runs as it always did
-        from jdnet_cli.inference.cpu_allocator import keep_freed_memory
+    try:  # what Derainer sets up on the CPU (a --baseline checkout may keep it at the top level)
+        try:
+            from jdnet_cli.inference.cpu_allocator import keep_freed_memory
+        except ImportError:
+            from jdnet_cli.cpu_allocator import keep_freed_memory
 
         keep_freed_memory()
-    except ImportError:
+    except ImportError:  # a checkout from before the allocator change runs as it always did
         pass
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(0)
@@ -65,10 +68,12 @@ def _child(kind: str, h: int, w: int, threads: int, channels_last: bool) -> dict
         warm_seconds = time.perf_counter() - t0
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
     try:  # which path the model ran on (a --baseline checkout has them in models/, or none at all)
+        # models/ first: with an editable install of this checkout, ``jdnet_cli.ops`` would also
+        # resolve in a baseline child, to this checkout's (unused) copy.
         try:
-            from jdnet_cli.ops import cpu_kernels_status
-        except ImportError:
             from jdnet_cli.models.cpu_kernels import cpu_kernels_status
+        except ImportError:
+            from jdnet_cli.ops import cpu_kernels_status
 
         kernels = cpu_kernels_status() if kind == "model" else "-"
     except ImportError:
