@@ -1,7 +1,25 @@
-"""Time Trainer.train_step (CPU, full model, batch 4 of 64x64) here and, optionally, in another
-checkout, interleaved child by child so background load hits both alike.
+"""Training-step yardstick: one JDNet train step against one Adam step of an equal-FLOP conv stack.
 
-    nice -n 5 python benchmarks/train_step_speed.py --clean ../shared/data/clean --baseline /path/to/old
+JDNet costs ~2.72 MFLOP per pixel forward; 148 layers of 32->32 3x3 conv + LeakyReLU cost the
+same, so the ratio jdnet/stack says how much of a training step is overhead rather than
+arithmetic. Both are timed here, in fresh child processes interleaved repeat by repeat (so
+background load hits them alike), with the glibc allocator settings jdnet uses. The stack is timed
+in NCHW and channels-last and the faster counts. The JDNet child also splits its steps into
+phases: data (patch sampling and synthetic rain), forward, loss, backward, optimizer.
+
+    python benchmarks/train_step_speed.py                          # batch 4 of 64x64, as `jdnet train`
+    python benchmarks/train_step_speed.py --batch 16               # or --patch 128
+    python benchmarks/train_step_speed.py --baseline /other/checkout  # time that checkout's step too
+
+Measured 2026-12-03 on the 2-core development VM (torch 2.13.0+cpu, 2 threads, the background
+training run paused), batch 4 of 64x64, loss l1+ssim, medians of 5 steps (.scratch profile, same
+split as --phases here): data 5.6 ms (0.1%), forward 1005 ms (23%), loss 10 ms (0.2%), backward
+3192 ms (74%), optimizer 97 ms (2.3%); 4.31 s per step. In torch.profiler, convolution backward
+takes 1.73 s of a step against 0.34 s for the same convolutions forward (5x): ~930 conv-backward
+calls per step, the largest shares the 16-channel 3x3 convs of the SC-conv (0.10 s per step), the
+1x1 projections of the attention (32->2, 32->8: 0.07 s each) and the bottleneck inputs (32->16),
+and ~0.5-1 ms per call even at 4x4 pixels. Data preparation is not on the critical path, so
+there is no prefetch thread; the SSIM loss (separable or not) is 0.2% of a step.
 """
 from __future__ import annotations
 
@@ -17,60 +35,159 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+STACK_LAYERS = 148
+PHASES = ("data", "forward", "loss", "backward", "optimizer")
 
 
-def _child(clean: str, steps: int, batch: int, threads: int) -> dict:
+def _keep_freed_memory() -> None:
+    try:  # what jdnet sets up on the CPU (a --baseline checkout may keep it at the top level)
+        try:
+            from jdnet_cli.inference.cpu_allocator import keep_freed_memory
+        except ImportError:
+            from jdnet_cli.cpu_allocator import keep_freed_memory
+        keep_freed_memory()
+    except ImportError:
+        pass
+
+
+def _jdnet_child(args: argparse.Namespace) -> dict:
     import torch
 
     from jdnet_cli.training import TrainConfig, Trainer
 
-    if threads:
-        torch.set_num_threads(threads)
+    _keep_freed_memory()
     with tempfile.TemporaryDirectory() as tmp:
-        tr = Trainer(TrainConfig(out_dir=tmp, clean=clean, batch_size=batch, device="cpu"))
+        tr = Trainer(TrainConfig(out_dir=tmp, clean=args.clean, batch_size=args.batch, patch_size=args.patch,
+                                 loss=args.loss, device="cpu", threads=args.threads))
         tr.model.train()
         tr.train_step()  # first step: allocator and primitive caches
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         times = []
-        for _ in range(steps):
+        for _ in range(args.steps):
             t0 = time.perf_counter()
             tr.train_step()
             times.append(time.perf_counter() - t0)
+        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+        # The same work as train_step (CPU: no autocast or scaling), cut at the phase boundaries.
+        phases: dict[str, list[float]] = {k: [] for k in PHASES}
+        for _ in range(args.steps if args.phases else 0):
+            t = [time.perf_counter()]
+            rainy, clean = tr.batch()
+            t.append(time.perf_counter())
+            out = tr.net(rainy)
+            t.append(time.perf_counter())
+            loss = tr.loss(out.float(), clean)
+            t.append(time.perf_counter())
+            tr.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            t.append(time.perf_counter())
+            tr.opt.step()
+            tr.sched.step()
+            t.append(time.perf_counter())
+            for name, a, b in zip(PHASES, t, t[1:]):
+                phases[name].append(b - a)
+    return {"times": times, "peak_growth_mib": peak, "threads": torch.get_num_threads(),
+            "phases": {k: statistics.median(v) for k, v in phases.items() if v}}
+
+
+def _stack_child(args: argparse.Namespace, channels_last: bool) -> dict:
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _keep_freed_memory()
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    layers: list[nn.Module] = [nn.Conv2d(3, 32, 3, 1, 1)]
+    for _ in range(STACK_LAYERS):
+        layers += [nn.Conv2d(32, 32, 3, 1, 1), nn.LeakyReLU(0.2)]
+    layers.append(nn.Conv2d(32, 3, 3, 1, 1))
+    net = nn.Sequential(*layers).to(memory_format=fmt).train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    x = torch.rand(args.batch, 3, args.patch, args.patch).contiguous(memory_format=fmt)
+    y = torch.rand_like(x)
+
+    def step() -> None:
+        loss = F.l1_loss(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
     peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
-    return {"times": times, "peak_growth_mib": peak}
+    return {"times": times, "peak_growth_mib": peak, "threads": torch.get_num_threads()}
 
 
-def main() -> None:
+def _run_child(kind: str, repo: Path, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--child", kind, "--clean", args.clean, "--steps", str(args.steps),
+           "--batch", str(args.batch), "--patch", str(args.patch), "--threads", str(args.threads), "--loss", args.loss]
+    if not args.phases:
+        cmd.append("--no-phases")
+    out = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=str(repo)), capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{kind} child failed:\n{out.stderr.strip()[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clean", default=str(REPO.parent / "shared" / "data" / "clean"))
-    ap.add_argument("--steps", type=int, default=2, help="timed steps per child")
-    ap.add_argument("--repeats", type=int, default=3, help="children per configuration")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per child (after one untimed)")
+    ap.add_argument("--repeats", type=int, default=1, help="children per configuration")
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--baseline", type=Path)
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    ap.add_argument("--patch", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (0: torch's default)")
+    ap.add_argument("--loss", default="l1+ssim")
+    ap.add_argument("--no-phases", dest="phases", action="store_false", help="skip the per-phase split")
+    ap.add_argument("--baseline", type=Path, help="another checkout whose JDNet step is timed too")
+    ap.add_argument("--json", dest="json_out", type=Path, help="also write the results here")
+    ap.add_argument("--child", choices=["jdnet", "stack-nchw", "stack-nhwc"], help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
     if args.child:
-        print(json.dumps(_child(args.clean, args.steps, args.batch, args.threads)))
-        return
-    repos = {"this": REPO}
+        res = _jdnet_child(args) if args.child == "jdnet" else _stack_child(args, args.child == "stack-nhwc")
+        print(json.dumps(res))
+        return res
+
+    configs = {"jdnet": ("jdnet", REPO), "stack NCHW": ("stack-nchw", REPO), "stack NHWC": ("stack-nhwc", REPO)}
     if args.baseline:
-        repos["baseline"] = args.baseline.resolve()
-    times: dict[str, list[float]] = {k: [] for k in repos}
+        configs["jdnet baseline"] = ("jdnet", args.baseline.resolve())
+    results: dict[str, list[dict]] = {k: [] for k in configs}
     for rep in range(args.repeats):
-        for name, repo in repos.items():
-            cmd = [sys.executable, __file__, "--child", "--clean", args.clean, "--steps", str(args.steps),
-                   "--batch", str(args.batch), "--threads", str(args.threads)]
-            out = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=str(repo)), capture_output=True, text=True, check=True)
-            res = json.loads(out.stdout.strip().splitlines()[-1])
-            times[name] += res["times"]
-            print(f"repeat {rep + 1}: {name:9s} steps {' '.join(f'{t:.2f}' for t in res['times'])} s, "
+        for name, (kind, repo) in configs.items():
+            res = _run_child(kind, repo, args)
+            results[name].append(res)
+            print(f"repeat {rep + 1}: {name:15s} steps {' '.join(f'{t:.2f}' for t in res['times'])} s, "
                   f"peak RSS growth {res['peak_growth_mib']:.0f} MiB", flush=True)
-    print(f"\ntrain_step, batch {args.batch} x 64x64, full model, CPU: median s/step")
-    for name, ts in times.items():
-        print(f"  {name:9s} {statistics.median(ts):6.2f}")
+    med = {k: statistics.median(t for r in v for t in r["times"]) for k, v in results.items()}
+    stack = min(med["stack NCHW"], med["stack NHWC"])
+    summary = {
+        "batch": args.batch, "patch": args.patch, "threads": results["jdnet"][0]["threads"], "loss": args.loss,
+        "seconds_per_step": med, "ratio": med["jdnet"] / stack,
+        "peak_growth_mib": {k: max(r["peak_growth_mib"] for r in v) for k, v in results.items()},
+    }
+    print(f"\ntrain step, batch {args.batch} of {args.patch}x{args.patch}, CPU fp32, {summary['threads']} threads, "
+          f"median s/step over {args.repeats} x {args.steps} steps:")
+    for name, s in med.items():
+        print(f"  {name:15s} {s:6.2f} s  {s / stack:5.2f}x stack  peak RSS growth {summary['peak_growth_mib'][name]:6.0f} MiB")
     if args.baseline:
-        print(f"  speed-up: {statistics.median(times['baseline']) / statistics.median(times['this']):.2f}x")
+        summary["speedup_over_baseline"] = med["jdnet baseline"] / med["jdnet"]
+        print(f"  speed-up over baseline: {summary['speedup_over_baseline']:.2f}x")
+    if args.phases:
+        phases = {k: statistics.median(r["phases"][k] for r in results["jdnet"]) for k in PHASES}
+        total = sum(phases.values())
+        summary["phases"] = phases
+        print("  jdnet phases: " + ", ".join(f"{k} {v * 1000:.0f} ms ({100 * v / total:.1f}%)" for k, v in phases.items()))
+    if args.json_out:
+        args.json_out.write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 if __name__ == "__main__":

@@ -9,8 +9,11 @@ __version__ = "0.1.0"
 # shape needs 14 entries, so 64 keeps the current image's shapes warm; a tiled image with more tile
 # shapes than that recompiles a few kernels per tile, ~0.2 ms each against seconds per tile.
 # Both capacities are read when the first conv runs; a value the user exported wins.
+# Training sizes them up again (``training.size_kernel_caches_for_training``).
 ONEDNN_CACHE_CAPACITY = "64"
-for _name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
+ONEDNN_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+USER_ONEDNN_CACHE = {_name: os.environ.get(_name) for _name in ONEDNN_CACHE_VARIABLES}
+for _name in ONEDNN_CACHE_VARIABLES:
     os.environ.setdefault(_name, ONEDNN_CACHE_CAPACITY)
 
 

@@ -136,6 +136,26 @@ def _set_rng_state(rng: np.random.Generator, state: dict, device: torch.device) 
 _RESUME_FREE_FIELDS = {"out_dir", "save_every", "log_every", "val", "val_every", "val_limit", "device", "threads", "extra", "init"}
 
 
+TRAINING_ONEDNN_CACHE_CAPACITY = "1024"
+
+
+def size_kernel_caches_for_training() -> None:
+    """Give oneDNN's kernel caches their default size back for training, unless the user set one.
+
+    Importing jdnet_cli caps them at 64 entries for inference (many image shapes, see
+    ``jdnet_cli/__init__.py``). A training step has fixed shapes but needs more: forward,
+    backward-data and backward-weights kernels for ~30 convolution shapes. At 64 entries every
+    step recompiled them: 3.99 s vs 3.40 s per step (batch 4 of 64x64,
+    benchmarks/train_step_speed.py). oneDNN reads the sizes when the process runs its first
+    convolution, so this works before any model has run in the process.
+    """
+    from . import ONEDNN_CACHE_VARIABLES, USER_ONEDNN_CACHE
+
+    for name in ONEDNN_CACHE_VARIABLES:
+        if USER_ONEDNN_CACHE[name] is None:
+            os.environ[name] = TRAINING_ONEDNN_CACHE_CAPACITY
+
+
 class Trainer:
     """Owns model, optimiser, schedule, data and logging for one run (one process of a DDP job)."""
 
@@ -157,6 +177,7 @@ class Trainer:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        size_kernel_caches_for_training()
         self.out_dir = Path(cfg.out_dir)
         self.on_log = on_log
         torch.manual_seed(cfg.seed)

@@ -50,3 +50,17 @@ def test_banded_gradients_equal_autograd_of_reference(monkeypatch):
     for name, ref, ours in zip(("x1", "x2", "x3", "p", "w1", "w2", "b2"), *grads):
         ref = torch.zeros_like(ours) if ref is None else ref
         assert (ref - ours).abs().max().item() <= 1e-9, name
+
+
+def test_banded_output_and_gradients_keep_the_channels_last_layout_of_their_inputs():
+    # An NCHW output or a strided gradient next to channels-last convs costs oneDNN a reorder per call.
+    args = attention_inputs(2, 9, 11, seed=7, channels_last=True, grad=True)
+    out = pairwise_attention_banded(*args)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    out.backward(torch.randn_like(out))
+    for t in args[:3]:
+        assert t.grad.is_contiguous(memory_format=torch.channels_last) and not t.grad.is_contiguous()
+    planar = attention_inputs(2, 9, 11, seed=7, grad=True)
+    out = pairwise_attention_banded(*planar)
+    out.backward(torch.randn_like(out))
+    assert out.is_contiguous() and all(t.grad.is_contiguous() for t in planar[:3])
