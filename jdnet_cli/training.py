@@ -23,6 +23,7 @@ from .benchmarking.metrics import score_pair, ssim_torch
 from .data.datasets import MixedPatches, PairedPatches, SyntheticRainPatches, find_pairs, rank_slice, split_weight
 from .errors import JDNetError
 from .inference.checkpoint import build_model, extract_state_dict, read_checkpoint, save_weights
+from .inference.cpu_allocator import keep_freed_memory
 from .inference.devices import resolve_device
 from .io.atomic import atomic_path
 from .models import JDNet
@@ -178,6 +179,9 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         size_kernel_caches_for_training()
+        if self.device.type == "cpu":
+            # As for inference: a step frees and reallocates hundreds of large activations.
+            keep_freed_memory()
         self.out_dir = Path(cfg.out_dir)
         self.on_log = on_log
         torch.manual_seed(cfg.seed)

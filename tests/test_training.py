@@ -260,3 +260,14 @@ def test_training_gives_the_kernel_caches_room_unless_the_user_sized_them(user_v
     first, _, again = res.stdout.partition("AGAIN")
     assert "create:cache_miss" in first
     assert ("create:cache_miss" in again) is evicted
+
+
+def test_cpu_training_keeps_freed_memory_like_inference(tmp_path, monkeypatch):
+    import jdnet_cli.training as training
+
+    calls = []
+    monkeypatch.setattr(training, "keep_freed_memory", lambda: calls.append(1) or True)
+    clean = tmp_path / "clean"
+    write_png(clean / "a.png", 40, 40)
+    Trainer(TrainConfig(out_dir=str(tmp_path / "run"), clean=str(clean), batch_size=1, patch_size=32, channels=4, num_units=1, device="cpu"))
+    assert calls == [1]

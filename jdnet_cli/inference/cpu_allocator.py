@@ -1,4 +1,4 @@
-"""glibc malloc settings for CPU inference: reuse freed feature maps instead of unmapping them."""
+"""glibc malloc settings for CPU inference and training: reuse freed feature maps instead of unmapping them."""
 from __future__ import annotations
 
 import ctypes
