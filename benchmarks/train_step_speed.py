@@ -12,14 +12,24 @@ phases: data (patch sampling and synthetic rain), forward, loss, backward, optim
     python benchmarks/train_step_speed.py --baseline /other/checkout  # time that checkout's step too
 
 Measured 2026-12-03 on the 2-core development VM (torch 2.13.0+cpu, 2 threads, the background
-training run paused), batch 4 of 64x64, loss l1+ssim, medians of 5 steps (.scratch profile, same
-split as --phases here): data 5.6 ms (0.1%), forward 1005 ms (23%), loss 10 ms (0.2%), backward
-3192 ms (74%), optimizer 97 ms (2.3%); 4.31 s per step. In torch.profiler, convolution backward
-takes 1.73 s of a step against 0.34 s for the same convolutions forward (5x): ~930 conv-backward
-calls per step, the largest shares the 16-channel 3x3 convs of the SC-conv (0.10 s per step), the
-1x1 projections of the attention (32->2, 32->8: 0.07 s each) and the bottleneck inputs (32->16),
-and ~0.5-1 ms per call even at 4x4 pixels. Data preparation is not on the critical path, so
-there is no prefetch thread; the SSIM loss (separable or not) is 0.2% of a step.
+training run paused), batch 4 of 64x64, loss l1+ssim, medians of 5 steps.
+
+Before (b056360): 4.31-4.49 s per step, 4.5-4.7x the stack's 0.95-1.0 s. Phases: data 5.6 ms
+(0.1%), forward 1005 ms (23%), loss 10 ms (0.2%), backward 3192 ms (74%), optimizer 97 ms (2.3%).
+In torch.profiler convolution backward took 1.73 s of a step against 0.34 s for the same
+convolutions forward (5x), ~0.5-2.5 ms per call even at 4x4 pixels: with oneDNN's kernel caches
+capped at 64 entries (jdnet_cli/__init__.py, for inference) every step recompiled the ~90
+forward/backward kernels of its ~30 conv shapes; and the attention's NCHW output and strided
+gradients next to channels-last convs made oneDNN reorder on every call.
+
+After (16ef55f: caches sized for training, attention in its inputs' layout, glibc heap kept as for
+inference): 2.81 s per step vs 4.49 s for b056360 in the same run (1.60x), 2.84x the stack.
+Phases: data 6 ms (0.2%), forward 1069 ms (36%), loss 6 ms (0.2%), backward 1802 ms (61%),
+optimizer 91 ms (3.1%). What is left (torch.profiler, per step): the banded attention's backward
+0.75 s (its 49-tap loops, F.fold) and forward 0.29 s, conv backward 0.52 s, the dense fusions'
+GEMMs ~0.35 s (forward addmm, backward mm and weight-gradient addmm_, ~76 GFLOP/s on these tall,
+32-wide products). Data preparation is not on the critical path (0.1-0.2%), so there is no prefetch
+thread; the SSIM loss (separable or not) is 0.2% of a step.
 """
 from __future__ import annotations
 
