@@ -71,3 +71,35 @@ def run_cli(*args: str, cwd: Path | None = None, input: bytes | None = None, env
     return subprocess.run(
         [sys.executable, "-m", "jdnet_cli", *args], cwd=cwd, input=input, capture_output=True, env=full_env, timeout=600
     )
+
+
+# Runs 24 input shapes through a 32-channel model, then the first shape again (after "AGAIN"), with
+# ONEDNN_VERBOSE=2 so that a kernel the cache dropped shows as create:cache_miss. ``SETUP`` runs first.
+ONEDNN_CACHE_PROBE = """
+import ctypes, torch, jdnet_cli
+from jdnet_cli.inference.derainer import Derainer
+from jdnet_cli.models import JDNet
+SETUP
+torch.set_num_threads(1)
+torch.manual_seed(0)
+d = Derainer(model=JDNet(32, 1), device="cpu", tile=0)  # 32 channels: convs that go to oneDNN
+shapes = [(40 + 2 * k, 56) for k in range(24)]
+for shape in shapes:
+    d.run_tensor(torch.rand(1, 3, *shape))
+ctypes.CDLL(None).fflush(None)  # oneDNN's verbose lines sit in C's stdout buffer
+print("AGAIN", flush=True)
+d.run_tensor(torch.rand(1, 3, *shapes[0]))
+"""
+
+
+def onednn_cache_misses(user_value: str | None, setup: str = "") -> tuple[bool, bool]:
+    """(kernels compiled in the first pass, kernels compiled again for the first shape) in a fresh process."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")}
+    if user_value:
+        env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = env["LRU_CACHE_CAPACITY"] = user_value
+    env.update(ONEDNN_VERBOSE="2", PYTHONPATH=str(REPO))
+    code = ONEDNN_CACHE_PROBE.replace("SETUP", setup)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    first, _, again = res.stdout.partition("AGAIN")
+    return "create:cache_miss" in first, "create:cache_miss" in again

@@ -16,7 +16,7 @@ from jdnet_cli.errors import JDNetError
 from jdnet_cli.inference.checkpoint import load_model
 from jdnet_cli.training import TrainConfig, Trainer, loss_fn
 
-from .conftest import REPO, write_png
+from .conftest import REPO, onednn_cache_misses, write_png
 
 # 4 channels, 1 unit, 16x16 patches: a step costs milliseconds, yet every code path runs.
 TINY = dict(batch_size=2, patch_size=16, channels=4, num_units=1, threads=1, device="cpu")
@@ -227,39 +227,20 @@ def test_torchrun_ddp_on_gloo_two_processes(tmp_path, paired):
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "jdnet.pt", "train_log.jsonl"]
 
 
-_TRAINING_CACHE_PROBE = """
-import ctypes, sys, tempfile, cv2, numpy as np, torch
-from jdnet_cli.inference.derainer import Derainer
-from jdnet_cli.models import JDNet
+_MAKE_A_TRAINER = """
+import tempfile, cv2, numpy as np
 from jdnet_cli.training import TrainConfig, Trainer
 tmp = tempfile.mkdtemp()
 for i in range(2):
     cv2.imwrite(f"{tmp}/{i}.png", np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8))
 Trainer(TrainConfig(out_dir=tmp + "/run", clean=tmp, batch_size=1, patch_size=32, channels=4, num_units=1, device="cpu"))
-torch.set_num_threads(1)
-torch.manual_seed(0)
-d = Derainer(model=JDNet(32, 1), device="cpu", tile=0)
-shapes = [(40 + 2 * k, 56) for k in range(24)]
-for shape in shapes:
-    d.run_tensor(torch.rand(1, 3, *shape))
-ctypes.CDLL(None).fflush(None)
-print("AGAIN", flush=True)
-d.run_tensor(torch.rand(1, 3, *shapes[0]))
 """
 
 
 @pytest.mark.parametrize("user_value,evicted", [(None, False), ("64", True)])
 def test_training_gives_the_kernel_caches_room_unless_the_user_sized_them(user_value, evicted):
     """A Trainer lifts import's 64-entry oneDNN cache cap (a training step needs more kernels); an exported value wins."""
-    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")}
-    if user_value:
-        env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = env["LRU_CACHE_CAPACITY"] = user_value
-    env.update(ONEDNN_VERBOSE="2", PYTHONPATH=str(REPO))
-    res = subprocess.run([sys.executable, "-c", _TRAINING_CACHE_PROBE], capture_output=True, text=True, env=env, timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
-    first, _, again = res.stdout.partition("AGAIN")
-    assert "create:cache_miss" in first
-    assert ("create:cache_miss" in again) is evicted
+    assert onednn_cache_misses(user_value, setup=_MAKE_A_TRAINER) == (True, evicted)
 
 
 def test_cpu_training_keeps_freed_memory_like_inference(tmp_path, monkeypatch):

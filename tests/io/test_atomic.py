@@ -1,7 +1,6 @@
 """Atomic writes: all-or-nothing, normal permissions, temp files cleaned up on failure."""
 from __future__ import annotations
 
-import os
 import stat
 
 import pytest

@@ -27,7 +27,7 @@ from jdnet_cli.io.images import read_image
 from jdnet_cli.pipelines.planning import Job, parse_shard, shard_jobs
 from jdnet_cli.pipelines.runner import run_jobs_on_workers
 
-from ..conftest import REPO, run_cli, write_png
+from ..conftest import REPO, onednn_cache_misses, run_cli, write_png
 
 
 def invoke(*args: str, input: bytes | None = None):
@@ -304,32 +304,8 @@ def test_no_color_is_honoured_on_a_terminal(monkeypatch):
     assert console.err_console().no_color is True
 
 
-_CACHE_PROBE = """
-import ctypes, torch, jdnet_cli
-from jdnet_cli.inference.derainer import Derainer
-from jdnet_cli.models import JDNet
-torch.set_num_threads(1)
-torch.manual_seed(0)
-d = Derainer(model=JDNet(32, 1), device="cpu", tile=0)  # 32 channels: convs that go to oneDNN
-shapes = [(40 + 2 * k, 56) for k in range(24)]
-for shape in shapes:
-    d.run_tensor(torch.rand(1, 3, *shape))
-ctypes.CDLL(None).fflush(None)  # oneDNN's verbose lines sit in C's stdout buffer
-print("AGAIN", flush=True)
-d.run_tensor(torch.rand(1, 3, *shapes[0]))
-"""
-
-
 @pytest.mark.parametrize("user_value,evicted", [(None, True), ("1024", False)])
 def test_onednn_shape_caches_are_bounded_unless_the_user_sets_them(user_value, evicted):
     """Importing jdnet_cli caps oneDNN's per-shape kernel cache (soak RSS); an exported value wins."""
-    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")}
-    if user_value:
-        env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = env["LRU_CACHE_CAPACITY"] = user_value
-    env.update(ONEDNN_VERBOSE="2", PYTHONPATH=str(REPO))
-    res = subprocess.run([sys.executable, "-c", _CACHE_PROBE], capture_output=True, text=True, env=env, timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
-    first, _, again = res.stdout.partition("AGAIN")
-    assert "create:cache_miss" in first
     # 24 shapes of ~5 primitives each overflow a 64-entry cache: the first shape was evicted.
-    assert ("create:cache_miss" in again) is evicted
+    assert onednn_cache_misses(user_value) == (True, evicted)
