@@ -1,4 +1,4 @@
-"""Rebuild docs/before_after.png: an example rainy photo beside its derained output (half size).
+"""Rebuild docs/before_after.png: an example rainy photo beside its derained output.
 
     python docs/make_before_after.py [--weights weights/jdnet.pt] [--input examples/rainy-kodim23.png]
 """
@@ -8,7 +8,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,10 +28,9 @@ def main() -> None:
     rainy = read_rgb(args.input)
     clean = Derainer(weights=args.weights, device="cpu", tile=0)(rainy)
     h, w = rainy.shape[:2]
-    half = [cv2.resize(a, (w // 2, h // 2), interpolation=cv2.INTER_AREA) for a in (rainy, clean)]
-    sheet = np.ones((h // 2, 2 * (w // 2) + GAP, 3), dtype=np.float32)
-    sheet[:, : w // 2] = half[0]
-    sheet[:, w // 2 + GAP :] = half[1]
+    sheet = np.ones((h, 2 * w + GAP, 3), dtype=np.float32)
+    sheet[:, :w] = rainy
+    sheet[:, w + GAP :] = clean
     write_image(Path(args.output), Image(rgb=np.clip(sheet, 0, 1), format=".png"))
     print(f"wrote {args.output}")
 
