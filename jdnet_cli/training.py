@@ -381,8 +381,9 @@ class Trainer:
         rainy, clean = self.batch()
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
             out = self.net(rainy)
-        # The loss runs in fp32 outside autocast: SSIM's variances (E[x^2] - mu^2) cancel badly in fp16.
-        loss = self.loss(out.float(), clean)
+        # The loss runs in the data's precision (fp32, or fp64 in tests) outside autocast: SSIM's
+        # variances (E[x^2] - mu^2) cancel badly in fp16.
+        loss = self.loss(out.to(clean.dtype), clean)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.opt)

@@ -6,8 +6,8 @@ Two implementations of the same maths:
   fast path is tested against.
 * ``pairwise_attention_fast``: never materialises the 49x neighbourhood tensors: a fused Triton
   kernel for CUDA inference (``attention_triton``), a fused C++ kernel for CPU inference
-  (``cpu_kernels``), otherwise the banded torch op with a hand-written backward
-  (``attention_banded``), so training uses it too.
+  (``cpu_kernels``), otherwise the memory-lean op with a hand-written backward
+  (``attention_banded``): C++ training kernels on the CPU, banded torch ops elsewhere.
 """
 from __future__ import annotations
 

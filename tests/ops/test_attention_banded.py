@@ -1,4 +1,8 @@
-"""The banded pairwise attention (forward and hand-written backward) against the unfold reference."""
+"""The memory-lean pairwise attention (forward and hand-written backward) against the unfold reference.
+
+Every test runs on both kernel sets behind its autograd Function: the banded torch ops and the
+C++ training kernels (``attention_training.cpp``).
+"""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +11,23 @@ import torch
 from .conftest import attention_inputs
 from jdnet_cli.ops import attention_banded
 from jdnet_cli.ops.attention_banded import pairwise_attention_banded
+from jdnet_cli.ops.attention_cpu_training import training_kernels_status, training_kernels_usable
 from jdnet_cli.ops.pairwise_attention import pairwise_attention_reference
+
+
+@pytest.fixture(autouse=True, params=["torch", "cpp"])
+def kernels(request, monkeypatch):
+    """Which kernels the Function runs; the C++ set must build here (CI has a compiler)."""
+    if request.param == "torch":
+        monkeypatch.setattr(attention_banded, "training_kernels_usable", lambda *planes: False)
+        yield request.param
+        return
+    assert training_kernels_usable(torch.zeros(1)), training_kernels_status()
+    calls = []
+    real = attention_banded.attention_forward_cpu
+    monkeypatch.setattr(attention_banded, "attention_forward_cpu", lambda *a: calls.append(1) or real(*a))
+    yield request.param
+    assert calls, "the C++ forward was never called"
 
 
 @pytest.mark.parametrize("band_pixels", [2048, 23])
@@ -64,3 +84,25 @@ def test_banded_output_and_gradients_keep_the_channels_last_layout_of_their_inpu
     out = pairwise_attention_banded(*planar)
     out.backward(torch.randn_like(out))
     assert out.is_contiguous() and all(t.grad.is_contiguous() for t in planar[:3])
+
+
+def test_backward_passes_full_gradcheck_on_odd_sizes_and_a_batch_of_three():
+    # The whole Jacobian (not random projections): 3 images of 5x7 reach every border case of
+    # the reflect padding (a 7x7 window is wider than the image) and the scatter across images.
+    args = attention_inputs(3, 5, 7, c=3, dtype=torch.float64, seed=11, grad=True)
+    assert torch.autograd.gradcheck(lambda *t: pairwise_attention_banded(*t, 0.2), args, fast_mode=False)
+
+
+def test_gradients_do_not_depend_on_the_thread_count():
+    args = attention_inputs(4, 9, 10, seed=13, grad=True)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out = pairwise_attention_banded(*args)
+            results.append([out, *torch.autograd.grad((out * out.detach().sin()).sum(), args[:4])])
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
