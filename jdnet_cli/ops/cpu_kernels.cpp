@@ -1,6 +1,6 @@
-// JDNet's CPU inference as eight fused float32 kernels, registered as torch.ops.jdnet.*: the SAM
+// JDNet's CPU inference as eight fused float32 kernels (nine with training's fusion backward), registered as torch.ops.jdnet.*: the SAM
 // attention (alone, or with its block's BatchNorms and projections), the 1x1 fusions, and the
-// upsample-and-combine steps. Built at first use by jdnet_cli/ops/native_build.py;
+// upsample-and-combine steps; and the dense fusions' backward for training. Built at first use by jdnet_cli/ops/native_build.py;
 // jdnet_cli/ops/cpu_kernels.py wraps them.
 //
 // pairwise_attention: SAM's attention (kernel 7), one pass per strip of pixels. Inputs are what
@@ -20,6 +20,9 @@
 // runs this tall, 32-wide product at about half the speed oneDNN reaches on a 3x3 conv here, and
 // cannot take the activation; a register-blocked loop does both.
 //
+// dense_fusion_backward: training's backward of dense_fusion (input and weight gradients in one
+// pass over each panel of pixels).
+//
 // fuse_segments: the same product over inputs split into channel segments (a concatenation
 // that is never built), plus an optional residual, written into a given (strided) output or
 // split over two 16-channel outputs.
@@ -34,6 +37,8 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/sum.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -573,6 +578,130 @@ at::Tensor dense_fusion(at::TensorList segments, const at::Tensor& weight_t, con
   return out;
 }
 
+// ---- dense_fusion_backward --------------------------------------------------------------------
+//
+// Training's backward of one dense fusion: with g the gradient at the fusion's pre-activation
+// (P x 32) and W its weight (32 x k), d segments += g W (or = where the segment is written the
+// first time) and dW = g^T [segments]. Both products read g once per panel of pixels while it is
+// in L1, and each segment's panel is read once for dW right after its dX rows are written. dW is
+// summed per fixed chunk of rows (not per thread) and the chunks added in order, so the result
+// does not depend on the thread count.
+
+constexpr int64_t BACKWARD_PANEL = 64;  // pixels whose g rows (8 KiB) and segment rows stay in L1
+constexpr int64_t BACKWARD_CHUNKS = 8;  // fixed row chunks for the dW partial sums
+constexpr int64_t BACKWARD_ROWS = 4;    // pixels per dX register block (8 accumulators)
+
+// dx[r, j..j+16) (+)= sum_o g[r, o] w[o, j..j+16) for R pixels.
+template <int R>
+inline void input_grad_block(const float* g, const float* w, int64_t ldw, float* const* dx, int64_t width, bool overwrite) {
+  for (int64_t j = 0; j < width; j += 2 * LANES) {
+    vec8 acc[R][2];
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = vec8{};
+    for (int64_t o = 0; o < FUSION_OUT; ++o) {
+      const vec8 w0 = load8(w + o * ldw + j), w1 = load8(w + o * ldw + j + LANES);
+      for (int r = 0; r < R; ++r) {
+        const vec8 x = vec8{} + g[r * FUSION_OUT + o];
+        acc[r][0] += x * w0;
+        acc[r][1] += x * w1;
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      float* d = dx[r] + j;
+      if (overwrite) {
+        store8(d, acc[r][0]);
+        store8(d + LANES, acc[r][1]);
+      } else {
+        store8(d, load8(d) + acc[r][0]);
+        store8(d + LANES, load8(d + LANES) + acc[r][1]);
+      }
+    }
+  }
+}
+
+// dwt[j, :] += sum_r a[r, j] g[r, :] over `rows` pixels, two columns j at a time.
+inline void weight_grad_panel(const float* a, int64_t lda, const float* g, int64_t rows, float* dwt, int64_t width) {
+  for (int64_t j = 0; j < width; j += 2) {
+    vec8 acc[2][4];
+    for (int jj = 0; jj < 2; ++jj)
+      for (int v = 0; v < 4; ++v) acc[jj][v] = load8(dwt + (j + jj) * FUSION_OUT + v * LANES);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* gr = g + r * FUSION_OUT;
+      const vec8 g0 = load8(gr), g1 = load8(gr + 8), g2 = load8(gr + 16), g3 = load8(gr + 24);
+      const vec8 x0 = vec8{} + a[r * lda + j], x1 = vec8{} + a[r * lda + j + 1];
+      acc[0][0] += x0 * g0; acc[0][1] += x0 * g1; acc[0][2] += x0 * g2; acc[0][3] += x0 * g3;
+      acc[1][0] += x1 * g0; acc[1][1] += x1 * g1; acc[1][2] += x1 * g2; acc[1][3] += x1 * g3;
+    }
+    for (int jj = 0; jj < 2; ++jj)
+      for (int v = 0; v < 4; ++v) store8(dwt + (j + jj) * FUSION_OUT + v * LANES, acc[jj][v]);
+  }
+}
+
+// Returns dW transposed (k x 32); writes or accumulates the segments' gradients in place.
+at::Tensor dense_fusion_backward(const at::Tensor& grad, const at::Tensor& weight, at::TensorList segments,
+                                 at::TensorList grad_segments, at::IntArrayRef overwrite) {
+  TORCH_CHECK(grad.scalar_type() == at::kFloat && grad.dim() == 2 && grad.size(1) == FUSION_OUT && grad.is_contiguous(),
+              "dense_fusion_backward: grad must be a contiguous P x 32 float32 tensor");
+  const int64_t n_rows = grad.size(0);
+  const int64_t n_seg = int64_t(segments.size());
+  TORCH_CHECK(n_seg >= 1 && int64_t(grad_segments.size()) == n_seg && int64_t(overwrite.size()) == n_seg,
+              "dense_fusion_backward: one gradient segment and one overwrite flag per segment");
+  int64_t k = 0;
+  for (int64_t s = 0; s < n_seg; ++s) {
+    const at::Tensor& a = segments[s];
+    const at::Tensor& d = grad_segments[s];
+    TORCH_CHECK(a.scalar_type() == at::kFloat && d.scalar_type() == at::kFloat && a.dim() == 2 && d.dim() == 2 &&
+                    a.size(0) == n_rows && d.size(0) == n_rows && a.size(1) == d.size(1) && a.stride(1) == 1 &&
+                    d.stride(1) == 1 && a.size(1) % (2 * LANES) == 0,
+                "dense_fusion_backward: segments and their gradients must be P x w float32 rows, w a multiple of 16");
+    k += a.size(1);
+  }
+  TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.is_contiguous() && weight.dim() == 2 &&
+                  weight.size(0) == FUSION_OUT && weight.size(1) == k,
+              "dense_fusion_backward: weight must be a contiguous 32 x (sum of widths) float32 tensor");
+  at::Tensor partials = at::zeros({BACKWARD_CHUNKS, k, FUSION_OUT}, grad.options());
+  const float* g = grad.const_data_ptr<float>();
+  const float* w = weight.const_data_ptr<float>();
+  float* part = partials.mutable_data_ptr<float>();
+  std::vector<const float*> a_ptr;
+  std::vector<float*> d_ptr;
+  std::vector<int64_t> lda, ldd, width;
+  for (int64_t s = 0; s < n_seg; ++s) {
+    a_ptr.push_back(segments[s].const_data_ptr<float>());
+    d_ptr.push_back(grad_segments[s].mutable_data_ptr<float>());
+    lda.push_back(segments[s].stride(0));
+    ldd.push_back(grad_segments[s].stride(0));
+    width.push_back(segments[s].size(1));
+  }
+  const int64_t chunk_rows = (n_rows + BACKWARD_CHUNKS - 1) / BACKWARD_CHUNKS;
+  at::parallel_for(0, BACKWARD_CHUNKS, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      float* dwt = part + chunk * k * FUSION_OUT;
+      const int64_t c0 = chunk * chunk_rows, c1 = std::min(n_rows, c0 + chunk_rows);
+      for (int64_t p0 = c0; p0 < c1; p0 += BACKWARD_PANEL) {
+        const int64_t rows = std::min(BACKWARD_PANEL, c1 - p0);
+        int64_t koff = 0;
+        for (int64_t s = 0; s < n_seg; ++s) {
+          for (int64_t r0 = 0; r0 < rows; r0 += BACKWARD_ROWS) {
+            const int64_t count = std::min(BACKWARD_ROWS, rows - r0);
+            float* dx[BACKWARD_ROWS];
+            for (int64_t r = 0; r < count; ++r) dx[r] = d_ptr[s] + (p0 + r0 + r) * ldd[s];
+            const float* gr = g + (p0 + r0) * FUSION_OUT;
+            switch (count) {
+              case 4: input_grad_block<4>(gr, w + koff, k, dx, width[s], overwrite[s] != 0); break;
+              case 3: input_grad_block<3>(gr, w + koff, k, dx, width[s], overwrite[s] != 0); break;
+              case 2: input_grad_block<2>(gr, w + koff, k, dx, width[s], overwrite[s] != 0); break;
+              default: input_grad_block<1>(gr, w + koff, k, dx, width[s], overwrite[s] != 0); break;
+            }
+          }
+          weight_grad_panel(a_ptr[s] + p0 * lda[s], lda[s], g + p0 * FUSION_OUT, rows, dwt + koff * FUSION_OUT, width[s]);
+          koff += width[s];
+        }
+      }
+    }
+  });
+  return partials.sum(0);
+}
+
 // ---- fuse_segments ----------------------------------------------------------------------------
 
 constexpr int MAX_SEGMENTS = 4;
@@ -837,6 +966,7 @@ TORCH_LIBRARY(jdnet, m) {
   m.def("pairwise_attention_bn_leaky(Tensor centre, Tensor neighbours, Tensor values, float[] v, float slope, Tensor scale, Tensor shift) -> Tensor");
   m.def("attention_inputs(Tensor x, Tensor scale, Tensor shift, Tensor weight_t, Tensor bias, int ch, Tensor p, float slope) -> Tensor[]");
   m.def("dense_fusion(Tensor[] segments, Tensor weight_t, Tensor bias, float slope) -> Tensor");
+  m.def("dense_fusion_backward(Tensor grad, Tensor weight, Tensor[] segments, Tensor(a!)[] grad_segments, int[] overwrite) -> Tensor");
   m.def("fuse_segments(Tensor[] segments, Tensor weight_t, Tensor bias, Tensor? skip, Tensor(a!) out, bool activate, float slope, Tensor(b!)? out_high=None) -> ()");
   m.def("affine_leaky(Tensor x, Tensor scale, Tensor shift, float slope) -> Tensor");
   m.def("scale_aggregate(Tensor base, Tensor skip, Tensor[] smalls, Tensor[] rows, Tensor[] cols, float slope, Tensor? weight_t=None, Tensor? bias=None) -> Tensor");
@@ -848,6 +978,7 @@ TORCH_LIBRARY_IMPL(jdnet, CPU, m) {
   m.impl("pairwise_attention_bn_leaky", &pairwise_attention_bn_leaky);
   m.impl("attention_inputs", &attention_inputs);
   m.impl("dense_fusion", &dense_fusion);
+  m.impl("dense_fusion_backward", &dense_fusion_backward);
   m.impl("fuse_segments", &fuse_segments);
   m.impl("affine_leaky", &affine_leaky);
   m.impl("scale_aggregate", &scale_aggregate);

@@ -4,6 +4,8 @@
   logits in a stack array (same maths as the reference op).
 * ``dense_fusion_cpu``: a dense connection's 1x1 fusion plus its LReLU, reading the feature
   buffer's channel prefix in place (as row segments: the buffer's slot groups).
+* ``dense_fusion_backward_cpu``: training's backward of that fusion (input gradients written or
+  added into the gradient buffer's segments, and the weight gradient) in one pass per panel.
 * ``fuse_segments_cpu``: the same 32-wide product over inputs given as separate channel segments
   (a concatenation never built), with a residual, written into a given output such as a slot of
   the feature buffer.
@@ -14,8 +16,8 @@
 * ``scale_aggregate_cpu``, ``calibration_gate_cpu``: nearest-upsample-and-combine steps of the
   scale aggregation and the SC-conv in one pass over channels-last maps (``nhwc_kernels_usable``).
 
-Forward only: the ops of this package check ``cpu_kernels_usable`` and otherwise use plain torch
-ops (training, other dtypes, or no compiler). Compiled on first use, see ``native_build``.
+Forward only, but for ``dense_fusion_backward_cpu``: the ops of this package check
+``cpu_kernels_usable`` and otherwise use plain torch ops (training, other dtypes, or no compiler). Compiled on first use, see ``native_build``.
 """
 from __future__ import annotations
 
@@ -64,6 +66,19 @@ def dense_fusion_cpu(segments: list[torch.Tensor], weight: torch.Tensor, bias: t
     k = sum(t.shape[1] for t in segments)
     weight_t = weight.reshape(FUSION_OUT, k).t().contiguous()
     return torch.ops.jdnet.dense_fusion(segments, weight_t, bias.contiguous(), float(slope))
+
+
+def dense_fusion_backward_cpu(
+    grad: torch.Tensor, weight: torch.Tensor, segments: list[torch.Tensor], grad_segments: list[torch.Tensor],
+    overwrite: list[bool],
+) -> torch.Tensor:
+    """Backward of ``dense_fusion_cpu`` given dL/d(pre-activation) ``grad`` (P x 32): returns dW
+    and writes (``overwrite``) or adds each segment's input gradient into ``grad_segments``."""
+    k = sum(t.shape[1] for t in segments)
+    g_weight_t = torch.ops.jdnet.dense_fusion_backward(
+        grad.contiguous(), weight.reshape(FUSION_OUT, k).contiguous(), segments, grad_segments, [int(o) for o in overwrite]
+    )
+    return g_weight_t.t().reshape(weight.shape)
 
 
 def _rows(t: torch.Tensor, *, view: bool = False) -> torch.Tensor:

@@ -117,6 +117,59 @@ def test_dense_fusion_kernel_refuses_mismatched_segments():
 
 
 @needs_compiler
+@pytest.mark.parametrize("widths", [[16], [64], [64, 32], [64] * 16 + [32], [48, 64, 16]])
+@pytest.mark.parametrize("rows", [1, 203, 1031])
+def test_dense_fusion_backward_kernel_matches_gemms(widths, rows):
+    # 203 and 1031 pixels: not multiples of the 4-pixel block, the 64-pixel panel or the 8 row
+    # chunks (1 pixel leaves 7 chunks empty). Segments are strided column prefixes of wider
+    # blocks; the first segment's gradient is overwritten, the others accumulate onto old values.
+    from jdnet_cli.ops.cpu_kernels import dense_fusion_backward_cpu, prepare_cpu_kernels
+
+    assert prepare_cpu_kernels()
+    g = torch.Generator().manual_seed(sum(widths) + rows)
+    segments = [torch.randn(rows, w + 32, generator=g)[:, :w] for w in widths]
+    grads = [torch.randn(rows, w + 16, generator=g)[:, :w] for w in widths]
+    before = [t.clone() for t in grads]
+    k = sum(widths)
+    weight = torch.randn(32, k, 1, 1, generator=g)
+    grad = torch.randn(rows, 32, generator=g)
+    overwrite = [True] + [False] * (len(widths) - 1)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            work = [t.clone() for t in before]
+            outs = [t[:, : t.shape[1]] for t in work]
+            g_weight = dense_fusion_backward_cpu(grad, weight, segments, outs, overwrite)
+            results.append((g_weight, work))
+    finally:
+        torch.set_num_threads(threads)
+    g_weight, got = results[0]
+    ref_weight = (grad.t() @ torch.cat(segments, 1)).view_as(weight)
+    assert g_weight.shape == weight.shape
+    assert (g_weight - ref_weight).abs().max().item() <= 1e-4 * max(1.0, ref_weight.abs().max().item())
+    offset = 0
+    for i, (w, old, new) in enumerate(zip(widths, before, got)):
+        want = grad @ weight.view(32, k)[:, offset : offset + w] + (0 if overwrite[i] else old)
+        assert (new - want).abs().max().item() <= 1e-4 * max(1.0, want.abs().max().item())
+        offset += w
+    # Fixed row chunks: the same sums whatever the thread count.
+    assert torch.equal(results[0][0], results[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
+
+
+@needs_compiler
+def test_dense_fusion_backward_kernel_refuses_widths_it_cannot_block():
+    from jdnet_cli.ops.cpu_kernels import prepare_cpu_kernels
+
+    assert prepare_cpu_kernels()
+    rows = torch.zeros(10, 24)
+    with pytest.raises(RuntimeError, match="multiple of 16"):
+        torch.ops.jdnet.dense_fusion_backward(torch.zeros(10, 32), torch.zeros(32, 24), [rows], [rows.clone()], [1])
+
+
+@needs_compiler
 @pytest.mark.parametrize("batch", [1, 2])
 def test_model_with_cpu_kernels_matches_plain_torch_ops(monkeypatch, batch):
     """Full inference path (32 channels, so the fusion kernel is used) against the torch ops."""

@@ -39,6 +39,32 @@ def test_buffer_dense_training_path_matches_concatenation():
         assert torch.equal(a1, a2)
 
 
+def test_training_fusions_run_the_cpu_kernel_and_match_concatenation(monkeypatch):
+    # 32 channels in float32 on the CPU: the fusions' forward is the C++ kernel (with the LReLU in
+    # its epilogue) over slot pairs, and the backward one GEMM per pair; 3 units make 4 slots,
+    # so prefixes end both on a pair boundary and inside a pair.
+    from jdnet_cli.ops import cpu_kernels, dense_buffer
+
+    calls = []
+    real = cpu_kernels.dense_fusion_cpu
+    monkeypatch.setattr(cpu_kernels, "dense_fusion_cpu", lambda *a: calls.append(1) or real(*a))
+    model = make_tiny_model(channels=32, units=3).train().to(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(2, 3, 9, 10, generator=g).contiguous(memory_format=torch.channels_last)
+    params = list(model.parameters())
+    results = []
+    for forward in (lambda f0, loc: model.derain_net(f0, loc), lambda f0, loc: _dense_by_concatenation(model.derain_net, f0, loc)):
+        loc = position_planes(9, 10)
+        out = model.exitBlock(forward(model.enterBlock(x), loc))
+        results.append((out.detach(), torch.autograd.grad(out.square().sum(), params)))
+    assert len(calls) == 3 and dense_buffer.SLOTS_PER_GROUP == 2
+    (out_a, grads_a), (out_b, grads_b) = results
+    assert (out_a - out_b).abs().max().item() <= 1e-5
+    for a, b in zip(grads_a, grads_b):
+        # float32 sums in another order: relative to the gradient's scale.
+        assert (a - b).abs().max().item() <= 1e-4 * max(1.0, b.abs().max().item())
+
+
 def test_slot_groups_views_cover_the_storage_in_channel_order():
     from jdnet_cli.ops.dense_buffer import SlotGroups
 
