@@ -591,14 +591,17 @@ constexpr int64_t BACKWARD_PANEL = 64;  // pixels whose g rows (8 KiB) and segme
 constexpr int64_t BACKWARD_CHUNKS = 8;  // fixed row chunks for the dW partial sums
 constexpr int64_t BACKWARD_ROWS = 4;    // pixels per dX register block (8 accumulators)
 
-// dx[r, j..j+16) (+)= sum_o g[r, o] w[o, j..j+16) for R pixels.
+// dx[r, j..j+16) (+)= sum_o g[r, o] w[o, j..j+16) for R pixels. The weight comes packed as
+// (k / 16) blocks of 32 x 16 (2 KiB each): W's own rows are k floats apart (4 KiB at k = 1056),
+// so the 32 rows of one column group would all fall in one L1 set.
 template <int R>
-inline void input_grad_block(const float* g, const float* w, int64_t ldw, float* const* dx, int64_t width, bool overwrite) {
+inline void input_grad_block(const float* g, const float* wp, float* const* dx, int64_t width, bool overwrite) {
   for (int64_t j = 0; j < width; j += 2 * LANES) {
+    const float* wj = wp + j * FUSION_OUT;
     vec8 acc[R][2];
     for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = vec8{};
     for (int64_t o = 0; o < FUSION_OUT; ++o) {
-      const vec8 w0 = load8(w + o * ldw + j), w1 = load8(w + o * ldw + j + LANES);
+      const vec8 w0 = load8(wj + o * 2 * LANES), w1 = load8(wj + o * 2 * LANES + LANES);
       for (int r = 0; r < R; ++r) {
         const vec8 x = vec8{} + g[r * FUSION_OUT + o];
         acc[r][0] += x * w0;
@@ -655,9 +658,9 @@ at::Tensor dense_fusion_backward(const at::Tensor& grad, const at::Tensor& weigh
                 "dense_fusion_backward: segments and their gradients must be P x w float32 rows, w a multiple of 16");
     k += a.size(1);
   }
-  TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.is_contiguous() && weight.dim() == 2 &&
-                  weight.size(0) == FUSION_OUT && weight.size(1) == k,
-              "dense_fusion_backward: weight must be a contiguous 32 x (sum of widths) float32 tensor");
+  TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.is_contiguous() && weight.dim() == 3 &&
+                  weight.size(0) * 2 * LANES == k && weight.size(1) == FUSION_OUT && weight.size(2) == 2 * LANES,
+              "dense_fusion_backward: weight must be packed as (sum of widths / 16) x 32 x 16 float32");
   at::Tensor partials = at::zeros({BACKWARD_CHUNKS, k, FUSION_OUT}, grad.options());
   const float* g = grad.const_data_ptr<float>();
   const float* w = weight.const_data_ptr<float>();
@@ -687,10 +690,10 @@ at::Tensor dense_fusion_backward(const at::Tensor& grad, const at::Tensor& weigh
             for (int64_t r = 0; r < count; ++r) dx[r] = d_ptr[s] + (p0 + r0 + r) * ldd[s];
             const float* gr = g + (p0 + r0) * FUSION_OUT;
             switch (count) {
-              case 4: input_grad_block<4>(gr, w + koff, k, dx, width[s], overwrite[s] != 0); break;
-              case 3: input_grad_block<3>(gr, w + koff, k, dx, width[s], overwrite[s] != 0); break;
-              case 2: input_grad_block<2>(gr, w + koff, k, dx, width[s], overwrite[s] != 0); break;
-              default: input_grad_block<1>(gr, w + koff, k, dx, width[s], overwrite[s] != 0); break;
+              case 4: input_grad_block<4>(gr, w + koff * FUSION_OUT, dx, width[s], overwrite[s] != 0); break;
+              case 3: input_grad_block<3>(gr, w + koff * FUSION_OUT, dx, width[s], overwrite[s] != 0); break;
+              case 2: input_grad_block<2>(gr, w + koff * FUSION_OUT, dx, width[s], overwrite[s] != 0); break;
+              default: input_grad_block<1>(gr, w + koff * FUSION_OUT, dx, width[s], overwrite[s] != 0); break;
             }
           }
           weight_grad_panel(a_ptr[s] + p0 * lda[s], lda[s], g + p0 * FUSION_OUT, rows, dwt + koff * FUSION_OUT, width[s]);
@@ -966,7 +969,7 @@ TORCH_LIBRARY(jdnet, m) {
   m.def("pairwise_attention_bn_leaky(Tensor centre, Tensor neighbours, Tensor values, float[] v, float slope, Tensor scale, Tensor shift) -> Tensor");
   m.def("attention_inputs(Tensor x, Tensor scale, Tensor shift, Tensor weight_t, Tensor bias, int ch, Tensor p, float slope) -> Tensor[]");
   m.def("dense_fusion(Tensor[] segments, Tensor weight_t, Tensor bias, float slope) -> Tensor");
-  m.def("dense_fusion_backward(Tensor grad, Tensor weight, Tensor[] segments, Tensor(a!)[] grad_segments, int[] overwrite) -> Tensor");
+  m.def("dense_fusion_backward(Tensor grad, Tensor weight_packed, Tensor[] segments, Tensor(a!)[] grad_segments, int[] overwrite) -> Tensor");
   m.def("fuse_segments(Tensor[] segments, Tensor weight_t, Tensor bias, Tensor? skip, Tensor(a!) out, bool activate, float slope, Tensor(b!)? out_high=None) -> ()");
   m.def("affine_leaky(Tensor x, Tensor scale, Tensor shift, float slope) -> Tensor");
   m.def("scale_aggregate(Tensor base, Tensor skip, Tensor[] smalls, Tensor[] rows, Tensor[] cols, float slope, Tensor? weight_t=None, Tensor? bias=None) -> Tensor");

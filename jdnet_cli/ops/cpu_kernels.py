@@ -75,8 +75,10 @@ def dense_fusion_backward_cpu(
     """Backward of ``dense_fusion_cpu`` given dL/d(pre-activation) ``grad`` (P x 32): returns dW
     and writes (``overwrite``) or adds each segment's input gradient into ``grad_segments``."""
     k = sum(t.shape[1] for t in segments)
+    # Packed as (k / 16) blocks of 32 x 16, the layout the kernel's register block reads.
+    packed = weight.reshape(FUSION_OUT, k // 16, 16).transpose(0, 1).contiguous()
     g_weight_t = torch.ops.jdnet.dense_fusion_backward(
-        grad.contiguous(), weight.reshape(FUSION_OUT, k).contiguous(), segments, grad_segments, [int(o) for o in overwrite]
+        grad.contiguous(), packed, segments, grad_segments, [int(o) for o in overwrite]
     )
     return g_weight_t.t().reshape(weight.shape)
 

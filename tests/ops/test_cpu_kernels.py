@@ -166,7 +166,7 @@ def test_dense_fusion_backward_kernel_refuses_widths_it_cannot_block():
     assert prepare_cpu_kernels()
     rows = torch.zeros(10, 24)
     with pytest.raises(RuntimeError, match="multiple of 16"):
-        torch.ops.jdnet.dense_fusion_backward(torch.zeros(10, 32), torch.zeros(32, 24), [rows], [rows.clone()], [1])
+        torch.ops.jdnet.dense_fusion_backward(torch.zeros(10, 32), torch.zeros(1, 32, 16), [rows], [rows.clone()], [1])
 
 
 @needs_compiler
