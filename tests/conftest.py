@@ -50,6 +50,16 @@ def tiny_weights(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def paired(tmp_path_factory) -> Path:
+    """Three 24x28 rain/norain training pairs."""
+    root = tmp_path_factory.mktemp("paired")
+    for i in range(3):
+        write_png(root / "norain" / f"norain-{i}.png", 24, 28, seed=i)
+        write_png(root / "rain" / f"rain-{i}.png", 24, 28, seed=10 + i)
+    return root
+
+
 def write_png(path: Path, h: int, w: int, seed: int = 0, channels: int = 3, dtype=np.uint8) -> np.ndarray:
     """Write a random image with OpenCV and return the array written (BGR order)."""
     import cv2

@@ -22,16 +22,6 @@ from .conftest import REPO, onednn_cache_misses, write_png
 TINY = dict(batch_size=2, patch_size=16, channels=4, num_units=1, threads=1, device="cpu")
 
 
-@pytest.fixture(scope="module")
-def paired(tmp_path_factory) -> Path:
-    """Three 24x28 rain/norain pairs."""
-    root = tmp_path_factory.mktemp("paired")
-    for i in range(3):
-        write_png(root / "norain" / f"norain-{i}.png", 24, 28, seed=i)
-        write_png(root / "rain" / f"rain-{i}.png", 24, 28, seed=10 + i)
-    return root
-
-
 def _cfg(out: Path, data: Path, **kw) -> TrainConfig:
     return TrainConfig(out_dir=str(out), data=str(data), **{**TINY, "steps": 6, "save_every": 100, "log_every": 1, **kw})
 

@@ -21,15 +21,6 @@ TINY = dict(batch_size=2, patch_size=16, channels=4, num_units=1, threads=1, dev
 
 
 @pytest.fixture(scope="module")
-def paired(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pairs")
-    for i in range(3):
-        write_png(root / "norain" / f"norain-{i}.png", 24, 28, seed=i)
-        write_png(root / "rain" / f"rain-{i}.png", 24, 28, seed=10 + i)
-    return root
-
-
-@pytest.fixture(scope="module")
 def other_pairs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("other")
     for i in range(2):

@@ -9,18 +9,6 @@ import torch
 from jdnet_cli import ops
 from jdnet_cli.training import TrainConfig, Trainer
 
-from .conftest import write_png
-
-
-@pytest.fixture(scope="module")
-def paired(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("paired")
-    for i in range(3):
-        write_png(root / "norain" / f"norain-{i}.png", 24, 28, seed=i)
-        write_png(root / "rain" / f"rain-{i}.png", 24, 28, seed=10 + i)
-    return root
-
-
 def _ten_steps(tmp_path: Path, data: Path, backend: str, dtype: torch.dtype) -> tuple[list[float], dict]:
     # 8 channels and 3 units: the attention, the feature buffer over several units and every
     # block's backward run; Adam at lr 1e-3, l1+ssim as in the shipped recipe.
