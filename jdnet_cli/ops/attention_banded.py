@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention_cpu_training import attention_backward_cpu, attention_forward_cpu, training_kernels_usable
+from .layout import in_layout_of
 
 KERNEL = 7
 PAD = KERNEL // 2
@@ -186,7 +187,7 @@ class PairwiseAttentionFunction(torch.autograd.Function):
         out, smax, ssum = forward(*planes, v.tolist(), slope)
         ctx.slope = slope
         ctx.save_for_backward(x1, x2, x3, p, w1, w2, b2, v, out, smax, ssum)
-        return _in_layout_of(out.to(x3.dtype), x3)
+        return in_layout_of(out.to(x3.dtype), x3)
 
     @staticmethod
     def backward(ctx, grad):
@@ -205,20 +206,9 @@ class PairwiseAttentionFunction(torch.autograd.Function):
         # Softmax is shift-invariant, so the logits' bias has zero gradient.
         g_b2 = torch.zeros_like(b2)
         return (
-            _in_layout_of(g1.to(x1.dtype), x1), _in_layout_of(g2.to(x2.dtype), x2), _in_layout_of(g3.to(x3.dtype), x3),
+            in_layout_of(g1.to(x1.dtype), x1), in_layout_of(g2.to(x2.dtype), x2), in_layout_of(g3.to(x3.dtype), x3),
             gp.to(p.dtype), g_w1.to(w1.dtype), g_w2.to(w2.dtype), g_b2, None,
         )
-
-
-def _in_layout_of(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``t`` dense in ``like``'s memory layout.
-
-    The planes are computed NCHW, but the convolutions around the attention run channels-last in
-    training: an NCHW output (or a strided channel slice as a gradient) next to a channels-last
-    conv makes oneDNN reorder on every call, up to 2-6x that conv's own backward time.
-    """
-    channels_last = like.dim() == 4 and like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous()
-    return t.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def pairwise_attention_banded(x1, x2, x3, p, w1, w2, b2, slope: float = 0.2) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch.nn as nn
 from . import cpu_kernels
 from .backend import reference
 from .dense_buffer import dense_forward, reusable_feature_buffer, reusable_slot_groups
+from .layout import memory_format_of
 
 
 def dense_units(units: Sequence[nn.Module], fusions: Sequence[nn.Sequential], f0: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
@@ -30,17 +31,17 @@ def dense_units(units: Sequence[nn.Module], fusions: Sequence[nn.Sequential], f0
     n, c, h, w = f0.shape
     fusion = fusions[0][0]
     if (
-        _memory_format(f0) is torch.channels_last and c == fusion.out_channels == cpu_kernels.FUSION_OUT
+        memory_format_of(f0) is torch.channels_last and c == fusion.out_channels == cpu_kernels.FUSION_OUT
         and cpu_kernels.cpu_kernels_usable(f0, fusion.weight)
     ):
         return _slot_groups_forward(units, fusions, f0, loc)
     # One preallocated buffer instead of a growing list: each unit writes its channel slice and
     # each fusion conv reads the contiguous prefix, so no unit re-copies the features before it.
     slots = c * (len(units) + 1)
-    if f0.device.type == "cpu" and _memory_format(f0) is torch.channels_last:
+    if f0.device.type == "cpu" and memory_format_of(f0) is torch.channels_last:
         feats = reusable_feature_buffer(n, slots, h, w, f0)
     else:
-        feats = torch.empty((n, slots, h, w), dtype=f0.dtype, device=f0.device, memory_format=_memory_format(f0))
+        feats = torch.empty((n, slots, h, w), dtype=f0.dtype, device=f0.device, memory_format=memory_format_of(f0))
     feats[:, :c] = f0
     current = f0
     for i, (unit, fuse) in enumerate(zip(units, fusions)):
@@ -72,16 +73,10 @@ def _slot_groups_forward(units, fusions, f0: torch.Tensor, loc: torch.Tensor) ->
     return current
 
 
-def _memory_format(t: torch.Tensor) -> torch.memory_format:
-    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 def _fuse_prefix(fuse: nn.Sequential, feats: torch.Tensor, k: int) -> torch.Tensor:
     """LReLU(conv1x1(feats[:, :k])) without copying the channel prefix out of the buffer."""
     conv, act = fuse[0], fuse[1]
-    if _memory_format(feats) is torch.channels_last:
+    if memory_format_of(feats) is torch.channels_last:
         # A channels-last prefix is strided; a conv would copy it, a GEMM reads it in place.
         n, c, h, w = feats.shape
         rows = feats.permute(0, 2, 3, 1).reshape(n * h * w, c)
