@@ -111,3 +111,14 @@ def test_gradients_do_not_depend_on_the_thread_count():
         torch.set_num_threads(threads)
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+def test_the_function_runs_the_banded_torch_ops_off_the_cpu(kernels):
+    # CUDA training has no C++ kernels: a non-CPU plane (meta here) must select the torch ops.
+    planes = tuple(torch.empty(1, 4, 5, 5, device="meta") for _ in range(3))
+    forward, backward = attention_banded._kernels(planes)
+    assert (forward, backward) == (attention_banded.attention_forward, attention_banded.attention_backward)
+    cpu = tuple(torch.zeros(1, 4, 5, 5) for _ in range(3))
+    want = (attention_banded.attention_forward_cpu, attention_banded.attention_backward_cpu) if kernels == "cpp" else (forward, backward)
+    assert attention_banded._kernels(cpu) == want
+    pairwise_attention_banded(*attention_inputs(1, 5, 6))

@@ -120,3 +120,14 @@ def test_inference_feature_buffer_is_reused_per_thread_and_never_aliases_outputs
         model(x2)
         again = model(x1)
     assert torch.equal(first, again)
+
+
+def test_training_feature_buffer_pairs_slots_on_the_cpu_only():
+    from jdnet_cli.ops.dense_buffer import FeatureBuffer
+
+    cpu = FeatureBuffer(torch.zeros(2, 8, 3, 4), slots=5)
+    assert [b.shape for b in cpu.blocks] == [(24, 16), (24, 16), (24, 8)]
+    # Elsewhere (CUDA) one block, so that each fusion is one GEMM.
+    other = FeatureBuffer(torch.zeros(2, 8, 3, 4, device="meta"), slots=5)
+    assert [b.shape for b in other.blocks] == [(24, 40)]
+    assert [s.shape[1] for s in cpu.prefix(24, cpu.blocks)] == [16, 8]
