@@ -30,6 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 STAGE = REPO / ".gpu-stage"
+EXCLUDE = REPO / ".git" / "info" / "exclude"
 SHARED = REPO.parent / "shared" / "data"
 TREE_LIMIT = 64 * 2**20
 HEADROOM = 3 * 2**20  # the run's own files and git metadata that travel with the tree
@@ -43,7 +44,7 @@ def _tree_bytes() -> int:
 
 def pack(args: argparse.Namespace) -> None:
     """Copy Rain12 and the clean photos that fit into .gpu-stage/ and keep git from tracking it."""
-    exclude = REPO / ".git" / "info" / "exclude"
+    exclude = EXCLUDE
     exclude.parent.mkdir(parents=True, exist_ok=True)
     if "/.gpu-stage/" not in (exclude.read_text().split() if exclude.exists() else []):
         with exclude.open("a") as f:
