@@ -583,7 +583,8 @@ at::Tensor dense_fusion(at::TensorList segments, const at::Tensor& weight_t, con
 // Training's backward of one dense fusion: with g the gradient at the fusion's pre-activation
 // (P x 32) and W its weight (32 x k), d segments += g W (or = where the segment is written the
 // first time) and dW = g^T [segments]. Both products read g once per panel of pixels while it is
-// in L1, and each segment's panel is read once for dW right after its dX rows are written. dW is
+// in L1, and each segment's panel is read once for dW right after its dX rows are written. With no
+// gradient segments given, only dW (training defers the input gradients, see dense_buffer.py). dW is
 // summed per fixed chunk of rows (not per thread) and the chunks added in order, so the result
 // does not depend on the thread count.
 
@@ -646,12 +647,14 @@ at::Tensor dense_fusion_backward(const at::Tensor& grad, const at::Tensor& weigh
               "dense_fusion_backward: grad must be a contiguous P x 32 float32 tensor");
   const int64_t n_rows = grad.size(0);
   const int64_t n_seg = int64_t(segments.size());
-  TORCH_CHECK(n_seg >= 1 && int64_t(grad_segments.size()) == n_seg && int64_t(overwrite.size()) == n_seg,
-              "dense_fusion_backward: one gradient segment and one overwrite flag per segment");
+  const bool input_grads = !grad_segments.empty();
+  TORCH_CHECK(n_seg >= 1 && (!input_grads || int64_t(grad_segments.size()) == n_seg) &&
+                  int64_t(overwrite.size()) == int64_t(grad_segments.size()),
+              "dense_fusion_backward: one gradient segment and one overwrite flag per segment, or neither");
   int64_t k = 0;
   for (int64_t s = 0; s < n_seg; ++s) {
     const at::Tensor& a = segments[s];
-    const at::Tensor& d = grad_segments[s];
+    const at::Tensor& d = input_grads ? grad_segments[s] : a;
     TORCH_CHECK(a.scalar_type() == at::kFloat && d.scalar_type() == at::kFloat && a.dim() == 2 && d.dim() == 2 &&
                     a.size(0) == n_rows && d.size(0) == n_rows && a.size(1) == d.size(1) && a.stride(1) == 1 &&
                     d.stride(1) == 1 && a.size(1) % (2 * LANES) == 0,
@@ -670,9 +673,9 @@ at::Tensor dense_fusion_backward(const at::Tensor& grad, const at::Tensor& weigh
   std::vector<int64_t> lda, ldd, width;
   for (int64_t s = 0; s < n_seg; ++s) {
     a_ptr.push_back(segments[s].const_data_ptr<float>());
-    d_ptr.push_back(grad_segments[s].mutable_data_ptr<float>());
+    d_ptr.push_back(input_grads ? grad_segments[s].mutable_data_ptr<float>() : nullptr);
     lda.push_back(segments[s].stride(0));
-    ldd.push_back(grad_segments[s].stride(0));
+    ldd.push_back(input_grads ? grad_segments[s].stride(0) : 0);
     width.push_back(segments[s].size(1));
   }
   const int64_t chunk_rows = (n_rows + BACKWARD_CHUNKS - 1) / BACKWARD_CHUNKS;
@@ -684,7 +687,7 @@ at::Tensor dense_fusion_backward(const at::Tensor& grad, const at::Tensor& weigh
         const int64_t rows = std::min(BACKWARD_PANEL, c1 - p0);
         int64_t koff = 0;
         for (int64_t s = 0; s < n_seg; ++s) {
-          for (int64_t r0 = 0; r0 < rows; r0 += BACKWARD_ROWS) {
+          for (int64_t r0 = 0; input_grads && r0 < rows; r0 += BACKWARD_ROWS) {
             const int64_t count = std::min(BACKWARD_ROWS, rows - r0);
             float* dx[BACKWARD_ROWS];
             for (int64_t r = 0; r < count; ++r) dx[r] = d_ptr[s] + (p0 + r0 + r) * ldd[s];

@@ -5,7 +5,8 @@
 * ``dense_fusion_cpu``: a dense connection's 1x1 fusion plus its LReLU, reading the feature
   buffer's channel prefix in place (as row segments: the buffer's slot groups).
 * ``dense_fusion_backward_cpu``: training's backward of that fusion (input gradients written or
-  added into the gradient buffer's segments, and the weight gradient) in one pass per panel.
+  added into the gradient buffer's segments, and the weight gradient) in one pass per panel; or
+  the weight gradient alone, when no gradient segments are given.
 * ``fuse_segments_cpu``: the same 32-wide product over inputs given as separate channel segments
   (a concatenation never built), with a residual, written into a given output such as a slot of
   the feature buffer.
@@ -73,7 +74,8 @@ def dense_fusion_backward_cpu(
     overwrite: list[bool],
 ) -> torch.Tensor:
     """Backward of ``dense_fusion_cpu`` given dL/d(pre-activation) ``grad`` (P x 32): returns dW
-    and writes (``overwrite``) or adds each segment's input gradient into ``grad_segments``."""
+    and writes (``overwrite``) or adds each segment's input gradient into ``grad_segments`` (none
+    given: dW only)."""
     k = sum(t.shape[1] for t in segments)
     # Packed as (k / 16) blocks of 32 x 16, the layout the kernel's register block reads.
     packed = weight.reshape(FUSION_OUT, k // 16, 16).transpose(0, 1).contiguous()

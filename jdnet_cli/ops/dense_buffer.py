@@ -8,6 +8,12 @@ matching gradient buffer with an in-place GEMM. Autograd only sees scalar tokens
 appends, which keeps the backward order right (a unit's gradient is read after every fusion that
 used it has run) at no cost.
 
+With the CPU kernels the input gradients are deferred instead: each fusion's backward keeps its
+pre-activation gradient g_i (P x 32) and computes only its weight gradient, and a slot's gradient
+is computed once, when autograd asks for it, as sum_i g_i W_i[:, slot] over the fusions that read
+it (one pass of the forward fusion kernel over the kept g_i). Accumulating into a gradient buffer
+read and wrote every earlier slot's gradient once per fusion; now each is written once.
+
 For inference the same idea needs no autograd: ``reusable_feature_buffer`` (one channels-last
 buffer) and ``SlotGroups`` (slots in pairs, for the CPU fusion kernel) keep their storage per
 thread between calls.
@@ -120,6 +126,22 @@ class FeatureBuffer:
         self.per_block = per_block
         self.grad_blocks: list[torch.Tensor] | None = None
         self.written: list[bool] = []
+        # Deferred input gradients (CPU kernels): (channels read, weight C x k, g_i) per fusion
+        # whose backward has run; None on the gradient-buffer path.
+        self.pending: list[tuple[int, torch.Tensor, torch.Tensor]] | None = None
+
+    def defer_input_gradients(self) -> None:
+        """Switch backward to deferred slot gradients (``slot_gradient``); set before any backward."""
+        self.pending = []
+
+    def slot_gradient(self, slot: int) -> torch.Tensor:
+        """P x C gradient of ``slot``: sum of g_i W_i[:, slot] over the kept fusions that read it."""
+        c = self.channels
+        lo = slot * c
+        readers = [(w, g) for k, w, g in self.pending if k > lo]
+        weight_t = torch.cat([w[:, lo : lo + c] for w, _ in readers], 0)
+        zero = torch.zeros(c, dtype=weight_t.dtype)
+        return torch.ops.jdnet.dense_fusion([g for _, g in readers], weight_t, zero, 1.0)
 
     def columns(self, slot: int, blocks: list[torch.Tensor]) -> torch.Tensor:
         """N x C x H x W view (channels-last strides) of one slot of ``blocks``."""
@@ -169,6 +191,12 @@ class _Append(torch.autograd.Function):
     def backward(ctx, g_token):
         buf = ctx.buf
         fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
+        if buf.pending is not None:
+            n, h, w = buf.shape
+            g = buf.slot_gradient(ctx.slot).view(n, h, w, buf.channels).permute(0, 3, 1, 2).contiguous(memory_format=fmt)
+            if ctx.slot == 0:
+                buf.pending = []  # the last reader: a second backward starts afresh
+            return g_token, g, None, None
         buf.gradient_block(ctx.slot // buf.per_block)
         g = buf.columns(ctx.slot, buf.gradients()).contiguous(memory_format=fmt)
         if ctx.slot == 0:
@@ -213,6 +241,10 @@ class _PrefixFuseLeaky(torch.autograd.Function):
         g = g_out.permute(0, 2, 3, 1).reshape(-1, co)
         g = torch.ops.aten.leaky_relu_backward(g, out, ctx.slope, True)
         segments = buf.prefix(k, buf.blocks)
+        if buf.pending is not None:
+            buf.pending.append((k, w2, g))
+            g_weight = cpu_kernels.dense_fusion_backward_cpu(g, weight, segments, [], [])
+            return torch.zeros((), dtype=g_out.dtype, device=g_out.device), g_weight, g.sum(0), None, None, None
         buf.gradients()
         if _fusion_kernel_usable(buf, weight) and all(seg.shape[1] % 16 == 0 for seg in segments):
             # Fresh blocks are overwritten, as below; the others must be valid before the kernel adds.
@@ -240,6 +272,8 @@ class _PrefixFuseLeaky(torch.autograd.Function):
 def dense_forward(units, fusions, f0: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
     """Differentiable dense stack: unit i sees LReLU(conv1x1([f0, unit_0, ..., unit_{i-1}]))."""
     buf = FeatureBuffer(f0, len(units) + 1)
+    if fusions and _fusion_kernel_usable(buf, fusions[0][0].weight.detach()) and f0.shape[1] % 16 == 0:
+        buf.defer_input_gradients()
     token = _Append.apply(torch.zeros((), dtype=f0.dtype, device=f0.device), f0, buf, 0)
     current = f0
     for i, (unit, fuse) in enumerate(zip(units, fusions)):

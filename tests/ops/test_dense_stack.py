@@ -46,13 +46,17 @@ def test_buffer_dense_training_path_matches_concatenation():
 @pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None, reason="no C++ compiler")
 def test_training_fusions_run_the_cpu_kernel_and_match_concatenation(monkeypatch):
     # 32 channels in float32 on the CPU: the fusions' forward is the C++ kernel (with the LReLU in
-    # its epilogue) over slot pairs, and the backward one GEMM per pair; 3 units make 4 slots,
-    # so prefixes end both on a pair boundary and inside a pair.
+    # its epilogue) over slot pairs; the backward computes weight gradients only and each slot's
+    # gradient once, deferred. 3 units make 4 slots, so prefixes end both on a pair boundary and
+    # inside a pair.
     from jdnet_cli.ops import cpu_kernels, dense_buffer
 
-    calls = []
+    calls, backward_grad_segments = [], []
     real = cpu_kernels.dense_fusion_cpu
     monkeypatch.setattr(cpu_kernels, "dense_fusion_cpu", lambda *a: calls.append(1) or real(*a))
+    real_backward = cpu_kernels.dense_fusion_backward_cpu
+    monkeypatch.setattr(cpu_kernels, "dense_fusion_backward_cpu",
+                        lambda g, w, segs, gsegs, ow: backward_grad_segments.append(len(gsegs)) or real_backward(g, w, segs, gsegs, ow))
     model = make_tiny_model(channels=32, units=3).train().to(memory_format=torch.channels_last)
     g = torch.Generator().manual_seed(2)
     x = torch.rand(2, 3, 9, 10, generator=g).contiguous(memory_format=torch.channels_last)
@@ -61,8 +65,12 @@ def test_training_fusions_run_the_cpu_kernel_and_match_concatenation(monkeypatch
     for forward in (lambda f0, loc: model.derain_net(f0, loc), lambda f0, loc: _dense_by_concatenation(model.derain_net, f0, loc)):
         loc = position_planes(9, 10)
         out = model.exitBlock(forward(model.enterBlock(x), loc))
-        results.append((out.detach(), torch.autograd.grad(out.square().sum(), params)))
+        grads = torch.autograd.grad(out.square().sum(), params, retain_graph=True)
+        # Twice through the same graph: the deferred gradients must not carry over.
+        assert all(torch.equal(a, b) for a, b in zip(grads, torch.autograd.grad(out.square().sum(), params)))
+        results.append((out.detach(), grads))
     assert len(calls) == 3 and dense_buffer.SLOTS_PER_GROUP == 2
+    assert backward_grad_segments == [0] * 6  # 3 fusions, two backward passes, dW only
     (out_a, grads_a), (out_b, grads_b) = results
     assert (out_a - out_b).abs().max().item() <= 1e-5
     for a, b in zip(grads_a, grads_b):
