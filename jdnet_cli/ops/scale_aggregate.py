@@ -21,6 +21,19 @@ def aggregate_scales(y: torch.Tensor, scales: list[torch.Tensor], conv: nn.Conv2
     fused = F.conv2d(y, conv.weight[:, :c], conv.bias)
     if not reference() and cpu_kernels.nhwc_kernels_usable(fused, y, *smalls):
         return cpu_kernels.scale_aggregate_cpu(fused, y, smalls, slope)
+    if not reference() and _halves_exactly(y, scales):
+        # Each scale is exactly half the one before, so nearest upsampling by 2 twice is
+        # upsampling by 4 (floor(floor(i/2)/2) == floor(i/4)): the projections are summed from the
+        # smallest up, and only one map of full size is upsampled and added instead of k.
+        acc = smalls[-1]
+        for small in reversed(smalls[:-1]):
+            acc = small + F.interpolate(acc, size=small.shape[-2:])
+        smalls = [acc]
     for small in smalls:
         fused = fused + F.interpolate(small, size=y.shape[-2:])
     return F.leaky_relu(fused, slope) + y
+
+
+def _halves_exactly(y: torch.Tensor, scales: list[torch.Tensor]) -> bool:
+    sizes = [tuple(y.shape[-2:])] + [tuple(s.shape[-2:]) for s in scales]
+    return all(big[0] == 2 * small[0] and big[1] == 2 * small[1] for big, small in zip(sizes, sizes[1:]))
