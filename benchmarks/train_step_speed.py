@@ -50,7 +50,8 @@ of four), against e6c2a1f in the same runs (this VM was noisier that day, ±10% 
 batch 4 of 64x64 1.98 s vs 2.18 s per step (1.10x; 4 x 8 steps), 2.19x the stack. The dense
 fusion ops alone (torch.profiler, 3 steps, two pairs): 1.66-2.31 s -> 1.34-1.49 s. Phases (2 x 6
 steps, same day): data 5 ms (0.3%), forward 649 ms (32%), loss 6 ms (0.3%), backward 1324 ms (66%),
-optimizer 36 ms (1.8%); 2.02 s per step, 2.08x the stack.
+optimizer 36 ms (1.8%); 2.02 s per step, 2.08x the stack. Batch 16 of 64x64: 7.32 s, 1.95x the
+stack; batch 4 of 128x128: 6.00 s, 1.62x (2 x 3 steps each, no baseline in those runs).
 """
 from __future__ import annotations
 
