@@ -17,8 +17,9 @@
 * ``scale_aggregate_cpu``, ``calibration_gate_cpu``: nearest-upsample-and-combine steps of the
   scale aggregation and the SC-conv in one pass over channels-last maps (``nhwc_kernels_usable``).
 
-Forward only, but for ``dense_fusion_backward_cpu``: the ops of this package check
-``cpu_kernels_usable`` and otherwise use plain torch ops (training, other dtypes, or no compiler). Compiled on first use, see ``native_build``.
+All but ``dense_fusion_backward_cpu`` are forward only: the ops of this package check
+``cpu_kernels_usable`` and otherwise use plain torch ops (training, other dtypes, or no
+compiler). Compiled on first use, see ``native_build``.
 """
 from __future__ import annotations
 

@@ -246,15 +246,6 @@ class _PrefixFuseLeaky(torch.autograd.Function):
             g_weight = cpu_kernels.dense_fusion_backward_cpu(g, weight, segments, [], [])
             return torch.zeros((), dtype=g_out.dtype, device=g_out.device), g_weight, g.sum(0), None, None, None
         buf.gradients()
-        if _fusion_kernel_usable(buf, weight) and all(seg.shape[1] % 16 == 0 for seg in segments):
-            # Fresh blocks are overwritten, as below; the others must be valid before the kernel adds.
-            overwrite = [not buf.written[i] and seg.shape[1] == buf.blocks[i].shape[1] for i, seg in enumerate(segments)]
-            grads = [buf.grad_blocks[i][:, : seg.shape[1]] if o else buf.gradient_block(i)[:, : seg.shape[1]]
-                     for i, (seg, o) in enumerate(zip(segments, overwrite))]
-            g_weight = cpu_kernels.dense_fusion_backward_cpu(g, weight, segments, grads, overwrite)
-            for i in range(len(segments)):
-                buf.written[i] = True
-            return torch.zeros((), dtype=g_out.dtype, device=g_out.device), g_weight, g.sum(0), None, None, None
         g_weight = torch.empty_like(w2)
         offset = 0
         for i, seg in enumerate(segments):
@@ -272,7 +263,8 @@ class _PrefixFuseLeaky(torch.autograd.Function):
 def dense_forward(units, fusions, f0: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
     """Differentiable dense stack: unit i sees LReLU(conv1x1([f0, unit_0, ..., unit_{i-1}]))."""
     buf = FeatureBuffer(f0, len(units) + 1)
-    if fusions and _fusion_kernel_usable(buf, fusions[0][0].weight.detach()) and f0.shape[1] % 16 == 0:
+    # The kernels' condition, decided once here so that every fusion's backward takes the same path.
+    if fusions and _fusion_kernel_usable(buf, fusions[0][0].weight.detach()):
         buf.defer_input_gradients()
     token = _Append.apply(torch.zeros((), dtype=f0.dtype, device=f0.device), f0, buf, 0)
     current = f0
