@@ -10,8 +10,9 @@ inputs plus two planes, not the 49x tensors autograd would save.
 
 ``PairwiseAttentionFunction`` is the attention's one autograd Function. On the CPU it runs the
 C++ training kernels (``attention_cpu_training``: the same maths in one pass per image row, 5.6x
-faster for forward plus backward at batch 4 of 64x64); the banded torch ops here serve CUDA
-training and machines without a compiler.
+faster for forward plus backward at batch 4 of 64x64); on CUDA the Triton training kernels
+(``attention_triton_training``, where Triton is installed); the banded torch ops here serve the
+rest (no compiler, no Triton, float64 off the CPU).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention_cpu_training import attention_backward_cpu, attention_forward_cpu, training_kernels_usable
+from .attention_triton import triton_available
 from .layout import in_layout_of
 
 KERNEL = 7
@@ -167,10 +169,21 @@ def _input_gradients(g_centre, g_neigh, g_values, g_v):
     return g_centre[:, :2], g_nb[:, :2], g_x3, g_p, g_v
 
 
+def triton_training_usable(*planes) -> bool:
+    """True for float32 CUDA planes when Triton can run there."""
+    if not planes or any(t.device.type != "cuda" or t.dtype != torch.float32 for t in planes):
+        return False
+    return triton_available()
+
+
 def _kernels(planes: tuple[torch.Tensor, ...]):
-    """(forward, backward) for these planes: the C++ training kernels on the CPU, else the banded torch ops."""
+    """(forward, backward) for these planes: C++ on the CPU, Triton on CUDA, else the banded torch ops."""
     if training_kernels_usable(*planes):
         return attention_forward_cpu, attention_backward_cpu
+    if triton_training_usable(*planes):
+        from .attention_triton_training import attention_backward_triton, attention_forward_triton
+
+        return attention_forward_triton, attention_backward_triton
     return attention_forward, attention_backward
 
 

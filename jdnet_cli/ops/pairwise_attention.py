@@ -7,7 +7,8 @@ Two implementations of the same maths:
 * ``pairwise_attention_fast``: never materialises the 49x neighbourhood tensors: a fused Triton
   kernel for CUDA inference (``attention_triton``), a fused C++ kernel for CPU inference
   (``cpu_kernels``), otherwise the memory-lean op with a hand-written backward
-  (``attention_banded``): C++ training kernels on the CPU, banded torch ops elsewhere.
+  (``attention_banded``): C++ training kernels on the CPU, Triton ones on CUDA, banded torch ops
+  elsewhere.
 """
 from __future__ import annotations
 

@@ -57,3 +57,67 @@ def test_model_with_triton_attention_in_interpreter_matches_reference(triton_int
         ref = model.set_attention_op(pairwise_attention_reference)(x)
         out = model.set_attention_op(triton_interpreter.pairwise_attention_triton)(x)
     assert (out - ref).abs().max().item() <= 1e-5
+
+
+@pytest.fixture
+def triton_training(triton_interpreter):
+    from jdnet_cli.ops import attention_triton_training
+
+    return attention_triton_training
+
+
+@needs_triton
+@pytest.mark.parametrize("n, h, w, c", [(2, 9, 13, 8), (1, 5, 4, 3), (3, 4, 11, 8)])
+def test_triton_training_kernels_in_interpreter_match_the_banded_ops(triton_training, n, h, w, c):
+    # Odd sizes, a batch, the smallest map reflect padding allows and a channel count below the
+    # power of two the kernels round up to; the banded ops are checked against autograd of the
+    # unfold reference in test_attention_banded.
+    from jdnet_cli.ops.attention_banded import attention_backward, attention_forward, padded_planes
+
+    x1, x2, x3, p, w1, w2, _ = attention_inputs(n, h, w, c=c, seed=n + h + w)
+    v = (w2.view(2, 1) * w1).sum(0).tolist()
+    planes = padded_planes(x1, x2, x3, p, torch.float32)
+    want = attention_forward(*planes, v, 0.2)
+    got = triton_training.attention_forward_triton(*planes, v, 0.2)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and (a - b).abs().max().item() <= 1e-5 * max(1.0, b.abs().max().item())
+    grad = torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(7))
+    want = attention_backward(grad, *planes, v, 0.2, *want)
+    got = triton_training.attention_backward_triton(grad, *planes, v, 0.2, *got)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and (a - b).abs().max().item() <= 1e-5 * max(1.0, b.abs().max().item())
+
+
+@needs_triton
+def test_attention_function_on_triton_kernels_gives_the_reference_gradients(triton_training, monkeypatch):
+    # The whole autograd Function (padding, reflection backward, p's batch-1 broadcast, the 1x1
+    # weights' gradients) with the Triton pair swapped in for the CPU tensors of the interpreter.
+    from jdnet_cli.ops import attention_banded
+
+    pair = (triton_training.attention_forward_triton, triton_training.attention_backward_triton)
+    monkeypatch.setattr(attention_banded, "_kernels", lambda planes: pair)
+    args = attention_inputs(2, 7, 9, seed=11, grad=True)
+    out = attention_banded.pairwise_attention_banded(*args)
+    ref = pairwise_attention_reference(*args)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+    got = torch.autograd.grad((out * weights).sum(), args[:6])
+    want = torch.autograd.grad((ref * weights).sum(), args[:6])
+    assert (out - ref).abs().max().item() <= 1e-5
+    for a, b in zip(got, want):
+        assert (a - b).abs().max().item() <= 1e-4 * max(1.0, b.abs().max().item())
+
+
+def test_cuda_float32_planes_select_the_triton_training_kernels(monkeypatch):
+    # No GPU here: the dispatch reads only each plane's device type and dtype.
+    from types import SimpleNamespace
+
+    from jdnet_cli.ops import attention_banded
+
+    monkeypatch.setattr(attention_banded, "triton_available", lambda: True)
+    cuda = torch.device("cuda")
+    planes = tuple(SimpleNamespace(device=cuda, dtype=torch.float32) for _ in range(3))
+    assert attention_banded.triton_training_usable(*planes)
+    assert not attention_banded.triton_training_usable(*planes[:2], SimpleNamespace(device=cuda, dtype=torch.float64))
+    monkeypatch.setattr(attention_banded, "triton_available", lambda: False)
+    assert not attention_banded.triton_training_usable(*planes)
+    assert not attention_banded.triton_training_usable(*(torch.zeros(1) for _ in range(3)))
