@@ -52,6 +52,19 @@ fusion ops alone (torch.profiler, 3 steps, two pairs): 1.66-2.31 s -> 1.34-1.49 
 steps, same day): data 5 ms (0.3%), forward 649 ms (32%), loss 6 ms (0.3%), backward 1324 ms (66%),
 optimizer 36 ms (1.8%); 2.02 s per step, 2.08x the stack. Batch 16 of 64x64: 7.32 s, 1.95x the
 stack; batch 4 of 128x128: 6.00 s, 1.62x (2 x 3 steps each, no baseline in those runs).
+
+Why the rest is hard (measured the next session, same VM, training paused): a step uses two
+threads badly. One thread takes 2.6-3.3 s against 2.0-2.1 s for two (1.3-1.6x; 2 x 5 steps
+each). Timed alone, warm, fwd+bwd at batch 4: 3x3 32->32 convs at 64x64 scale 1.72-1.85x from one
+thread to two, 3x3 16->16 at 64x64 1.28x, and every conv on maps of 16x16 or smaller 0.59-1.23x
+(the pyramid levels and the SC context branch run slower on two threads than on one). Tried and
+dropped: two processes of one thread and batch 2 under torchrun (DDP) run 1.8-2.0 s per step,
+no faster; the SC bottleneck's and the SAM output's 1x1 convs with their residual, cat and LReLU
+as one autograd Function (C++ forward, GEMM backward), 1.016x in 14 interleaved step pairs; the
+two 16-channel 3x3 branches as one grouped conv (slower alone: 5.1-5.8 vs 3.7-3.9 ms);
+torch.compile of a joint unit (graph breaks at the op back-end switch; 111 vs 72-77 ms fwd+bwd);
+bf16 convs (this CPU has AVX512-BF16: 1.55x on 3x3 32->32 at 64x64, but 0.64-1.0x on the 1x1s
+and the small maps that dominate here).
 """
 from __future__ import annotations
 
