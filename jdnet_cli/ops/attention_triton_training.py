@@ -31,25 +31,32 @@ def _lrelu(r, slope):
 
 
 @triton.jit
+def _centre_pixels(c_ptr, offs, total, H, W):
+    """(mask, x, y, n, c0..c3): each lane's pixel and its four centre-plane values."""
+    mask = offs < total
+    x = offs % W
+    t = offs // W
+    y = t % H
+    n = t // H
+    cbase = c_ptr + n * 4 * H * W + y * W + x
+    c0 = tl.load(cbase, mask=mask, other=0.0)
+    c1 = tl.load(cbase + H * W, mask=mask, other=0.0)
+    c2 = tl.load(cbase + 2 * H * W, mask=mask, other=0.0)
+    c3 = tl.load(cbase + 3 * H * W, mask=mask, other=0.0)
+    return mask, x, y, n, c0, c1, c2, c3
+
+
+@triton.jit
 def forward_kernel(
     c_ptr, nb_ptr, val_ptr, out_ptr, smax_ptr, ssum_ptr,
     total, H, W, v0, v1, v2, v3, slope,
     C: tl.constexpr, CP: tl.constexpr, K: tl.constexpr, BLOCK: tl.constexpr,
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < total
-    x = offs % W
-    t = offs // W
-    y = t % H
-    n = t // H
+    mask, x, y, n, c0, c1, c2, c3 = _centre_pixels(c_ptr, offs, total, H, W)
     HW = H * W
     WP = W + K - 1
     HWP = (H + K - 1) * WP
-    cbase = c_ptr + n * 4 * HW + y * W + x
-    c0 = tl.load(cbase, mask=mask, other=0.0)
-    c1 = tl.load(cbase + HW, mask=mask, other=0.0)
-    c2 = tl.load(cbase + 2 * HW, mask=mask, other=0.0)
-    c3 = tl.load(cbase + 3 * HW, mask=mask, other=0.0)
     cidx = tl.arange(0, CP)
     vmask = mask[:, None] & (cidx < C)[None, :]
     m = tl.full([BLOCK], float("-inf"), tl.float32)
@@ -86,19 +93,10 @@ def centre_backward_kernel(
 ):
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < total
-    x = offs % W
-    t = offs // W
-    y = t % H
-    n = t // H
+    mask, x, y, n, c0, c1, c2, c3 = _centre_pixels(c_ptr, offs, total, H, W)
     HW = H * W
     WP = W + K - 1
     HWP = (H + K - 1) * WP
-    cbase = c_ptr + n * 4 * HW + y * W + x
-    c0 = tl.load(cbase, mask=mask, other=0.0)
-    c1 = tl.load(cbase + HW, mask=mask, other=0.0)
-    c2 = tl.load(cbase + 2 * HW, mask=mask, other=0.0)
-    c3 = tl.load(cbase + 3 * HW, mask=mask, other=0.0)
     cidx = tl.arange(0, CP)
     vmask = mask[:, None] & (cidx < C)[None, :]
     planar = (n * C * HW + y * W + x)[:, None] + cidx[None, :] * HW
