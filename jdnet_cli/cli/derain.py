@@ -17,7 +17,7 @@ from ..pipelines.images import image_processor
 from ..pipelines.planning import normalize_ext, parse_shard, plan_image_jobs, read_input_list, shard_jobs
 from ..pipelines.runner import Result, run_jobs_on_workers
 from .console import fail, interactive, make_progress
-from .interrupts import GracefulStop
+from ..pipelines.interrupts import GracefulStop
 from .options import Device, JsonEvents, MaxMemory, Precision, Quiet, Tile, TileOverlap, Weights
 from .reporter import Reporter
 

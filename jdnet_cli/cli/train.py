@@ -10,7 +10,7 @@ from ..errors import JDNetError
 from ..inference.checkpoint import extract_state_dict, infer_arch, read_checkpoint
 from ..training import LOSSES, SCHEDULES, Trainer, TrainConfig
 from .console import err_console, fail, interactive
-from .interrupts import GracefulStop
+from ..pipelines.interrupts import GracefulStop
 from .options import Device
 
 

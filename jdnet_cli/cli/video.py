@@ -14,7 +14,7 @@ from ..io.video import CODECS, EncodeSettings
 from ..pipelines.runner import Result
 from ..pipelines.video import VideoInterrupted, derain_video, plan_video_jobs
 from .console import fail, interactive, make_progress
-from .interrupts import GracefulStop
+from ..pipelines.interrupts import GracefulStop
 from .options import Device, JsonEvents, MaxMemory, Precision, Quiet, Tile, TileOverlap, Weights
 from .reporter import Reporter
 

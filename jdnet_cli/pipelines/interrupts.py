@@ -4,6 +4,10 @@ With ``finish_current`` (derain, train) the first signal lets the file or step i
 and starts no more; a second Ctrl-C abandons it. Without it (video, where the work in progress is
 a whole video) the first signal stops at once, and the pipeline keeps a valid partial file.
 Either way the exit code is 130 for SIGINT and 143 for SIGTERM.
+
+The handler itself never prints: it runs on the main thread between any two bytecodes, possibly
+while that thread holds the (non-reentrant) lock our stderr lines and fd-2 captures share, and
+waiting for it there would wait forever. A helper thread prints the notice instead.
 """
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ class GracefulStop:
         self.finish_current = finish_current
         self._announce = announce
         self._what = what
+        self._notice_due = False
+        self._wake_notice = threading.Event()
 
     def _handle(self, signum: int, _frame) -> None:
         first = not self.stop.is_set()
@@ -32,7 +38,8 @@ class GracefulStop:
         if not self.finish_current or (not first and signum == signal.SIGINT):
             raise KeyboardInterrupt
         if first:
-            self._announce(f"interrupted: finishing the current {self._what}, then stopping (Ctrl-C again to abandon it)")
+            self._notice_due = True
+            self._wake_notice.set()
 
     @contextlib.contextmanager
     def installed(self, active: bool = True) -> Iterator["GracefulStop"]:
@@ -40,9 +47,20 @@ class GracefulStop:
         if not active or threading.current_thread() is not threading.main_thread():
             yield self
             return
+        self._wake_notice.clear()
+        notice = threading.Thread(target=self._print_notice, daemon=True, name="jdnet-interrupt-notice")
+        notice.start()
         previous = {sig: signal.signal(sig, self._handle) for sig in EXIT_CODES}
         try:
             yield self
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            self._wake_notice.set()
+            # The notice must come before the caller's summary line.
+            notice.join(timeout=10)
+
+    def _print_notice(self) -> None:
+        self._wake_notice.wait()
+        if self._notice_due:
+            self._announce(f"interrupted: finishing the current {self._what}, then stopping (Ctrl-C again to abandon it)")
