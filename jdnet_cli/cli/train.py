@@ -14,12 +14,18 @@ from ..pipelines.interrupts import GracefulStop
 from .options import Device
 
 
+def _val_text(v: dict) -> str:
+    line = f"PSNR-Y {v['psnr_y']:.3f} dB, SSIM-Y {v['ssim_y']:.4f}"
+    if "sets" in v:
+        line += " (" + ", ".join(f"{Path(k).name} {s['psnr_y']:.3f}" for k, s in v["sets"].items()) + ")"
+    return line
+
+
 def _log_line(record: dict) -> str:
     if "val" in record:
-        v = record["val"]
-        line = f"step {record['step']}: val PSNR-Y {v['psnr_y']:.3f} dB, SSIM-Y {v['ssim_y']:.4f}"
-        if "sets" in v:
-            line += " (" + ", ".join(f"{Path(k).name} {s['psnr_y']:.3f}" for k, s in v["sets"].items()) + ")"
+        line = f"step {record['step']}: val {_val_text(record['val'])}"
+        if "ema_val" in record:
+            line += f"; average {_val_text(record['ema_val'])}"
         return line + (" best, saved" if record.get("best") else "")
     return f"step {record['step']}: loss {record['loss']:.5f}, lr {record['lr']:.3g}, {record['it_s']:.2f} it/s"
 
@@ -31,6 +37,7 @@ def train(
     heavy_fraction: float = typer.Option(0.0, "--heavy-fraction", min=0.0, max=1.0, help="Share of synthetic patches rendered as heavy rain."),
     init: Optional[Path] = typer.Option(None, "--init", help="Warm start: build the model from this inference weights file (fresh optimiser)."),
     warmup: int = typer.Option(0, "--warmup", min=0, help="Linear learning-rate warm-up over the first N steps."),
+    ema: float = typer.Option(0.0, "--ema", help="Also keep a moving average of the weights with this decay (e.g. 0.998; 0: off); validated too, and exported when it is better."),
     schedule: str = typer.Option("step", "--schedule", help=f"Learning-rate decay: {' or '.join(SCHEDULES)} (step: x0.1 at 60% and 80%)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoint.pt, train_log.jsonl, jdnet.pt."),
     steps: int = typer.Option(1000, "--steps", min=1, help="Optimisation steps in total."),
@@ -69,7 +76,7 @@ def train(
         fail("--channels must be even (the self-calibrated convolution splits the channels in two)")
     cfg = TrainConfig(
         out_dir=str(out), data=data, clean=clean, pairs=list(pairs or []), heavy_fraction=heavy_fraction,
-        init=str(init) if init else None, warmup=warmup, schedule=schedule,
+        init=str(init) if init else None, warmup=warmup, schedule=schedule, ema=ema,
         steps=steps, batch_size=batch_size, patch_size=patch_size, lr=lr, loss=loss, flips=flips,
         rotations=rotations, seed=seed, channels=channels, num_units=units, save_every=save_every,
         log_every=log_every, val=[str(v) for v in val] if val else None, val_every=val_every if val else 0,
@@ -143,7 +150,10 @@ def _run(trainer: Trainer, console, lead: bool, should_stop) -> None:
         def on_log(rec: dict) -> None:
             if "val" in rec:
                 v = rec["val"]
-                progress.update(task, val=f"val {v['psnr_y']:.2f} dB / {v['ssim_y']:.4f}")
+                text = f"val {v['psnr_y']:.2f} dB / {v['ssim_y']:.4f}"
+                if "ema_val" in rec:
+                    text += f", average {rec['ema_val']['psnr_y']:.2f} dB"
+                progress.update(task, val=text)
             else:
                 progress.update(task, loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2g}", speed=f"{rec['it_s']:.2f} it/s")
 
