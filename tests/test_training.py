@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -215,6 +217,33 @@ def test_torchrun_ddp_on_gloo_two_processes(tmp_path, paired):
     _, meta = load_model(out / "jdnet.pt")
     assert meta["world_size"] == 2 and meta["steps_done"] == 3
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "jdnet.pt", "train_log.jsonl"]
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_finishes_the_step_saves_a_checkpoint_and_resume_continues(tmp_path, paired, signum, code):
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "jdnet_cli", "train", str(paired), "--out", str(out), "--steps", "100000",
+           "--log-every", "1", "--save-every", "100000", *CLI_TINY]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out / "train_log.jsonl").exists() or len(_log(out)) < 3:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1].decode()
+        time.sleep(0.01)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    err = err.decode()
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    notice = "interrupted: finishing the current step, then stopping (Ctrl-C again to abandon it)"
+    assert err.count(notice) == 1
+    step = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
+    assert f"interrupted at step {step}; checkpoint saved, continue with --resume" in err
+    assert err.index(notice) < err.index("interrupted at step")
+    assert _log(out)[-1]["step"] == step and not (out / "jdnet.pt").exists()
+    more = _cli("train", str(paired), "--out", str(out), "--steps", str(step + 2), "--log-every", "1", "--resume", *CLI_TINY)
+    assert more.exit_code == 0, more.output
+    assert [r["step"] for r in _log(out)][-3:] == [step, step + 1, step + 2]
 
 
 _MAKE_A_TRAINER = """
