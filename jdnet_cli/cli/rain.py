@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ..data.datasets import write_synthetic_pairs
+from ..data.synthetic_rain import HEAVY_RAIN, RainStyle
 from ..errors import JDNetError
 from .console import err_console, fail
 
@@ -15,12 +16,16 @@ def rain(
     clean_dir: Path = typer.Argument(..., help="Folder of clean photos."),
     out_dir: Path = typer.Argument(..., help="Output folder; gets rain/ and norain/ with equal PNG names."),
     seed: int = typer.Option(0, "--seed", help="Same seed, same rain."),
+    style: str = typer.Option("light", "--style", help="light (Rain12/Rain100L-like streaks) or heavy (several layers of long, wide streaks and a veil)."),
 ) -> None:
     """Render synthetic rain over clean photos into a paired dataset that train and benchmark read."""
+    styles = {"light": RainStyle(), "heavy": HEAVY_RAIN}
+    if style not in styles:
+        fail(f"--style must be light or heavy, not {style!r}")
     console = err_console()
     t0 = time.perf_counter()
     try:
-        n = write_synthetic_pairs(clean_dir, out_dir, seed)
+        n = write_synthetic_pairs(clean_dir, out_dir, seed, styles[style])
     except JDNetError as err:
         fail(str(err))
     console.print(f"{n} pairs written to {out_dir}/rain and {out_dir}/norain in {time.perf_counter() - t0:.1f}s", markup=False)

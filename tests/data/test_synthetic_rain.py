@@ -112,6 +112,25 @@ def test_rain_command_is_deterministic_and_refuses_to_overwrite_inputs(tmp_path)
     assert res.exit_code == 2 and f"error: {tmp_path / 'missing'}: not a directory" in res.output
 
 
+def test_rain_command_heavy_style_renders_heavier_rain_over_the_same_photos(tmp_path):
+    from typer.testing import CliRunner
+
+    from jdnet_cli.cli.app import app
+
+    clean = write_png(tmp_path / "clean" / "a.png", 96, 128, seed=1).astype(int)
+    runner = CliRunner()
+    for style in ("light", "heavy"):
+        res = runner.invoke(app, ["rain", str(tmp_path / "clean"), str(tmp_path / style), "--seed", "5", "--style", style])
+        assert res.exit_code == 0, res.output
+    diff = {s: np.abs(cv2.imread(str(tmp_path / s / "rain" / "a.png")).astype(int) - clean).mean() for s in ("light", "heavy")}
+    assert diff["heavy"] > 2 * diff["light"] > 0
+    # The default is the light style, and --style light is the same rain.
+    assert runner.invoke(app, ["rain", str(tmp_path / "clean"), str(tmp_path / "default"), "--seed", "5"]).exit_code == 0
+    assert (tmp_path / "default" / "rain" / "a.png").read_bytes() == (tmp_path / "light" / "rain" / "a.png").read_bytes()
+    res = runner.invoke(app, ["rain", str(tmp_path / "clean"), str(tmp_path / "x"), "--style", "storm"])
+    assert res.exit_code == 2 and "--style must be light or heavy, not 'storm'" in res.output and not (tmp_path / "x").exists()
+
+
 def test_rain_command_refuses_names_that_would_collide(tmp_path):
     from jdnet_cli.data.datasets import write_synthetic_pairs
     from jdnet_cli.errors import JDNetError
