@@ -67,6 +67,8 @@ class TrainConfig:
     init: str | None = None
     # Decay of an exponential moving average of the weights (and BN statistics); 0 turns it off.
     ema: float = 0.0
+    # Paired sets scored at each validation and logged, but not used to choose best.pt.
+    watch: list[str] = field(default_factory=list)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -138,7 +140,7 @@ def _set_rng_state(rng: np.random.Generator, state: dict, device: torch.device) 
 
 
 # Fields that may differ on --resume without changing what the run computes.
-_RESUME_FREE_FIELDS = {"out_dir", "save_every", "log_every", "val", "val_every", "val_limit", "device", "threads", "extra", "init"}
+_RESUME_FREE_FIELDS = {"out_dir", "save_every", "log_every", "val", "val_every", "val_limit", "device", "threads", "extra", "init", "watch"}
 
 
 TRAINING_ONEDNN_CACHE_CAPACITY = "1024"
@@ -226,6 +228,7 @@ class Trainer:
         self.elapsed = 0.0
         self.val_named = {root: find_pairs(root)[: cfg.val_limit or None] for root in val_sets(cfg)}
         self.val_pairs = [p for pairs in self.val_named.values() for p in pairs]
+        self.watch_named = {root: find_pairs(root)[: cfg.val_limit or None] for root in cfg.watch}
         self.best_score: float | None = None
         self.best_step = 0
 
@@ -363,25 +366,29 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, model: torch.nn.Module | None = None) -> dict:
-        """Mean PSNR-Y / SSIM-Y of the model (default: the trained weights): the mean of the sets' means, and each set's."""
+        """Mean PSNR-Y / SSIM-Y of the model (default: the trained weights) over the --val sets, each set's, and the --watch sets'."""
         model = model or self.model
         was_training = model.training
         model.eval()
-        per_set = {}
-        for root, pairs in self.val_named.items():
-            scores = []
-            for pair in pairs:
-                rainy, clean = pair.load()
-                x = torch.from_numpy(rainy).permute(2, 0, 1)[None].to(self.device)
-                out = model(x).clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
-                out = np.round(out * 255.0) / 255.0
-                scores.append(score_pair(out, clean))
-            per_set[root] = {k: float(np.mean([s[k] for s in scores])) for k in ("psnr_y", "ssim_y")}
+        per_set = {root: self._score_set(model, pairs) for root, pairs in self.val_named.items()}
+        watched = {root: self._score_set(model, pairs) for root, pairs in self.watch_named.items()}
         model.train(was_training)
         result = {k: float(np.mean([v[k] for v in per_set.values()])) for k in ("psnr_y", "ssim_y")}
         if len(per_set) > 1:
             result["sets"] = per_set
+        if watched:
+            result["watch"] = watched
         return result
+
+    def _score_set(self, model: torch.nn.Module, pairs: list) -> dict:
+        scores = []
+        for pair in pairs:
+            rainy, clean = pair.load()
+            x = torch.from_numpy(rainy).permute(2, 0, 1)[None].to(self.device)
+            out = model(x).clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
+            out = np.round(out * 255.0) / 255.0
+            scores.append(score_pair(out, clean))
+        return {k: float(np.mean([s[k] for s in scores])) for k in ("psnr_y", "ssim_y")}
 
     @property
     def best_path(self) -> Path:

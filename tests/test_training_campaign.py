@@ -16,6 +16,7 @@ from jdnet_cli.models import JDNet
 from jdnet_cli.training import TrainConfig, Trainer, file_sha256, lr_factor
 
 from .conftest import write_png
+from .test_training import CLI_TINY, _cli
 
 TINY = dict(batch_size=2, patch_size=16, channels=4, num_units=1, threads=1, device="cpu", log_every=1, save_every=100)
 
@@ -212,3 +213,28 @@ def test_heavy_rain_is_heavier_and_stays_in_range():
     assert all(0.0 <= im.min() and im.max() <= 1.0 for im in heavy)
     assert np.mean([im.mean() for im in heavy]) - 0.3 > 3 * (np.mean([im.mean() for im in light]) - 0.3)
     assert HEAVY_RAIN.layers[1] == 5
+
+
+# -- --watch: sets scored at each validation but not used to choose best.pt ----------------------------
+def test_watched_sets_are_scored_and_logged_but_do_not_choose_best(tmp_path, paired, other_pairs):
+    out = tmp_path / "run"
+    trainer = Trainer(TrainConfig(out_dir=str(out), data=str(paired), steps=4, lr=5e-3, val=str(paired), val_every=2, watch=[str(other_pairs)], ema=0.5, **TINY))
+    trainer.run()
+    vals = [r for r in _log(out) if "val" in r]
+    for r in vals:
+        for key in ("val", "ema_val"):
+            assert set(r[key]["watch"]) == {str(other_pairs)}
+            assert r[key]["watch"][str(other_pairs)]["psnr_y"] != r[key]["psnr_y"]  # a different set, not in the mean
+    # The same model validated without the watched set gives the same selection score.
+    plain = Trainer(TrainConfig(out_dir=str(tmp_path / "plain"), data=str(paired), steps=4, val=str(paired), val_every=2, **TINY))
+    plain.model.load_state_dict(trainer.model.state_dict())
+    assert plain.validate()["psnr_y"] == trainer.validate()["psnr_y"]
+
+
+def test_cli_watch_needs_val_and_is_printed(tmp_path, paired, other_pairs):
+    res = _cli("train", str(paired), "--out", str(tmp_path / "a"), "--steps", "2", "--watch", str(other_pairs), *CLI_TINY)
+    assert res.exit_code == 2 and "--watch sets are scored at each validation: give --val too" in res.output
+    res = _cli("train", str(paired), "--out", str(tmp_path / "b"), "--steps", "2", "--val", str(paired), "--val-every", "2",
+               "--watch", str(other_pairs), *CLI_TINY)
+    assert res.exit_code == 0, res.output
+    assert f"[watch: {other_pairs.name} " in res.output

@@ -111,3 +111,4 @@ def test_cli_prints_both_scores(tmp_path, paired):
     assert res.exit_code == 0, res.output
     assert "step 2: val PSNR-Y" in res.output and "; average PSNR-Y" in res.output
     assert load_model(out / "jdnet.pt")[1]["weights"] == "moving average (decay 0.9)"
+
