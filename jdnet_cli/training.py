@@ -69,6 +69,9 @@ class TrainConfig:
     ema: float = 0.0
     # Paired sets scored at each validation and logged, but not used to choose best.pt.
     watch: list[str] = field(default_factory=list)
+    # Also export each validated model (and its average) as OUT/validated/step-N[-ema].pt: neighbouring
+    # checks differ by as much as a stage gains, and best.pt keeps only the light dev sets' favourite.
+    keep_validated: bool = False
 
 
 def file_sha256(path: str | Path) -> str:
@@ -140,7 +143,7 @@ def _set_rng_state(rng: np.random.Generator, state: dict, device: torch.device) 
 
 
 # Fields that may differ on --resume without changing what the run computes.
-_RESUME_FREE_FIELDS = {"out_dir", "save_every", "log_every", "val", "val_every", "val_limit", "device", "threads", "extra", "init", "watch"}
+_RESUME_FREE_FIELDS = {"out_dir", "save_every", "log_every", "val", "val_every", "val_limit", "device", "threads", "extra", "init", "watch", "keep_validated"}
 
 
 TRAINING_ONEDNN_CACHE_CAPACITY = "1024"
@@ -404,6 +407,14 @@ class Trainer:
         self.export(self.best_path, extra={"val": score}, use_ema=use_ema)
         return True
 
+    def _keep_validated(self, val: dict, ema_val: dict | None = None) -> None:
+        """Export the weights just validated (and their average) to OUT/validated/step-N.pt (and step-N-ema.pt)."""
+        folder = self.out_dir / "validated"
+        folder.mkdir(exist_ok=True)
+        self.export(folder / f"step-{self.step}.pt", extra={"val": val}, use_ema=False)
+        if ema_val is not None:
+            self.export(folder / f"step-{self.step}-ema.pt", extra={"val": ema_val}, use_ema=True)
+
     # -- the loop -------------------------------------------------------------------------------
     def train_step(self) -> float:
         """One optimisation step; returns the loss."""
@@ -461,6 +472,8 @@ class Trainer:
                 if self.ema_model is not None:
                     record["ema_val"] = self.validate(self.ema_model)
                 record["best"] = self._keep_if_best(val, record.get("ema_val"))
+                if cfg.keep_validated:
+                    self._keep_validated(val, record.get("ema_val"))
                 self.log(record)
             if self.step % cfg.save_every == 0:
                 self.save_checkpoint()

@@ -112,3 +112,36 @@ def test_cli_prints_both_scores(tmp_path, paired):
     assert "step 2: val PSNR-Y" in res.output and "; average PSNR-Y" in res.output
     assert load_model(out / "jdnet.pt")[1]["weights"] == "moving average (decay 0.9)"
 
+
+
+def test_keep_validated_exports_each_checked_model_and_its_average(tmp_path, paired):
+    out = tmp_path / "run"
+    trainer = Trainer(_cfg(out, paired, ema=0.5, steps=4, val=[str(paired)], val_every=2, keep_validated=True))
+    kept = {}
+
+    def snapshot(step: int) -> None:
+        if step % 2 == 0:
+            kept[step] = ({k: v.clone() for k, v in trainer.model.state_dict().items()},
+                          {k: v.clone() for k, v in trainer.ema_model.state_dict().items()})
+
+    trainer.run(on_step=snapshot)
+    assert sorted(p.name for p in (out / "validated").iterdir()) == ["step-2-ema.pt", "step-2.pt", "step-4-ema.pt", "step-4.pt"]
+    vals = [r for r in _log(out) if "val" in r]
+    for rec in vals:
+        step = rec["step"]
+        for suffix, state, score, label in (("", kept[step][0], rec["val"], "as trained"),
+                                            ("-ema", kept[step][1], rec["ema_val"], "moving average (decay 0.5)")):
+            model, meta = load_model(out / "validated" / f"step-{step}{suffix}.pt")
+            assert meta["weights"] == label and meta["steps_done"] == step
+            assert meta["val"]["psnr_y"] == pytest.approx(score["psnr_y"])
+            for k, v in model.state_dict().items():
+                if v.is_floating_point():  # exported as fp16, loaded as fp32
+                    assert torch.equal(v, state[k].half().float()), (step, suffix, k)
+
+
+def test_keep_validated_is_off_by_default_and_needs_val(tmp_path, paired):
+    out = tmp_path / "run"
+    Trainer(_cfg(out, paired, ema=0.5, steps=2, val=[str(paired)], val_every=2)).run()
+    assert not (out / "validated").exists()
+    res = _cli("train", str(paired), "--out", str(tmp_path / "cli"), *CLI_TINY, "--keep-validated")
+    assert res.exit_code == 2 and "--keep-validated keeps the models each validation scores: give --val too" in res.output

@@ -58,6 +58,7 @@ def train(
     val_every: int = typer.Option(1000, "--val-every", min=1, help="Validation interval in steps."),
     val_limit: int = typer.Option(0, "--val-limit", min=0, help="Score only the first N validation pairs (0: all)."),
     watch: Optional[List[Path]] = typer.Option(None, "--watch", help="Paired set also scored at each validation and logged, but not used to choose best.pt (e.g. heavy rain); repeatable."),
+    keep_validated: bool = typer.Option(False, "--keep-validated", help="Also keep every validated model (and its average) as OUT/validated/step-N[-ema].pt."),
     device: Device = "auto",
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (0: PyTorch's default)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt exactly where it stopped."),
@@ -68,6 +69,8 @@ def train(
         fail(f"--schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
     if watch and not val:
         fail("--watch sets are scored at each validation: give --val too")
+    if keep_validated and not val:
+        fail("--keep-validated keeps the models each validation scores: give --val too")
     if init is not None and (channels is None or units is None):
         try:
             arch = infer_arch(extract_state_dict(read_checkpoint(init), str(init))[0], str(init))
@@ -85,7 +88,7 @@ def train(
         steps=steps, batch_size=batch_size, patch_size=patch_size, lr=lr, loss=loss, flips=flips,
         rotations=rotations, seed=seed, channels=channels, num_units=units, save_every=save_every,
         log_every=log_every, val=[str(v) for v in val] if val else None, val_every=val_every if val else 0,
-        val_limit=val_limit, device=device, threads=threads, watch=[str(w) for w in watch or []],
+        val_limit=val_limit, device=device, threads=threads, watch=[str(w) for w in watch or []], keep_validated=keep_validated,
     )
     if not resume and (out / "checkpoint.pt").exists():
         fail(f"{out / 'checkpoint.pt'} exists: pass --resume to continue it, or choose another --out")
