@@ -19,7 +19,7 @@ from ..inference.devices import device_name, resolve_device, resolve_precision
 from ..inference.shipped_weights import default_weights_path
 from ..inference.tiling import parse_tile
 from .console import err_console, fail, interactive, make_progress
-from .options import Device, Precision, Tile
+from .options import Device, Ensemble, Precision, Tile
 
 benchmark_app = typer.Typer(
     name="benchmark",
@@ -65,6 +65,7 @@ def quality(
     csv_path: Optional[Path] = typer.Option(None, "--csv", help="Write per-image scores to this CSV file."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout instead of the table."),
     save_outputs: Optional[Path] = typer.Option(None, "--save-outputs", help="Keep derained images under DIR/MODEL/DATASET/."),
+    ensemble: Ensemble = 1,
 ) -> None:
     """PSNR/SSIM (Y channel, BasicSR convention, and RGB) of the rainy input and of each model's output."""
     if input_only and weights:
@@ -75,7 +76,7 @@ def quality(
         data = load_datasets(datasets)
         weight_paths = list(weights) if weights else ([] if input_only else [_shipped_weights()])
         models = {
-            name: Derainer(weights=w, device=device, precision=precision, tile=tile)
+            name: Derainer(weights=w, device=device, precision=precision, tile=tile, ensemble=ensemble)
             for name, w in zip(model_names(weight_paths), weight_paths)
         }
         dev_text = next(iter(models.values())).device_description if models else "none (input only)"
@@ -99,7 +100,8 @@ def quality(
     except OSError as err:
         fail(f"{err.filename or ''}: {err.strerror or err}", code=1)
     if as_json:
-        settings = {"crop_border": crop_border, "quantize_8bit": not no_quantize, "precision": precision, "tile": tile}
+        settings = {"crop_border": crop_border, "quantize_8bit": not no_quantize, "precision": precision, "tile": tile,
+                    "ensemble": ensemble}
         typer.echo(json.dumps(quality_report(summaries, dev_text, models, settings), indent=2, allow_nan=False))
         return
     table = Table(title="Deraining quality (PSNR in dB; Y: BT.601 luma, BasicSR convention)")

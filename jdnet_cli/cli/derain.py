@@ -18,7 +18,7 @@ from ..pipelines.planning import normalize_ext, parse_shard, plan_image_jobs, re
 from ..pipelines.runner import Result, run_jobs_on_workers
 from .console import fail, interactive, make_progress
 from ..pipelines.interrupts import GracefulStop
-from .options import Device, JsonEvents, MaxMemory, Precision, Quiet, Tile, TileOverlap, Weights
+from .options import Device, Ensemble, JsonEvents, MaxMemory, Precision, Quiet, Tile, TileOverlap, Weights
 from .reporter import Reporter
 
 
@@ -39,6 +39,7 @@ def derain(
     tile: Tile = "auto",
     tile_overlap: TileOverlap = DEFAULT_OVERLAP,
     max_memory: MaxMemory = None,
+    ensemble: Ensemble = 1,
 ) -> None:
     """Remove rain from images. Exit codes: 0 all ok; 1 some inputs failed; 2 usage error; 130 interrupted."""
     *inputs, output = paths
@@ -55,7 +56,8 @@ def derain(
         jobs = plan_image_jobs(inputs, output, ext)
         if shard_spec:
             jobs = shard_jobs(jobs, *parse_shard(shard_spec))
-        options = dict(weights=weights, precision=precision, tile=tile, tile_overlap=tile_overlap, max_memory=max_memory)
+        options = dict(weights=weights, precision=precision, tile=tile, tile_overlap=tile_overlap, max_memory=max_memory,
+                       ensemble=ensemble)
         derainers = [Derainer(device=name, **options) for name in (parse_device_list(devices) if devices else [device])]
     except JDNetError as err:
         fail(str(err))

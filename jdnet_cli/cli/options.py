@@ -17,3 +17,7 @@ MaxMemory = Annotated[
 ]
 JsonEvents = Annotated[bool, typer.Option("--json", help="One JSON event per input on stdout, then a summary object.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only print errors (no progress, no summary).")]
+Ensemble = Annotated[
+    int,
+    typer.Option("--ensemble", metavar="N", help="Average N flipped copies: 1 (off), 2 (+ mirrored) or 4 (+ upside down); N times slower."),
+]

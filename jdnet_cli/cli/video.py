@@ -15,7 +15,7 @@ from ..pipelines.runner import Result
 from ..pipelines.video import VideoInterrupted, derain_video, plan_video_jobs
 from .console import fail, interactive, make_progress
 from ..pipelines.interrupts import GracefulStop
-from .options import Device, JsonEvents, MaxMemory, Precision, Quiet, Tile, TileOverlap, Weights
+from .options import Device, Ensemble, JsonEvents, MaxMemory, Precision, Quiet, Tile, TileOverlap, Weights
 from .reporter import Reporter
 
 
@@ -35,6 +35,7 @@ def video(
     tile: Tile = "auto",
     tile_overlap: TileOverlap = DEFAULT_OVERLAP,
     max_memory: MaxMemory = None,
+    ensemble: Ensemble = 1,
     json_events: JsonEvents = False,
     quiet: Quiet = False,
 ) -> None:
@@ -54,7 +55,7 @@ def video(
     try:
         jobs = plan_video_jobs(inputs, output)
         derainer = Derainer(weights=weights, device=device, precision=precision, tile=tile, tile_overlap=tile_overlap,
-                            max_memory=max_memory)
+                            max_memory=max_memory, ensemble=ensemble)
     except JDNetError as err:
         fail(str(err))
     batch = batch_size or (4 if derainer.device.type == "cuda" else 1)
