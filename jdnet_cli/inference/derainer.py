@@ -144,7 +144,7 @@ class Derainer:
         if self.plan_tile(h, w) == 0 and len(frames) > 1:
             try:
                 dev = x.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else x
-                y = self._ensembled(lambda t: self.run_tensor(t).cpu(), dev.float().div_(scale))
+                y = self._ensembled(self.run_tensor, dev.float().div_(scale)).cpu()
             except (RuntimeError, torch.cuda.OutOfMemoryError) as err:
                 if not is_out_of_memory(err):
                     raise
