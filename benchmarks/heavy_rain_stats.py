@@ -5,7 +5,8 @@ percentile (bright streaks), the mean, the std of d minus its 6-px Gaussian blur
 the dominant streak angle from the structure tensor of that residual; plus the share of pixels with
 d > 0.05 and d > 0.3 over the whole set. Used to tune HEAVY_RAIN against heavy-18:
     python benchmarks/heavy_rain_stats.py [--light] [SHARED_DIR]
-(--light: Rain12 against the default light style). Each clean image is rendered twice (seeds 0..).
+(--light: Rain12 and the Rain100L sample against the light and fine styles, which is how FINE_RAIN was
+matched). Each clean image is rendered twice (seeds 0..).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from jdnet_cli.data.datasets import find_pairs  # noqa: E402
-from jdnet_cli.data.synthetic_rain import HEAVY_RAIN, RainStyle, render_rain  # noqa: E402
+from jdnet_cli.data.synthetic_rain import RAIN_STYLES, render_rain  # noqa: E402
 
 
 def per_image(d: np.ndarray) -> list[float]:
@@ -42,11 +43,14 @@ def main() -> None:
     args = [a for a in sys.argv[1:] if a != "--light"]
     light = "--light" in sys.argv[1:]
     shared = Path(args[0]) if args else Path(__file__).resolve().parents[2] / "shared"
-    dataset, style = ("rain12", RainStyle()) if light else ("train-pairs/heavy-18", HEAVY_RAIN)
-    pairs = [p.load() for p in find_pairs(shared / "data" / dataset)]
-    print(f"real ({dataset}):  ", summary([(r - c).mean(2) for r, c in pairs]))
-    rng = np.random.default_rng(0)
-    print("ours (same clean):", summary([(render_rain(c, rng, style) - c).mean(2) for _, c in pairs for _ in range(2)]))
+    plan = {"rain12": ("light", "fine"), "rain100l-sample": ("light", "fine")} if light else {"train-pairs/heavy-18": ("heavy",)}
+    for dataset, styles in plan.items():
+        pairs = [p.load() for p in find_pairs(shared / "data" / dataset)]
+        print(f"real ({dataset}):  ", summary([(r - c).mean(2) for r, c in pairs]))
+        for style in styles:
+            rng = np.random.default_rng(0)
+            rendered = [(render_rain(c, rng, RAIN_STYLES[style]) - c).mean(2) for _, c in pairs for _ in range(2)]
+            print(f"{style} (same clean):".ljust(19), summary(rendered))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from .benchmarking.metrics import score_pair, ssim_torch
 from .data.datasets import MixedPatches, PairedPatches, SyntheticRainPatches, find_pairs, rank_slice, split_weight
+from .data.synthetic_rain import RAIN_STYLES
 from .errors import JDNetError
 from .inference.checkpoint import build_model, extract_state_dict, read_checkpoint, save_weights
 from .inference.cpu_allocator import keep_freed_memory
@@ -62,6 +63,8 @@ class TrainConfig:
     # More paired folders, each ``DIR`` or ``DIR:WEIGHT``; ``data`` and ``clean`` take the same suffix.
     pairs: list[str] = field(default_factory=list)
     heavy_fraction: float = 0.0
+    # Style of the synthetic rain (a RAIN_STYLES name); heavy_fraction of the patches use the heavy one.
+    rain_style: str = "light"
     schedule: str = "step"
     warmup: int = 0
     init: str | None = None
@@ -176,6 +179,8 @@ class Trainer:
             raise JDNetError("no training data: give a paired dataset (DATA or --pairs) or --clean DIR")
         if cfg.schedule not in SCHEDULES:
             raise JDNetError(f"unknown schedule {cfg.schedule!r} (choose from {', '.join(SCHEDULES)})")
+        if cfg.rain_style not in RAIN_STYLES:
+            raise JDNetError(f"unknown rain style {cfg.rain_style!r} (choose from {', '.join(RAIN_STYLES)})")
         if not 0.0 <= cfg.heavy_fraction <= 1.0:
             raise JDNetError(f"heavy rain fraction {cfg.heavy_fraction} is not in [0, 1]")
         if not 0.0 <= cfg.ema < 1.0:
@@ -264,7 +269,8 @@ class Trainer:
         cfg, sources, names = self.cfg, [], []
         if cfg.clean:
             folder, weight = split_weight(cfg.clean)
-            sources.append((SyntheticRainPatches(folder, rank=self.rank, world=self.world, heavy_fraction=cfg.heavy_fraction), weight))
+            sources.append((SyntheticRainPatches(folder, style=RAIN_STYLES[cfg.rain_style], rank=self.rank, world=self.world,
+                                                 heavy_fraction=cfg.heavy_fraction), weight))
             names.append(f"synthetic:{folder}")
         for spec in ([cfg.data] if cfg.data else []) + list(cfg.pairs):
             folder, weight = split_weight(spec)
@@ -353,8 +359,9 @@ class Trainer:
         else:
             # A different world size cannot replay the same streams; derive fresh ones from the step.
             self.rng = np.random.default_rng([self.cfg.seed, self.rank, self.step])
-        mine = asdict(self.cfg)
-        return sorted(k for k in mine if k not in _RESUME_FREE_FIELDS and saved_cfg.get(k) != mine[k])
+        mine, defaults = asdict(self.cfg), asdict(TrainConfig(out_dir=""))
+        # A field newer than the checkpoint had its default in the run that wrote it.
+        return sorted(k for k in mine if k not in _RESUME_FREE_FIELDS and saved_cfg.get(k, defaults[k]) != mine[k])
 
     # -- logging and validation ----------------------------------------------------------------
     def log(self, record: dict) -> None:
@@ -530,7 +537,9 @@ def _data_summary(cfg: dict) -> str:
     if cfg.get("clean"):
         folder, weight = split_weight(cfg["clean"])
         heavy = cfg.get("heavy_fraction") or 0.0
-        parts.append(f"synthetic rain on {folder} (weight {weight:g}" + (f", heavy {heavy:g})" if heavy else ")"))
+        style = cfg.get("rain_style") or "light"
+        parts.append(f"synthetic rain on {folder} (weight {weight:g}" + (f", {style} style" if style != "light" else "")
+                     + (f", heavy {heavy:g})" if heavy else ")"))
     for spec in ([cfg["data"]] if cfg.get("data") else []) + list(cfg.get("pairs") or []):
         folder, weight = split_weight(spec)
         parts.append(f"pairs {folder} (weight {weight:g})")

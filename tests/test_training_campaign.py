@@ -185,6 +185,20 @@ def test_a_run_mixes_synthetic_and_paired_sources(tmp_path, paired, other_pairs)
     )
 
 
+def test_rain_style_picks_the_synthetic_style_and_is_recorded(tmp_path):
+    from jdnet_cli.data.synthetic_rain import FINE_RAIN
+
+    write_png(tmp_path / "clean" / "0.png", 40, 40, seed=0)
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), clean=str(tmp_path / "clean"), rain_style="fine", steps=2, **TINY)
+    trainer = Trainer(cfg)
+    assert trainer.data.sources[0].style is FINE_RAIN
+    trainer.run()
+    _, meta = load_model(trainer.export())
+    assert meta["lineage"][-1]["data"] == f"synthetic rain on {tmp_path / 'clean'} (weight 1, fine style)"
+    with pytest.raises(JDNetError, match="unknown rain style 'storm' \\(choose from light, fine, heavy\\)"):
+        Trainer(TrainConfig(out_dir=str(tmp_path / "x"), clean=str(tmp_path / "clean"), rain_style="storm", **TINY))
+
+
 # -- validation on several sets, keeping the best -------------------------------------------------
 def test_validation_scores_each_set_and_keeps_the_best(tmp_path, paired, other_pairs):
     cfg = TrainConfig(out_dir=str(tmp_path / "run"), data=str(paired), val=[str(paired), str(other_pairs)], val_every=2,
@@ -238,3 +252,19 @@ def test_cli_watch_needs_val_and_is_printed(tmp_path, paired, other_pairs):
                "--watch", str(other_pairs), *CLI_TINY)
     assert res.exit_code == 0, res.output
     assert f"[watch: {other_pairs.name} " in res.output
+
+
+def test_cli_rain_style_is_checked_and_old_checkpoints_resume_as_light(tmp_path, paired):
+    write_png(tmp_path / "clean" / "0.png", 40, 40, seed=0)
+    res = _cli("train", "--clean", str(tmp_path / "clean"), "--out", str(tmp_path / "a"), "--rain-style", "storm", *CLI_TINY)
+    assert res.exit_code == 2 and "--rain-style must be one of light, fine, heavy, not 'storm'" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "a").exists()
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), clean=str(tmp_path / "clean"), steps=2, **TINY)
+    Trainer(cfg).run()
+    # A checkpoint written before --rain-style existed has no such field: it ran the light style.
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=True)
+    del state["config"]["rain_style"]
+    torch.save(state, ckpt)
+    assert Trainer(TrainConfig(**{**cfg.__dict__, "steps": 3})).resume() == ["steps"]
+    assert Trainer(TrainConfig(**{**cfg.__dict__, "rain_style": "fine"})).resume() == ["rain_style"]

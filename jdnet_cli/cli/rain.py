@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from ..data.datasets import write_synthetic_pairs
-from ..data.synthetic_rain import HEAVY_RAIN, RainStyle
+from ..data.synthetic_rain import RAIN_STYLES
 from ..errors import JDNetError
 from .console import err_console, fail
 
@@ -16,16 +16,15 @@ def rain(
     clean_dir: Path = typer.Argument(..., help="Folder of clean photos."),
     out_dir: Path = typer.Argument(..., help="Output folder; gets rain/ and norain/ with equal PNG names."),
     seed: int = typer.Option(0, "--seed", help="Same seed, same rain."),
-    style: str = typer.Option("light", "--style", help="light (Rain12/Rain100L-like streaks) or heavy (several layers of long, wide streaks and a veil)."),
+    style: str = typer.Option("light", "--style", help="light (thin streaks, sometimes a veil), fine (fainter, rarely a veil: Rain12/Rain100L-like) or heavy (several layers of long, wide streaks and a veil)."),
 ) -> None:
     """Render synthetic rain over clean photos into a paired dataset that train and benchmark read."""
-    styles = {"light": RainStyle(), "heavy": HEAVY_RAIN}
-    if style not in styles:
-        fail(f"--style must be light or heavy, not {style!r}")
+    if style not in RAIN_STYLES:
+        fail(f"--style must be one of {', '.join(RAIN_STYLES)}, not {style!r}")
     console = err_console()
     t0 = time.perf_counter()
     try:
-        n = write_synthetic_pairs(clean_dir, out_dir, seed, styles[style])
+        n = write_synthetic_pairs(clean_dir, out_dir, seed, RAIN_STYLES[style])
     except JDNetError as err:
         fail(str(err))
     console.print(f"{n} pairs written to {out_dir}/rain and {out_dir}/norain in {time.perf_counter() - t0:.1f}s", markup=False)

@@ -8,6 +8,7 @@ import typer
 
 from ..errors import JDNetError
 from ..inference.checkpoint import extract_state_dict, infer_arch, read_checkpoint
+from ..data.synthetic_rain import RAIN_STYLES
 from ..training import LOSSES, SCHEDULES, Trainer, TrainConfig
 from .console import err_console, fail, interactive
 from ..pipelines.interrupts import GracefulStop
@@ -36,6 +37,7 @@ def train(
     data: Optional[str] = typer.Argument(None, metavar="[DATA]", help="Paired dataset folder (layout auto-detected); DIR:W gives it sampling weight W."),
     clean: Optional[str] = typer.Option(None, "--clean", help="Clean photos; rainy inputs are rendered on the fly (DIR:W for a weight)."),
     pairs: Optional[List[str]] = typer.Option(None, "--pairs", help="Another paired folder, DIR or DIR:WEIGHT; repeatable."),
+    rain_style: str = typer.Option("light", "--rain-style", help=f"Synthetic rain style: {', '.join(RAIN_STYLES)} (see jdnet rain --style)."),
     heavy_fraction: float = typer.Option(0.0, "--heavy-fraction", min=0.0, max=1.0, help="Share of synthetic patches rendered as heavy rain."),
     init: Optional[Path] = typer.Option(None, "--init", help="Warm start: build the model from this inference weights file (fresh optimiser)."),
     warmup: int = typer.Option(0, "--warmup", min=0, help="Linear learning-rate warm-up over the first N steps."),
@@ -67,6 +69,8 @@ def train(
     """Train JDNet (-SSIM, Adam, 64x64 crops by default); run under torchrun for DDP."""
     if schedule not in SCHEDULES:
         fail(f"--schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
+    if rain_style not in RAIN_STYLES:
+        fail(f"--rain-style must be one of {', '.join(RAIN_STYLES)}, not {rain_style!r}")
     if watch and not val:
         fail("--watch sets are scored at each validation: give --val too")
     if keep_validated and not val:
@@ -84,7 +88,7 @@ def train(
         fail("--channels must be even (the self-calibrated convolution splits the channels in two)")
     cfg = TrainConfig(
         out_dir=str(out), data=data, clean=clean, pairs=list(pairs or []), heavy_fraction=heavy_fraction,
-        init=str(init) if init else None, warmup=warmup, schedule=schedule, ema=ema,
+        rain_style=rain_style, init=str(init) if init else None, warmup=warmup, schedule=schedule, ema=ema,
         steps=steps, batch_size=batch_size, patch_size=patch_size, lr=lr, loss=loss, flips=flips,
         rotations=rotations, seed=seed, channels=channels, num_units=units, save_every=save_every,
         log_every=log_every, val=[str(v) for v in val] if val else None, val_every=val_every if val else 0,

@@ -1,6 +1,8 @@
 """The synthetic rain renderer and the ``jdnet rain`` command that writes a paired dataset with it."""
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
@@ -119,16 +121,16 @@ def test_rain_command_heavy_style_renders_heavier_rain_over_the_same_photos(tmp_
 
     clean = write_png(tmp_path / "clean" / "a.png", 96, 128, seed=1).astype(int)
     runner = CliRunner()
-    for style in ("light", "heavy"):
+    for style in ("fine", "light", "heavy"):
         res = runner.invoke(app, ["rain", str(tmp_path / "clean"), str(tmp_path / style), "--seed", "5", "--style", style])
         assert res.exit_code == 0, res.output
-    diff = {s: np.abs(cv2.imread(str(tmp_path / s / "rain" / "a.png")).astype(int) - clean).mean() for s in ("light", "heavy")}
-    assert diff["heavy"] > 2 * diff["light"] > 0
+    diff = {s: np.abs(cv2.imread(str(tmp_path / s / "rain" / "a.png")).astype(int) - clean).mean() for s in ("fine", "light", "heavy")}
+    assert diff["heavy"] > 2 * diff["light"] > 0 and diff["light"] > diff["fine"] > 0
     # The default is the light style, and --style light is the same rain.
     assert runner.invoke(app, ["rain", str(tmp_path / "clean"), str(tmp_path / "default"), "--seed", "5"]).exit_code == 0
     assert (tmp_path / "default" / "rain" / "a.png").read_bytes() == (tmp_path / "light" / "rain" / "a.png").read_bytes()
     res = runner.invoke(app, ["rain", str(tmp_path / "clean"), str(tmp_path / "x"), "--style", "storm"])
-    assert res.exit_code == 2 and "--style must be light or heavy, not 'storm'" in res.output and not (tmp_path / "x").exists()
+    assert res.exit_code == 2 and "--style must be one of light, fine, heavy, not 'storm'" in res.output and not (tmp_path / "x").exists()
 
 
 def test_rain_command_refuses_names_that_would_collide(tmp_path):
@@ -140,3 +142,22 @@ def test_rain_command_refuses_names_that_would_collide(tmp_path):
     with pytest.raises(JDNetError, match=r"a\.png: same name as a\.jpg; both would be written as a\.png"):
         write_synthetic_pairs(tmp_path / "clean", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_fine_rain_is_fainter_than_light_and_rarely_veiled():
+    from jdnet_cli.data.synthetic_rain import FINE_RAIN, RAIN_STYLES
+
+    assert RAIN_STYLES["fine"] is FINE_RAIN and RAIN_STYLES["light"] == RainStyle()
+    img = _photo(64, 64) * 0.3  # dark, so a veil of atmospheric light (0.7-0.95) always lifts it
+    means, floors = {}, {}
+    for name in ("fine", "light"):
+        rng = np.random.default_rng(11)
+        diffs = [(render_rain(img, rng, RAIN_STYLES[name]) - img).mean(2) for _ in range(200)]
+        means[name] = float(np.mean([d.mean() for d in diffs]))
+        # Without streaks (brightness 0) what is left is the veil, when there is one.
+        unstreaked = dataclasses.replace(RAIN_STYLES[name], brightness=(0.0, 0.0))
+        floors[name] = float(np.mean([(render_rain(img, rng, unstreaked) - img).mean() > 0.002 for _ in range(400)]))
+    # Same ranges but brightness 0.2-0.7 against 0.25-0.8: about 0.82x the mean difference.
+    assert 0.65 < means["fine"] / means["light"] < 0.95
+    # Veils on 10% against 40% of images (the faintest of 0 to 0.04 do not pass the test).
+    assert floors["fine"] < 0.15 < 0.25 < floors["light"] < 0.45
