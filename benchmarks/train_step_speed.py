@@ -65,6 +65,21 @@ two 16-channel 3x3 branches as one grouped conv (slower alone: 5.1-5.8 vs 3.7-3.
 torch.compile of a joint unit (graph breaks at the op back-end switch; 111 vs 72-77 ms fwd+bwd);
 bf16 convs (this CPU has AVX512-BF16: 1.55x on 3x3 32->32 at 64x64, but 0.64-1.0x on the 1x1s
 and the small maps that dominate here).
+
+Re-measured 2026-12-06 at 3338c7f (same VM type, two `nice -n 19` training runs in the background,
+so not idle): `--repeats 2`, batch 4 of 64x64: 1.72 s per step, 2.16x the stack's 0.80 s (NHWC;
+NCHW 0.88 s). Phases: data 4 ms, forward 602 ms (33%), loss 5 ms, backward 1163 ms (64%), optimizer
+31 ms. Per aten op (a dispatch-mode timer around each call, 3 steps; the timer's own overhead
+raised the step to 2.0 s, 1.57 s of it inside ops): convolution backward 489 ms and forward 234 ms
+(the 16->16 3x3 convs at 64x64 run at ~140-160 GFLOP/s, near the stack's ~167; the 1x1s at
+~70 GFLOP/s and the pyramid's 16x16 to 4x4 levels are where convs lose), dense fusion forward
+(and slot gradients) 214 ms and weight gradients 206 ms (~180-200 GFLOP/s: arithmetic-bound now),
+attention 107 ms, full-resolution adds 62 ms, LReLU 66 ms, BatchNorm 37 ms, cat 18 ms, Adam 12 ms.
+Tried the same day, interleaved step pairs in one process (6 pairs each, ±10% noise from the
+background runs), all dropped as no faster: every full-resolution 1x1 conv as addmm/mm on the
+channels-last rows in one autograd Function (0.95x; alone, warm, it was 0.49-1.38x of oneDNN
+depending on shape); the SAM's three projections (32->2, 32->2, 32->8) as one 32->12 conv
+sliced (0.93x); the SC bottleneck's two 32->16 1x1s as one 32->32 conv (0.93x); both (0.96x).
 """
 from __future__ import annotations
 
