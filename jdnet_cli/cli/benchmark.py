@@ -55,7 +55,7 @@ def _fmt(key: str, value: float) -> str:
 @benchmark_app.command("quality")
 def quality(
     datasets: List[Path] = typer.Argument(..., metavar="DATASET...", help="Paired dataset folders (the layouts `train` reads)."),
-    weights: Optional[List[Path]] = typer.Option(None, "--weights", "-w", help="Weights to score; repeat for several models (default: the shipped weights)."),
+    weights: Optional[List[Path]] = typer.Option(None, "--weights", "-w", help="Weights to score (a file, or shipped weights by name: default, heavy); repeat for several models (default: the shipped default)."),
     input_only: bool = typer.Option(False, "--input-only", help="Score only the rainy inputs against the clean images; no model."),
     device: Device = "auto",
     precision: Precision = "fp32",

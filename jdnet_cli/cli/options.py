@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-Weights = Annotated[Optional[Path], typer.Option("--weights", "-w", help="Weights file (default: the shipped weights).")]
+Weights = Annotated[Optional[Path], typer.Option("--weights", "-w", help="Weights file, or shipped weights by name: default, or heavy (for heavy rain). [default: default]")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 Precision = Annotated[str, typer.Option("--precision", help="fp32, fp16 (CUDA) or bf16.")]
 Tile = Annotated[str, typer.Option("--tile", help="Tile side in px: auto (largest that fits in memory), 0 (whole image or frame) or N.")]

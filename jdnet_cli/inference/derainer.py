@@ -14,7 +14,7 @@ from .checkpoint import load_model
 from .cpu_allocator import keep_freed_memory
 from .devices import device_name, resolve_device, resolve_precision
 from .memory_budget import bytes_per_pixel, choose_batch, choose_tile, device_budget, parse_byte_size
-from .shipped_weights import default_weights_path
+from .shipped_weights import resolve_weights
 from .tiling import is_out_of_memory, normalise_tile, parse_tile, plan_tiles, run_halving_on_oom, run_tiled
 
 # The SC-conv average-pools by 4 and the attention reflect-pads by 3, so smaller inputs are
@@ -58,7 +58,7 @@ class Derainer:
         self.dtype = resolve_precision(precision, self.device)
         self.precision = precision
         if model is None:
-            self.weights_path = Path(weights) if weights else default_weights_path()
+            self.weights_path = resolve_weights(weights or None)
             model, self.meta = load_model(self.weights_path)
         else:
             self.weights_path, self.meta = None, {}

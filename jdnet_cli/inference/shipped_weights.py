@@ -1,4 +1,4 @@
-"""Where the shipped default weights live (inside the installed package, or weights/ in a checkout)."""
+"""Where the shipped weights live (inside the installed package, or weights/ in a checkout), by name."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,19 +6,46 @@ from pathlib import Path
 from ..errors import JDNetError
 
 DEFAULT_WEIGHTS_NAME = "jdnet.pt"
+SHIPPED_WEIGHTS = {"default": DEFAULT_WEIGHTS_NAME, "heavy": "jdnet-heavy.pt"}
+"""Names that ``--weights`` accepts instead of a path, and their files in ``weights/``."""
 
 
-def default_weights_path() -> Path:
-    """Path of the shipped weights; raises JDNetError if this install has none."""
-    candidates = []
+def weights_folders() -> list[Path]:
+    """Where shipped weights may be: the installed ``jdnet_cli.weights`` package, then a checkout's weights/."""
+    folders = []
     try:
         from importlib.resources import files
 
-        candidates.append(Path(str(files("jdnet_cli.weights") / DEFAULT_WEIGHTS_NAME)))
+        folders.append(Path(str(files("jdnet_cli.weights"))))
     except (ModuleNotFoundError, TypeError):
         pass
-    candidates.append(Path(__file__).resolve().parents[2] / "weights" / DEFAULT_WEIGHTS_NAME)
-    for path in candidates:
+    folders.append(Path(__file__).resolve().parents[2] / "weights")
+    return folders
+
+
+def shipped_weights_path(name: str = "default") -> Path:
+    """Path of the shipped weights called ``name``; raises JDNetError if this install has none."""
+    for folder in weights_folders():
+        path = folder / SHIPPED_WEIGHTS[name]
         if path.is_file():
             return path
-    raise JDNetError("no shipped weights found in this install; pass --weights PATH")
+    what = "shipped weights" if name == "default" else f"shipped '{name}' weights"
+    raise JDNetError(f"no {what} found in this install; pass --weights PATH")
+
+
+def default_weights_path() -> Path:
+    """Path of the shipped default weights; raises JDNetError if this install has none."""
+    return shipped_weights_path("default")
+
+
+def resolve_weights(weights: str | Path | None) -> Path:
+    """A weights file as given, or the shipped weights of that name ("default", "heavy"); None: the default.
+
+    An existing file always wins, so a file that happens to be called "heavy" is still read as a file.
+    """
+    if weights is None:
+        return default_weights_path()
+    path = Path(weights)
+    if not path.exists() and str(weights) in SHIPPED_WEIGHTS:
+        return shipped_weights_path(str(weights))
+    return path
