@@ -3,7 +3,7 @@
     python scripts/average_weights.py runs/soup.pt runs/stage12c/best.pt runs/stage12d/best.pt
 
 The files must share the architecture. Floating tensors (weights and BatchNorm statistics) are
-averaged in fp32 and written in fp16 like jdnet's exports; the lineage is the first file's, plus one
+averaged in fp64 and written in fp16 like jdnet's exports; the lineage is the first file's, plus one
 stage naming every averaged file by sha256.
 """
 from __future__ import annotations

@@ -5,8 +5,7 @@ from pathlib import Path
 
 from ..errors import JDNetError
 
-DEFAULT_WEIGHTS_NAME = "jdnet.pt"
-SHIPPED_WEIGHTS = {"default": DEFAULT_WEIGHTS_NAME, "heavy": "jdnet-heavy.pt"}
+SHIPPED_WEIGHTS = {"default": "jdnet.pt", "heavy": "jdnet-heavy.pt"}
 """Names that ``--weights`` accepts instead of a path, and their files in ``weights/``."""
 
 
