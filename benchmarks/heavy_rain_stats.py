@@ -4,9 +4,15 @@ Per image, of d = mean over RGB of (rainy - clean): the floor (10th percentile: 
 percentile (bright streaks), the mean, the std of d minus its 6-px Gaussian blur (streak contrast), and
 the dominant streak angle from the structure tensor of that residual; plus the share of pixels with
 d > 0.05 and d > 0.3 over the whole set. Used to tune HEAVY_RAIN against heavy-18:
-    python benchmarks/heavy_rain_stats.py [--light] [SHARED_DIR]
+    python benchmarks/heavy_rain_stats.py [--light | --composition] [SHARED_DIR]
 (--light: Rain12 and the Rain100L sample against the light and fine styles, which is how FINE_RAIN was
 matched). Each clean image is rendered twice (seeds 0..).
+
+--composition asks how rain meets the background: over the same light-rain sets, the 95th percentile of
+d per band of clean brightness (mean over RGB, bands of 0.125). Measured 2026-12-07: Rain12 0.09-0.10 and
+the Rain100L sample 0.10-0.13 in every band up to 0.75 (then clipping): their streaks were *added*. The
+light style falls from ~0.21 on dark backgrounds to ~0.04 on bright ones, as screening makes it; the
+additive style (ADDITIVE_RAIN) was tuned to the sets' level.
 """
 from __future__ import annotations
 
@@ -39,11 +45,36 @@ def summary(diffs: list[np.ndarray]) -> str:
             f"|angle| {a[:, 4].mean():.1f} deg  d>0.05 {(flat > 0.05).mean():.2f}  d>0.3 {(flat > 0.3).mean():.2f}")
 
 
+BANDS = np.arange(0.0, 1.0, 0.125)
+
+
+def composition(pairs: list[tuple[np.ndarray, np.ndarray]]) -> str:
+    """95th percentile of d per band of clean brightness ('-' where a band has under 1,000 pixels)."""
+    d = np.concatenate([(r - c).mean(2).ravel() for r, c in pairs])
+    base = np.concatenate([c.mean(2).ravel() for _, c in pairs])
+    cells = []
+    for lo in BANDS:
+        sel = d[(base >= lo) & (base < lo + 0.125)]
+        cells.append(f"{np.quantile(sel, 0.95):.3f}" if sel.size >= 1000 else "  -  ")
+    return " ".join(cells)
+
+
 def main() -> None:
-    args = [a for a in sys.argv[1:] if a != "--light"]
+    args = [a for a in sys.argv[1:] if a not in ("--light", "--composition")]
     light = "--light" in sys.argv[1:]
+    if "--composition" in sys.argv[1:]:
+        shared = Path(args[0]) if args else Path(__file__).resolve().parents[2] / "shared"
+        print("p95 of d per band of clean brightness:", " ".join(f"{lo:.3f}+" for lo in BANDS))
+        for dataset in ("rain12", "rain100l-sample"):
+            pairs = [p.load() for p in find_pairs(shared / "data" / dataset)]
+            print(f"real ({dataset}):".ljust(28), composition(pairs))
+            for style in ("light", "fine", "additive"):
+                rng = np.random.default_rng(0)
+                rendered = [(render_rain(c, rng, RAIN_STYLES[style]), c) for _, c in pairs for _ in range(2)]
+                print(f"{style} (same clean):".ljust(28), composition(rendered))
+        return
     shared = Path(args[0]) if args else Path(__file__).resolve().parents[2] / "shared"
-    plan = {"rain12": ("light", "fine"), "rain100l-sample": ("light", "fine")} if light else {"train-pairs/heavy-18": ("heavy",)}
+    plan = {"rain12": ("light", "fine", "additive"), "rain100l-sample": ("light", "fine", "additive")} if light else {"train-pairs/heavy-18": ("heavy",)}
     for dataset, styles in plan.items():
         pairs = [p.load() for p in find_pairs(shared / "data" / dataset)]
         print(f"real ({dataset}):  ", summary([(r - c).mean(2) for r, c in pairs]))

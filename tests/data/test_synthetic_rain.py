@@ -130,7 +130,40 @@ def test_rain_command_heavy_style_renders_heavier_rain_over_the_same_photos(tmp_
     assert runner.invoke(app, ["rain", str(tmp_path / "clean"), str(tmp_path / "default"), "--seed", "5"]).exit_code == 0
     assert (tmp_path / "default" / "rain" / "a.png").read_bytes() == (tmp_path / "light" / "rain" / "a.png").read_bytes()
     res = runner.invoke(app, ["rain", str(tmp_path / "clean"), str(tmp_path / "x"), "--style", "storm"])
-    assert res.exit_code == 2 and "--style must be one of light, fine, heavy, not 'storm'" in res.output and not (tmp_path / "x").exists()
+    assert res.exit_code == 2 and "--style must be one of light, fine, heavy, additive, not 'storm'" in res.output and not (tmp_path / "x").exists()
+
+
+def test_additive_rain_keeps_its_strength_on_bright_backgrounds_where_screened_rain_fades():
+    from jdnet_cli.data.synthetic_rain import ADDITIVE_RAIN
+
+    def streak_p95(style: RainStyle, level: float) -> float:
+        clean = np.full((128, 128, 3), level, np.float32)
+        diffs = [(render_rain(clean, np.random.default_rng(s), style) - clean).mean(2) for s in range(6)]
+        return float(np.quantile(np.concatenate([d.ravel() for d in diffs]), 0.95))
+
+    # Same seeds, same streaks: only the background differs.
+    light = streak_p95(RainStyle(haze_prob=0.0), 0.1), streak_p95(RainStyle(haze_prob=0.0), 0.6)
+    added = streak_p95(dataclasses.replace(ADDITIVE_RAIN, haze_prob=0.0), 0.1), streak_p95(dataclasses.replace(ADDITIVE_RAIN, haze_prob=0.0), 0.6)
+    assert light[1] / light[0] < 0.5  # screening: (1 - 0.6) / (1 - 0.1) = 0.44 of the change
+    assert added[1] == pytest.approx(added[0], rel=1e-4)  # adding: the same change on both
+    assert 0.05 < added[0] < 0.2
+
+
+def test_additive_rain_is_clean_plus_streaks_clipped_and_mixed_styles_draw_per_image():
+    img = _photo(seed=3)
+    out = render_rain(img, np.random.default_rng(4), RainStyle(additive=1.0, haze_prob=0.0))
+    diff = out - img
+    assert diff.min() >= -1e-6 and out.max() <= 1.0
+    bright = img > 0.9  # clipped there: the streak adds at most 1 - clean
+    assert np.all(diff[bright] <= 1.0 - img[bright] + 1e-6)
+    # additive=0 renders exactly the screened style, drawing nothing extra from the generator.
+    assert np.array_equal(render_rain(img, np.random.default_rng(4), RainStyle(additive=0.0)),
+                          render_rain(img, np.random.default_rng(4), RainStyle()))
+    # A mixed style adds on some images and screens on others.
+    flat = np.full((64, 64, 3), 0.6, np.float32)
+    strengths = [float((render_rain(flat, np.random.default_rng(s), RainStyle(additive=0.5, haze_prob=0.0)) - flat).max())
+                 for s in range(24)]
+    assert min(strengths) < 0.35 < max(strengths)
 
 
 def test_rain_command_refuses_names_that_would_collide(tmp_path):
