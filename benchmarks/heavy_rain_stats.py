@@ -59,29 +59,30 @@ def composition(pairs: list[tuple[np.ndarray, np.ndarray]]) -> str:
     return " ".join(cells)
 
 
+def rendered_summary(pairs: list[tuple[np.ndarray, np.ndarray]]) -> str:
+    """summary() of the (rainy, clean) pairs' difference maps."""
+    return summary([(r - c).mean(2) for r, c in pairs])
+
+
 def main() -> None:
     args = [a for a in sys.argv[1:] if a not in ("--light", "--composition")]
-    light = "--light" in sys.argv[1:]
-    if "--composition" in sys.argv[1:]:
-        shared = Path(args[0]) if args else Path(__file__).resolve().parents[2] / "shared"
-        print("p95 of d per band of clean brightness:", " ".join(f"{lo:.3f}+" for lo in BANDS))
-        for dataset in ("rain12", "rain100l-sample"):
-            pairs = [p.load() for p in find_pairs(shared / "data" / dataset)]
-            print(f"real ({dataset}):".ljust(28), composition(pairs))
-            for style in ("light", "fine", "additive"):
-                rng = np.random.default_rng(0)
-                rendered = [(render_rain(c, rng, RAIN_STYLES[style]), c) for _, c in pairs for _ in range(2)]
-                print(f"{style} (same clean):".ljust(28), composition(rendered))
-        return
     shared = Path(args[0]) if args else Path(__file__).resolve().parents[2] / "shared"
-    plan = {"rain12": ("light", "fine", "additive"), "rain100l-sample": ("light", "fine", "additive")} if light else {"train-pairs/heavy-18": ("heavy",)}
+    light_sets = {"rain12": ("light", "fine", "additive"), "rain100l-sample": ("light", "fine", "additive")}
+    report = rendered_summary
+    if "--composition" in sys.argv[1:]:
+        plan, report = light_sets, composition
+        print("p95 of d per band of clean brightness:", " ".join(f"{lo:.3f}+" for lo in BANDS))
+    elif "--light" in sys.argv[1:]:
+        plan = light_sets
+    else:
+        plan = {"train-pairs/heavy-18": ("heavy",)}
     for dataset, styles in plan.items():
         pairs = [p.load() for p in find_pairs(shared / "data" / dataset)]
-        print(f"real ({dataset}):  ", summary([(r - c).mean(2) for r, c in pairs]))
+        print(f"real ({dataset}):".ljust(28), report(pairs))
         for style in styles:
             rng = np.random.default_rng(0)
-            rendered = [(render_rain(c, rng, RAIN_STYLES[style]) - c).mean(2) for _, c in pairs for _ in range(2)]
-            print(f"{style} (same clean):".ljust(19), summary(rendered))
+            rendered = [(render_rain(c, rng, RAIN_STYLES[style]), c) for _, c in pairs for _ in range(2)]
+            print(f"{style} (same clean):".ljust(28), report(rendered))
 
 
 if __name__ == "__main__":
