@@ -159,6 +159,42 @@ def test_dense_fusion_backward_kernel_matches_gemms(widths, rows):
     assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
 
 
+_WEIGHT_GRAD_SCRIPT = """
+import sys, torch
+from jdnet_cli.ops.cpu_kernels import dense_fusion_backward_cpu, prepare_cpu_kernels
+assert prepare_cpu_kernels()
+g = torch.Generator().manual_seed(5)
+widths = [64] * 7 + [32, 16]
+segments = [torch.randn(1031, w + 32, generator=g)[:, :w] for w in widths]
+weight = torch.randn(32, sum(widths), 1, 1, generator=g)
+grad = torch.randn(1031, 32, generator=g)
+torch.save(dense_fusion_backward_cpu(grad, weight, segments, [], []), sys.argv[1])
+"""
+
+
+def _has_avx512() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "avx512f" in f.read().split()
+    except OSError:
+        return False
+
+
+@needs_compiler
+@pytest.mark.skipif(not _has_avx512(), reason="this CPU has no AVX-512, so there is only the AVX2 path")
+def test_dense_fusion_weight_gradient_same_bits_with_and_without_avx512(tmp_path):
+    # Both paths sum every dW element over the same rows in the same order with FMAs.
+    results = []
+    for name, extra in (("avx512", {}), ("avx2", {"JDNET_CPU_AVX2_ONLY": "1"})):
+        env = {k: v for k, v in os.environ.items() if k != "JDNET_CPU_AVX2_ONLY"} | extra
+        env["PYTHONPATH"] = str(REPO)
+        out = tmp_path / f"{name}.pt"
+        subprocess.run([sys.executable, "-c", _WEIGHT_GRAD_SCRIPT, str(out)], env=env, check=True, timeout=600)
+        results.append(torch.load(out, weights_only=True))
+    assert torch.equal(results[0], results[1])
+    assert results[0].abs().max().item() > 1.0  # a real gradient, not zeros
+
+
 @needs_compiler
 def test_dense_fusion_backward_kernel_refuses_widths_it_cannot_block():
     from jdnet_cli.ops.cpu_kernels import prepare_cpu_kernels
