@@ -80,6 +80,23 @@ background runs), all dropped as no faster: every full-resolution 1x1 conv as ad
 channels-last rows in one autograd Function (0.95x; alone, warm, it was 0.49-1.38x of oneDNN
 depending on shape); the SAM's three projections (32->2, 32->2, 32->8) as one 32->12 conv
 sliced (0.93x); the SC bottleneck's two 32->16 1x1s as one 32->32 conv (0.93x); both (0.96x).
+
+2026-12-07 (41aa125, same VM type, training runs paused): the dense fusions' weight gradient ran at
+86-100 GFLOP/s against ~205 for their forward (the two kernels timed alone, P = 16384, k = 128 to
+1024): AVX2's 16 registers held 8 accumulator chains. An AVX-512 block (8 columns x 2 vectors,
+chosen at run time, same bits) with a prefetch of the next segment's rows: 125-207 GFLOP/s (1.4-1.9x
+ in one run), this
+CPU's FMA peak being ~234 (117 per core, measured). A step: `--repeats 3 --baseline <adece66>`
+1.37 s vs 1.43 s (1.04x), 1.92x the stack's 0.71 s (baseline 2.01x); the issue's check, two
+rounds: 1.44 / 1.43 s, 1.90x / 1.79x the stack (adece66 1.41 / 1.37 s, 1.80x / 1.86x); 4 x 6
+interleaved steps of the same checkout with and without JDNET_CPU_AVX2_ONLY: medians 1.42-1.74 vs
+1.54-1.67 s. So +-10% VM noise hides the ~4% this should give. Where the 1.37 s goes now
+(dispatch-mode timer, 3 steps, the timer raising a step to 1.65 s): convolutions 640 ms (backward
+430, forward 210), dense fusion forward and slot gradients 189 ms (~199 GFLOP/s, near peak),
+weight gradients 113 ms, attention 99 ms, full-resolution adds 60 ms (11.5 per unit, mostly
+autograd summing the gradients of tensors used twice), LReLU 55 ms, BatchNorm 35 ms. The pyramid's
+levels of 16x16 and smaller cost 3.8 ms a unit where their FLOPs need ~1.2 ms (a 3x3 32->32 conv
+on 4 x 4x4 pixels: ~295 us forward and backward, ~18 us of arithmetic).
 """
 from __future__ import annotations
 
