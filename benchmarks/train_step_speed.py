@@ -84,9 +84,8 @@ sliced (0.93x); the SC bottleneck's two 32->16 1x1s as one 32->32 conv (0.93x); 
 2026-12-07 (41aa125, same VM type, training runs paused): the dense fusions' weight gradient ran at
 86-100 GFLOP/s against ~205 for their forward (the two kernels timed alone, P = 16384, k = 128 to
 1024): AVX2's 16 registers held 8 accumulator chains. An AVX-512 block (8 columns x 2 vectors,
-chosen at run time, same bits) with a prefetch of the next segment's rows: 125-207 GFLOP/s (1.4-1.9x
- in one run), this
-CPU's FMA peak being ~234 (117 per core, measured). A step: `--repeats 3 --baseline <adece66>`
+chosen at run time, same bits) with a prefetch of the next segment's rows: 125-207 GFLOP/s (1.4-1.9x in one
+run), this CPU's FMA peak being ~234 (117 per core, measured). A step: `--repeats 3 --baseline <adece66>`
 1.37 s vs 1.43 s (1.04x), 1.92x the stack's 0.71 s (baseline 2.01x); the issue's check, two
 rounds: 1.44 / 1.43 s, 1.90x / 1.79x the stack (adece66 1.41 / 1.37 s, 1.80x / 1.86x); 4 x 6
 interleaved steps of the same checkout with and without JDNET_CPU_AVX2_ONLY: medians 1.42-1.74 vs
