@@ -17,6 +17,7 @@ from . import cpu_kernels
 from .backend import reference
 from .bn_leaky import batchnorm_leaky
 from .pairwise_attention import pairwise_attention_fast, pairwise_attention_reference
+from .sam_training import sam_attention_training, sam_training_usable
 
 AttentionOp = Callable[..., torch.Tensor]
 ATTENTION_OPS: dict[str, AttentionOp] = {
@@ -51,4 +52,10 @@ def sam_attention(
             x, bn_in, [sam.conv1, sam.conv2, sam.conv3], sam.conv_p(loc.to(x.dtype)),
             sam.conv_w[1].weight.flatten(1), sam.conv_w[2].weight.flatten(1), bn_out, slope,
         )
+    if (
+        not reference() and bn_in.training and torch.is_grad_enabled() and sam.op is pairwise_attention_fast
+        and sam_training_usable(x, bn_in, sam.conv3.out_channels)
+    ):
+        # Training on the CPU: BatchNorm, LReLU, projections and attention as one autograd Function.
+        return F.leaky_relu(bn_out(sam_attention_training(x, loc, bn_in, sam, slope)), slope)
     return F.leaky_relu(bn_out(sam(batchnorm_leaky(x, bn_in, slope), loc)), slope)
