@@ -96,6 +96,26 @@ weight gradients 113 ms, attention 99 ms, full-resolution adds 60 ms (11.5 per u
 autograd summing the gradients of tensors used twice), LReLU 55 ms, BatchNorm 35 ms. The pyramid's
 levels of 16x16 and smaller cost 3.8 ms a unit where their FLOPs need ~1.2 ms (a 3x3 32->32 conv
 on 4 x 4x4 pixels: ~295 us forward and backward, ~18 us of arithmetic).
+
+Then (7248b50: the SAM block's BatchNorm, LReLU, three projections and attention as one autograd
+Function, ops/sam_training.py, with the batch statistics and the input stage's backward in C++),
+against 41aa125 in the same run, `--repeats 4`: 1.29 s vs 1.37 s per step (1.06x; every repeat
+faster), **1.76x** the stack's 0.73 s (41aa125: 1.87x). The SAM block alone, forward and backward
+(batch 4, 32 x 64x64): 7.6-8.6 ms vs 9.3-9.5 ms. A step's fixed cost is large: at batch 4 of
+8x8 patches (arithmetic ~1/64 of 64x64) a full-model step takes ~300 ms; it runs ~10,800 aten
+calls, 834 convolutions forward and 834 backward, and oneDNN costs ~50 us forward and ~150 us
+backward per call on this VM whatever the size (a 4 x 32 x 4x4 conv: forward 83 us, backward
+152 us; the native non-oneDNN conv: 27 / 127 us), so ~140 ms of a 64x64 step is oneDNN's per-call
+cost. Tried the same session and dropped: the SC bottleneck's 1x1 convs (the 32->16 pair and the
+32->32 fusion with its residual) as autograd Functions over the fuse_segments and
+dense_fusion_backward kernels (block forward+backward 8.3-9.2 vs 8.4-9.3 ms, 3 x 20 interleaved:
+oneDNN's 1x1 on full-size maps is near memory speed, 0.28 ms forward and ~0.5 ms backward, and the
+kernels' 0.18 + 0.39 ms win only ~0.3 ms a block); the pyramid's strided residual blocks as one
+C++ Function each (direct 3x3 loops on padded channels-last maps, two pixels or channels per
+register block, gradients bit-checked against the convs): forward+backward per block at inputs of
+64, 32, 16 and 8 px: 9.7 / 2.6 / 0.88 / 0.46 ms against oneDNN's 4.6 / 1.6 / 0.88 / 0.71, a gain
+only on the 8x8 level (~8 ms a step); OMP_WAIT_POLICY=ACTIVE (3 x 6 interleaved steps: within
+noise).
 """
 from __future__ import annotations
 
