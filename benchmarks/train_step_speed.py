@@ -115,7 +115,11 @@ C++ Function each (direct 3x3 loops on padded channels-last maps, two pixels or 
 register block, gradients bit-checked against the convs): forward+backward per block at inputs of
 64, 32, 16 and 8 px: 9.7 / 2.6 / 0.88 / 0.46 ms against oneDNN's 4.6 / 1.6 / 0.88 / 0.71, a gain
 only on the 8x8 level (~8 ms a step); OMP_WAIT_POLICY=ACTIVE (3 x 6 interleaved steps: within
-noise).
+noise). Same session, 7248b50+ against adece66 (the session's start), one run each, 3 steps: batch
+16 of 64x64 4.54 vs 4.85 s (1.07x), **1.44x** the stack's 3.15 s (adece66 1.54x), peak RSS growth
+218 vs 354 MiB; batch 4 of 128x128 4.45 vs 4.93 s (1.11x), **1.39x** the stack's 3.20 s (adece66
+1.54x), 264 vs 337 MiB. The issue's check at batch 4 of 64x64, two rounds: 1.49 / 1.29 s, 2.03x /
+1.75x the stack (adece66 1.43 / 1.31 s, 1.89x / 1.72x): this VM's noise is larger than the gain there.
 """
 from __future__ import annotations
 
