@@ -27,7 +27,7 @@ def sam_training_usable(x: torch.Tensor, bn: nn.BatchNorm2d, value_channels: int
         x.dim() == 4 and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
         and x.shape[1] % 8 == 0 and x.shape[1] <= 256 and 1 <= value_channels <= 8
         and min(x.shape[-2:]) > PAD and x.shape[0] * x.shape[2] * x.shape[3] > 1
-        and bn.training and bn.affine
+        and type(bn) is nn.BatchNorm2d and bn.training and bn.affine  # (a SyncBatchNorm's statistics span processes)
         and training_kernels_usable(x)
         and (x.dtype == torch.float64 or cpu_kernels.prepare_cpu_kernels())
     )
