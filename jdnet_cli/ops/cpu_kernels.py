@@ -186,6 +186,25 @@ def sam_attention_usable(x: torch.Tensor, value_channels: int) -> bool:
     )
 
 
+def attention_planes_cpu(
+    x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+    p: torch.Tensor, slope: float,
+) -> list[torch.Tensor]:
+    """The attention's (centre, padded neighbours, padded values) planes of a channels-last float32 ``x``.
+
+    ``weight`` (rows: 2 centre, 2 neighbour, then value projections; C_in columns) and ``bias``
+    project a = LReLU(x * scale + shift) per channel; ``p`` are the position planes.
+    """
+    c_in, outs = x.shape[1], weight.shape[0]
+    weight_t = x.new_zeros(c_in, ATTENTION_PROJECTION)
+    weight_t[:, :outs] = weight.t()
+    bias_pad = x.new_zeros(ATTENTION_PROJECTION)
+    bias_pad[:outs] = bias
+    return torch.ops.jdnet.attention_inputs(
+        x, scale.contiguous(), shift.contiguous(), weight_t, bias_pad, outs - 4, p.float().contiguous(), float(slope)
+    )
+
+
 def sam_attention_cpu(
     x: torch.Tensor, bn_in: torch.nn.BatchNorm2d, projections: list[torch.nn.Conv2d], p: torch.Tensor,
     w1: torch.Tensor, w2: torch.Tensor, bn_out: torch.nn.BatchNorm2d, slope: float,
@@ -197,13 +216,6 @@ def sam_attention_cpu(
     c_in = x.shape[1]
     weight = torch.cat([conv.weight.reshape(conv.out_channels, c_in) for conv in projections])
     bias = torch.cat([conv.bias for conv in projections])
-    outs = weight.shape[0]
-    weight_t = x.new_zeros(c_in, ATTENTION_PROJECTION)
-    weight_t[:, :outs] = weight.t()
-    bias_pad = x.new_zeros(ATTENTION_PROJECTION)
-    bias_pad[:outs] = bias
-    centre, neighbours, values = torch.ops.jdnet.attention_inputs(
-        x, *batchnorm_affine(bn_in), weight_t, bias_pad, outs - 4, p.float().contiguous(), float(slope)
-    )
+    centre, neighbours, values = attention_planes_cpu(x, *batchnorm_affine(bn_in), weight, bias, p, slope)
     v = (w2.view(2, 1).double() * w1.double()).sum(0).tolist()
     return torch.ops.jdnet.pairwise_attention_bn_leaky(centre, neighbours, values, v, float(slope), *batchnorm_affine(bn_out))

@@ -56,7 +56,7 @@ class SamAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, gamma, beta, weight, bias, p, w1, w2, b2, eps, slope, bn):
-        n, c, hgt, wid = x.shape
+        n, _, hgt, wid = x.shape
         values = weight.shape[0] - 4
         x = x.contiguous(memory_format=torch.channels_last)
         mean, var = torch.ops.jdnet_train.channel_mean_var(x)
@@ -65,15 +65,7 @@ class SamAttentionFunction(torch.autograd.Function):
             _update_running_stats(bn, mean, var, n * hgt * wid)
         if x.dtype == torch.float32:
             scale = gamma * invstd
-            shift = beta - mean * scale
-            weight_t = x.new_zeros(c, cpu_kernels.ATTENTION_PROJECTION)
-            weight_t[:, : weight.shape[0]] = weight.t()
-            bias_pad = x.new_zeros(cpu_kernels.ATTENTION_PROJECTION)
-            bias_pad[: weight.shape[0]] = bias
-            centre, neighbours, vals = torch.ops.jdnet.attention_inputs(
-                x, scale.contiguous(), shift.contiguous(), weight_t, bias_pad, values,
-                p.float().contiguous(), float(slope),
-            )
+            centre, neighbours, vals = cpu_kernels.attention_planes_cpu(x, scale, beta - mean * scale, weight, bias, p, slope)
         else:
             centre, neighbours, vals = _planes_float64(x, mean, invstd, gamma, beta, weight, bias, p, slope, values)
         v = (w2.view(2, 1) * w1).sum(0)
