@@ -35,6 +35,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <tuple>
 #include <vector>
 
@@ -182,18 +183,77 @@ struct Gradients {
   T* v;           // N x 4 partial sums, one row per image
 };
 
-// The relation's share of the backward for one tap over n pixels: with r = a - b,
-// gv += dz LReLU(r); d r = dz v LReLU'(r) goes to the centre (ga) and, negated, to the neighbour (gb).
+constexpr int64_t MAX_VALUES = 16;
+
+// One tap's rows for tap_backward: the tap's softmax weights, sum_k g_k out_k, and per value
+// channel k the output gradient, the values and their gradient at the tap's offset; per relation
+// c the centre, the neighbour at the offset, their gradients and the partial d v_c.
 template <typename T>
-inline void relation_backward(const T* __restrict a, const T* __restrict b, const T* __restrict dz, T v, T slope,
-                              T* __restrict gv, T* __restrict ga, T* __restrict gb, int64_t n) {
-  for (int64_t x = 0; x < n; ++x) {
-    const T r = a[x] - b[x];
-    const T f = r > T(0) ? T(1) : slope;  // LReLU(r) = f r and LReLU'(r) = f
-    gv[x] += dz[x] * (f * r);
-    const T dr = dz[x] * (v * f);
-    ga[x] += dr;
-    gb[x] -= dr;
+struct TapRows {
+  const T* wt;
+  const T* go;
+  const T* gk[MAX_VALUES];
+  const T* val[MAX_VALUES];
+  T* gval[MAX_VALUES];
+  const T* cen[RELATIONS];
+  const T* nb[RELATIONS];
+  T* gnb[RELATIONS];
+  T* gcen[RELATIONS];
+  T* gv[RELATIONS];
+  T v[RELATIONS];
+};
+
+// One tap's whole backward in one pass over the row, a vector of pixels at a time (it was 14
+// passes, each reading and writing its partial sums through memory):
+//   a = sum_k g_k value_k(q + t);  d value_k(q + t) += g_k w[t];  dz = w[t] (a - sum_k g_k out_k)
+//   then per relation c: r = centre_c - neighbour_c(q + t); d v_c += dz LReLU(r);
+//   d centre_c += dz v_c LReLU'(r); d neighbour_c(q + t) -= the same.
+template <typename T>
+void tap_backward(const TapRows<T>& r, int64_t ch, T slope, int64_t w) {
+  typedef T V __attribute__((vector_size(32)));
+  constexpr int64_t L = 32 / sizeof(T);
+  auto load = [](const T* p) {
+    V v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  };
+  auto store = [](T* p, V v) { std::memcpy(p, &v, sizeof v); };
+  const V one = V{} + T(1), sl = V{} + slope, zero = V{};
+  int64_t x = 0;
+  for (; x + L <= w; x += L) {
+    const V wt = load(r.wt + x);
+    V a = zero;
+    for (int64_t k = 0; k < ch; ++k) {
+      const V gk = load(r.gk[k] + x);
+      a += gk * load(r.val[k] + x);
+      store(r.gval[k] + x, load(r.gval[k] + x) + gk * wt);
+    }
+    const V dz = wt * (a - load(r.go + x));
+    for (int64_t c = 0; c < RELATIONS; ++c) {
+      const V rel = load(r.cen[c] + x) - load(r.nb[c] + x);
+      const V f = rel > zero ? one : sl;  // LReLU(r) = f r and LReLU'(r) = f
+      store(r.gv[c] + x, load(r.gv[c] + x) + dz * (f * rel));
+      const V dr = dz * (r.v[c] * f);
+      store(r.gcen[c] + x, load(r.gcen[c] + x) + dr);
+      store(r.gnb[c] + x, load(r.gnb[c] + x) - dr);
+    }
+  }
+  for (; x < w; ++x) {
+    const T wt = r.wt[x];
+    T a = T(0);
+    for (int64_t k = 0; k < ch; ++k) {
+      a += r.gk[k][x] * r.val[k][x];
+      r.gval[k][x] += r.gk[k][x] * wt;
+    }
+    const T dz = wt * (a - r.go[x]);
+    for (int64_t c = 0; c < RELATIONS; ++c) {
+      const T rel = r.cen[c][x] - r.nb[c][x];
+      const T f = rel > T(0) ? T(1) : slope;
+      r.gv[c][x] += dz * (f * rel);
+      const T dr = dz * (r.v[c] * f);
+      r.gcen[c][x] += dr;
+      r.gnb[c][x] -= dr;
+    }
   }
 }
 
@@ -202,9 +262,7 @@ void backward_image(const Planes<T>& p, const Gradients<T>& g, int64_t n, std::v
   const int64_t h = p.h, w = p.w, ch = p.ch;
   T* wts = buf.data();                 // 49 x w softmax weights
   T* go = wts + TAPS * w;              // sum_k g_k out_k
-  T* dz = go + w;
-  T* acc = dz + w;
-  T* gv = acc + w;                     // 4 x w partial d v_c
+  T* gv = go + w;                      // 4 x w partial d v_c
   T* gcen = gv + RELATIONS * w;        // 4 x w
   for (int64_t i = 0; i < RELATIONS * w; ++i) gv[i] = T(0);
   const T slope = p.slope;
@@ -225,26 +283,25 @@ void backward_image(const Planes<T>& p, const Gradients<T>& g, int64_t n, std::v
     for (int64_t i = 0; i < RELATIONS * w; ++i) gcen[i] = T(0);
     for (int64_t t = 0; t < TAPS; ++t) {
       const int64_t dy = t / KERNEL, dx = t % KERNEL;
-      const T* __restrict wt = wts + t * w;
-      T* __restrict a = acc;
-      for (int64_t x = 0; x < w; ++x) a[x] = T(0);
+      TapRows<T> r;
+      r.wt = wts + t * w;
+      r.go = go;
       for (int64_t k = 0; k < ch; ++k) {
-        const T* __restrict gk = g.grad + p.plane_offset(n, k, y, ch);
         const int64_t off = p.value_offset(n, k, y + dy) + dx;
-        const T* __restrict val = p.values + off;
-        T* __restrict gval = g.values + off;
-        for (int64_t x = 0; x < w; ++x) {
-          a[x] += gk[x] * val[x];
-          gval[x] += gk[x] * wt[x];
-        }
+        r.gk[k] = g.grad + p.plane_offset(n, k, y, ch);
+        r.val[k] = p.values + off;
+        r.gval[k] = g.values + off;
       }
-      T* __restrict d = dz;
-      for (int64_t x = 0; x < w; ++x) d[x] = wt[x] * (a[x] - go[x]);
       for (int64_t c = 0; c < RELATIONS; ++c) {
         const int64_t off = p.neighbour_offset(n, c, y + dy) + dx;
-        relation_backward(p.centre_row(n, c, y), p.neighbours + off, dz, p.v[c], slope, gv + c * w, gcen + c * w,
-                          g.neighbours + off, w);
+        r.cen[c] = p.centre_row(n, c, y);
+        r.nb[c] = p.neighbours + off;
+        r.gnb[c] = g.neighbours + off;
+        r.gcen[c] = gcen + c * w;
+        r.gv[c] = gv + c * w;
+        r.v[c] = p.v[c];
       }
+      tap_backward(r, ch, slope, w);
     }
     for (int64_t c = 0; c < RELATIONS; ++c) {
       T* __restrict dst = g.centre + p.plane_offset(n, c, y, RELATIONS);
@@ -275,6 +332,7 @@ std::vector<at::Tensor> attention_backward(const at::Tensor& grad, const at::Ten
                     t->scalar_type() == values.scalar_type(),
                 "attention_backward: smax and ssum must be contiguous N x 1 x H x W");
   }
+  TORCH_CHECK(ch <= MAX_VALUES, "attention_backward: up to 16 value channels");
   at::Tensor g_centre = at::empty_like(centre);
   at::Tensor g_neighbours = at::zeros_like(neighbours);
   at::Tensor g_values = at::zeros_like(values);
@@ -286,7 +344,7 @@ std::vector<at::Tensor> attention_backward(const at::Tensor& grad, const at::Ten
                                 g_centre.mutable_data_ptr<scalar_t>(), g_neighbours.mutable_data_ptr<scalar_t>(),
                                 g_values.mutable_data_ptr<scalar_t>(), g_v_parts.mutable_data_ptr<scalar_t>()};
     at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> buf((TAPS + 3 + 2 * RELATIONS) * w);
+      std::vector<scalar_t> buf((TAPS + 1 + 2 * RELATIONS) * w);
       for (int64_t i = begin; i < end; ++i) backward_image(p, g, i, buf);
     });
   });
