@@ -86,8 +86,7 @@ sliced (0.93x); the SC bottleneck's two 32->16 1x1s as one 32->32 conv (0.93x); 
 1024): AVX2's 16 registers held 8 accumulator chains. An AVX-512 block (8 columns x 2 vectors,
 chosen at run time, same bits) with a prefetch of the next segment's rows: 125-207 GFLOP/s (1.4-1.9x in one
 run), this CPU's FMA peak being ~234 (117 per core, measured). A step: `--repeats 3 --baseline <adece66>`
-1.37 s vs 1.43 s (1.04x), 1.92x the stack's 0.71 s (baseline 2.01x); the issue's check, two
-rounds: 1.44 / 1.43 s, 1.90x / 1.79x the stack (adece66 1.41 / 1.37 s, 1.80x / 1.86x); 4 x 6
+1.37 s vs 1.43 s (1.04x), 1.92x the stack's 0.71 s (baseline 2.01x); 4 x 6
 interleaved steps of the same checkout with and without JDNET_CPU_AVX2_ONLY: medians 1.42-1.74 vs
 1.54-1.67 s. So +-10% VM noise hides the ~4% this should give. Where the 1.37 s goes now
 (dispatch-mode timer, 3 steps, the timer raising a step to 1.65 s): convolutions 640 ms (backward
@@ -118,14 +117,22 @@ only on the 8x8 level (~8 ms a step); OMP_WAIT_POLICY=ACTIVE (3 x 6 interleaved 
 noise). Same session, 7248b50+ against adece66 (the session's start), one run each, 3 steps: batch
 16 of 64x64 4.54 vs 4.85 s (1.07x), **1.44x** the stack's 3.15 s (adece66 1.54x), peak RSS growth
 218 vs 354 MiB; batch 4 of 128x128 4.45 vs 4.93 s (1.11x), **1.39x** the stack's 3.20 s (adece66
-1.54x), 264 vs 337 MiB. The issue's check at batch 4 of 64x64, two rounds: 1.49 / 1.29 s, 2.03x /
-1.75x the stack (adece66 1.43 / 1.31 s, 1.89x / 1.72x): this VM's noise is larger than the gain there.
+1.54x), 264 vs 337 MiB.
 
 Then the attention's C++ training kernels in vector passes (each tap's backward in one pass over the
 row instead of 14; a tap's logits in one pass over the four relations; the forward's 49-tap sums in
 registers): kernel alone, batch 4 of 64x64, forward 0.54 vs 0.69 ms, backward 1.47 vs 2.23 ms.
 Step, `--repeats 3 --baseline <adece66>` (the session's start), same run: **1.30 s vs 1.46 s
 (1.12x), 1.78x the stack's 0.73 s (adece66 2.00x)**; every repeat faster (1.25-1.35 vs 1.40-1.70 s).
+The issue's check (`jdnet train ... --steps 6 --batch-size 4 --patch-size 64 --threads 2 --log-every 1`,
+median s/step over steps 2-6, the NHWC stack's Adam step right after), each checkout run from a neutral
+directory, two rounds: b5fb9a4 1.24 / 1.36 s, **1.62x / 1.73x** the stack (0.76 / 0.78 s); adece66 1.43 /
+1.51 s, 1.85x / 1.90x. (Run as `python -m jdnet_cli` from the working tree, `-m` puts the current
+directory before PYTHONPATH, so an earlier "baseline" of this check this session ran the new code twice;
+those figures are dropped. `--baseline` here is unaffected: a script's own folder comes first, not the
+current directory.) In real training the same code took two one-thread runs side by side from
+0.39-0.44 it/s (stage 18l) to 0.46-0.48 it/s (stages 19l and 19m; same batch and patch, not a
+controlled comparison).
 """
 from __future__ import annotations
 
