@@ -160,13 +160,19 @@ def attention_backward(grad, centre, neighbours, values, vs, slope, out, smax, s
     return g_centre, g_neigh, g_values, g_v
 
 
-def _input_gradients(g_centre, g_neigh, g_values, g_v):
+def plane_input_gradients(g_centre, g_neigh, g_values, g_v):
     """Plane gradients -> gradients of (x1, x2, x3, p, v): undo the padding, split off p."""
     n, _, h, w = g_centre.shape
     g_nb = torch.ops.aten.reflection_pad2d_backward(g_neigh, g_centre, [PAD] * 4)
     g_x3 = torch.ops.aten.reflection_pad2d_backward(g_values, g_values.new_empty((n, g_values.shape[1], h, w)), [PAD] * 4)
     g_p = g_centre[:, 2:] + g_nb[:, 2:]
     return g_centre[:, :2], g_nb[:, :2], g_x3, g_p, g_v
+
+
+def relation_weight_gradients(g_v: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of the two 1x1 layers on the relation (w1: 2 x 4, w2: 1 x 2) from that of v = w2 @ w1."""
+    g_v = g_v.view(1, 4)
+    return w2.to(g_v.dtype).view(2, 1) * g_v, (g_v * w1.to(g_v.dtype)).sum(1).view(1, 2)
 
 
 def triton_training_usable(*planes) -> bool:
@@ -210,12 +216,10 @@ class PairwiseAttentionFunction(torch.autograd.Function):
         planes = padded_planes(x1, x2, x3, p, out.dtype)
         _, backward = _kernels(planes)
         grad = grad.to(out.dtype).contiguous()
-        g1, g2, g3, gp, gv = _input_gradients(*backward(grad, *planes, v.tolist(), ctx.slope, out, smax, ssum))
+        g1, g2, g3, gp, gv = plane_input_gradients(*backward(grad, *planes, v.tolist(), ctx.slope, out, smax, ssum))
         if p.shape[0] != gp.shape[0]:
             gp = gp.sum(0, keepdim=True)
-        gv = gv.view(1, 4)
-        g_w2 = (gv * w1.to(gv.dtype)).sum(1).view(1, 2)
-        g_w1 = w2.to(gv.dtype).view(2, 1) * gv
+        g_w1, g_w2 = relation_weight_gradients(gv, w1, w2)
         # Softmax is shift-invariant, so the logits' bias has zero gradient.
         g_b2 = torch.zeros_like(b2)
         return (

@@ -398,12 +398,12 @@ std::vector<at::Tensor> attention_backward(const at::Tensor& grad, const at::Ten
 // on the thread count); pass 2 turns dpre into dx in place.
 
 constexpr int64_t PROJ_ROWS = 12;
-constexpr int64_t PROJ_CHUNKS = 16;
+constexpr int64_t SUM_CHUNKS = 16;  // fixed pixel chunks of the per-channel sums (not per thread)
 
 template <typename T>
 struct ProjectionGrad {
   const T *x, *mean, *invstd, *gamma, *beta, *weight;  // x: M x C rows (channels-last); weight: 12 x C
-  const T *g_centre, *g_neigh, *g_values;               // N x 4 x H x W, N x 4 x H x W, N x 8 x H x W planar
+  const T *g_centre, *g_neigh, *g_values;               // N x 2, N x 2, N x values planar planes (H x W)
   int64_t c, h, w, values;
   T slope;
 };
@@ -431,10 +431,10 @@ void projection_backward_chunk(const ProjectionGrad<T>& a, int64_t q0, int64_t q
   T d[PROJ_ROWS];
   for (int64_t q = q0; q < q1; ++q) {
     const int64_t n = q / hw, pix = q % hw;
-    d[0] = a.g_centre[(n * 4 + 0) * hw + pix];
-    d[1] = a.g_centre[(n * 4 + 1) * hw + pix];
-    d[2] = a.g_neigh[(n * 4 + 0) * hw + pix];
-    d[3] = a.g_neigh[(n * 4 + 1) * hw + pix];
+    d[0] = a.g_centre[(n * 2 + 0) * hw + pix];
+    d[1] = a.g_centre[(n * 2 + 1) * hw + pix];
+    d[2] = a.g_neigh[(n * 2 + 0) * hw + pix];
+    d[3] = a.g_neigh[(n * 2 + 1) * hw + pix];
     for (int64_t k = 0; k < a.values; ++k) d[4 + k] = a.g_values[(n * a.values + k) * hw + pix];
     const T* __restrict xr = a.x + q * c;
     for (int64_t ci = 0; ci < c; ++ci) {
@@ -480,12 +480,12 @@ std::vector<at::Tensor> channel_mean_var(const at::Tensor& x) {
   AT_DISPATCH_FLOATING_TYPES(dtype, "channel_mean_var", [&] {
     using acc_t = double;
     const scalar_t* __restrict src = x.const_data_ptr<scalar_t>();
-    const int64_t per = (m + PROJ_CHUNKS - 1) / PROJ_CHUNKS;
-    std::vector<acc_t> parts(PROJ_CHUNKS * c);
+    const int64_t per = (m + SUM_CHUNKS - 1) / SUM_CHUNKS;
+    std::vector<acc_t> parts(SUM_CHUNKS * c);
     std::vector<acc_t> mu(c);
     for (int pass = 0; pass < 2; ++pass) {
       std::fill(parts.begin(), parts.end(), acc_t(0));
-      at::parallel_for(0, PROJ_CHUNKS, 1, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, SUM_CHUNKS, 1, [&](int64_t begin, int64_t end) {
         for (int64_t k = begin; k < end; ++k) {
           acc_t* __restrict acc = parts.data() + k * c;
           const acc_t* __restrict centre = mu.data();
@@ -503,7 +503,7 @@ std::vector<at::Tensor> channel_mean_var(const at::Tensor& x) {
           }
         }
       });
-      for (int64_t k = 1; k < PROJ_CHUNKS; ++k)
+      for (int64_t k = 1; k < SUM_CHUNKS; ++k)
         for (int64_t ci = 0; ci < c; ++ci) parts[ci] += parts[k * c + ci];
       if (pass == 0)
         for (int64_t ci = 0; ci < c; ++ci) mu[ci] = parts[ci] / acc_t(m);
@@ -538,16 +538,16 @@ std::vector<at::Tensor> projection_backward(const at::Tensor& x, const at::Tenso
               "projection_backward: weight must be (4 + value planes) x C");
   TORCH_CHECK(g_centre.scalar_type() == dtype && g_neigh.scalar_type() == dtype && g_values.scalar_type() == dtype &&
                   g_centre.is_contiguous() && g_neigh.is_contiguous() && g_values.is_contiguous() &&
-                  g_centre.sizes() == at::IntArrayRef({n, RELATIONS, h, w}) &&
-                  g_neigh.sizes() == at::IntArrayRef({n, RELATIONS, h, w}) &&
+                  g_centre.sizes() == at::IntArrayRef({n, 2, h, w}) &&
+                  g_neigh.sizes() == at::IntArrayRef({n, 2, h, w}) &&
                   g_values.sizes() == at::IntArrayRef({n, values, h, w}),
-              "projection_backward: plane gradients must be contiguous, unpadded N x (4, 4, values) x H x W");
+              "projection_backward: plane gradients must be contiguous, unpadded N x (2, 2, values) x H x W");
   TORCH_CHECK(slope >= 0.0 && slope <= 1.0, "projection_backward: slope must lie in [0, 1]");
   at::Tensor dx = at::empty_like(x, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   const int64_t rows = 4 + values, m = n * h * w;
   // Per chunk: dW (rows x C), db (rows), dgamma (C), dbeta (C).
   const int64_t part = rows * c + rows + 2 * c;
-  at::Tensor parts = at::zeros({PROJ_CHUNKS, part}, x.options());
+  at::Tensor parts = at::zeros({SUM_CHUNKS, part}, x.options());
   AT_DISPATCH_FLOATING_TYPES(dtype, "projection_backward", [&] {
     const ProjectionGrad<scalar_t> a{x.const_data_ptr<scalar_t>(), mean.const_data_ptr<scalar_t>(),
                                      invstd.const_data_ptr<scalar_t>(), gamma.const_data_ptr<scalar_t>(),
@@ -556,8 +556,8 @@ std::vector<at::Tensor> projection_backward(const at::Tensor& x, const at::Tenso
                                      g_values.const_data_ptr<scalar_t>(), c, h, w, values, scalar_t(slope)};
     scalar_t* out = dx.mutable_data_ptr<scalar_t>();
     scalar_t* ps = parts.mutable_data_ptr<scalar_t>();
-    const int64_t per = (m + PROJ_CHUNKS - 1) / PROJ_CHUNKS;
-    at::parallel_for(0, PROJ_CHUNKS, 1, [&](int64_t begin, int64_t end) {
+    const int64_t per = (m + SUM_CHUNKS - 1) / SUM_CHUNKS;
+    at::parallel_for(0, SUM_CHUNKS, 1, [&](int64_t begin, int64_t end) {
       for (int64_t k = begin; k < end; ++k) {
         scalar_t* pk = ps + k * part;
         const int64_t q0 = std::min(m, k * per), q1 = std::min(m, q0 + per);
@@ -565,7 +565,7 @@ std::vector<at::Tensor> projection_backward(const at::Tensor& x, const at::Tenso
       }
     });
     // Chunk sums in chunk order.
-    for (int64_t k = 1; k < PROJ_CHUNKS; ++k)
+    for (int64_t k = 1; k < SUM_CHUNKS; ++k)
       for (int64_t i = 0; i < part; ++i) ps[i] += ps[k * part + i];
     const scalar_t* dgamma = ps + rows * c + rows;
     const scalar_t* dbeta = dgamma + c;

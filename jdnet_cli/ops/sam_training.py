@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import cpu_kernels
-from .attention_banded import PAD, padded_planes
+from .attention_banded import PAD, plane_input_gradients, padded_planes, relation_weight_gradients
 from .attention_cpu_training import training_kernels_usable
 
 
@@ -78,22 +78,15 @@ class SamAttentionFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, mean, invstd, gamma, beta, weight, w1, w2, b2, v, centre, neighbours, vals, out, smax, ssum = ctx.saved_tensors
-        n, _, hgt, wid = centre.shape
-        g_centre, g_neigh, g_values, g_v = torch.ops.jdnet_train.attention_backward(
+        g_x1, g_x2, g_x3, g_p, g_v = plane_input_gradients(*torch.ops.jdnet_train.attention_backward(
             grad.to(out.dtype).contiguous(), centre, neighbours, vals, v.tolist(), float(ctx.slope), out, smax, ssum
-        )
-        g_nb = torch.ops.aten.reflection_pad2d_backward(g_neigh, g_centre, [PAD] * 4)
-        g_x3 = torch.ops.aten.reflection_pad2d_backward(g_values, g_values.new_empty((n, vals.shape[1], hgt, wid)), [PAD] * 4)
-        g_p = g_centre[:, 2:] + g_nb[:, 2:]
-        if ctx.p_batch != n:
+        ))
+        if ctx.p_batch != g_p.shape[0]:
             g_p = g_p.sum(0, keepdim=True)
         dx, g_weight, g_bias, g_gamma, g_beta = torch.ops.jdnet_train.projection_backward(
-            x, mean, invstd, gamma, beta, weight, g_centre.contiguous(), g_nb.contiguous(), g_x3.contiguous(),
-            float(ctx.slope),
+            x, mean, invstd, gamma, beta, weight, g_x1.contiguous(), g_x2.contiguous(), g_x3, float(ctx.slope),
         )
-        g_v = g_v.view(1, 4)
-        g_w2 = (g_v * w1).sum(1).view(1, 2)
-        g_w1 = w2.view(2, 1) * g_v
+        g_w1, g_w2 = relation_weight_gradients(g_v, w1, w2)
         # Softmax is shift-invariant, so the logits' bias has zero gradient.
         return dx, g_gamma, g_beta, g_weight, g_bias, g_p, g_w1, g_w2, torch.zeros_like(b2), None, None, None
 
