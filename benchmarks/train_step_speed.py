@@ -170,8 +170,9 @@ def _jdnet_child(args: argparse.Namespace) -> dict:
 
     _keep_freed_memory()
     with tempfile.TemporaryDirectory() as tmp:
+        extra = {"precision": args.precision} if args.precision != "auto" else {}  # baselines may predate it
         tr = Trainer(TrainConfig(out_dir=tmp, clean=args.clean, batch_size=args.batch, patch_size=args.patch,
-                                 loss=args.loss, device="cpu", threads=args.threads))
+                                 loss=args.loss, device="cpu", threads=args.threads, **extra))
         tr.model.train()
         tr.train_step()  # first step: allocator and primitive caches
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -187,7 +188,7 @@ def _jdnet_child(args: argparse.Namespace) -> dict:
             t = [time.perf_counter()]
             rainy, clean = tr.batch()
             t.append(time.perf_counter())
-            out = tr.net(rainy)
+            out = tr.forward(rainy) if hasattr(tr, "forward") else tr.net(rainy)
             t.append(time.perf_counter())
             loss = tr.loss(out.float(), clean)
             t.append(time.perf_counter())
@@ -239,9 +240,10 @@ def _stack_child(args: argparse.Namespace, channels_last: bool) -> dict:
     return {"times": times, "peak_growth_mib": peak, "threads": torch.get_num_threads()}
 
 
-def _run_child(kind: str, repo: Path, args: argparse.Namespace) -> dict:
+def _run_child(kind: str, repo: Path, args: argparse.Namespace, precision: str = "auto") -> dict:
     cmd = [sys.executable, __file__, "--child", kind, "--clean", args.clean, "--steps", str(args.steps),
-           "--batch", str(args.batch), "--patch", str(args.patch), "--threads", str(args.threads), "--loss", args.loss]
+           "--batch", str(args.batch), "--patch", str(args.patch), "--threads", str(args.threads), "--loss", args.loss,
+           "--precision", precision]
     if not args.phases:
         cmd.append("--no-phases")
     out = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=str(repo)), capture_output=True, text=True)
@@ -261,6 +263,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--loss", default="l1+ssim")
     ap.add_argument("--no-phases", dest="phases", action="store_false", help="skip the per-phase split")
     ap.add_argument("--baseline", type=Path, help="another checkout whose JDNet step is timed too")
+    ap.add_argument("--also-fp32", action="store_true", help="also time this checkout's step with --precision fp32")
+    ap.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
     ap.add_argument("--json", dest="json_out", type=Path, help="also write the results here")
     ap.add_argument("--child", choices=["jdnet", "stack-nchw", "stack-nhwc"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -269,13 +273,16 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(res))
         return res
 
-    configs = {"jdnet": ("jdnet", REPO), "stack NCHW": ("stack-nchw", REPO), "stack NHWC": ("stack-nhwc", REPO)}
+    configs = {"jdnet": ("jdnet", REPO, "auto"), "stack NCHW": ("stack-nchw", REPO, "auto"),
+               "stack NHWC": ("stack-nhwc", REPO, "auto")}
+    if args.also_fp32:
+        configs["jdnet fp32"] = ("jdnet", REPO, "fp32")
     if args.baseline:
-        configs["jdnet baseline"] = ("jdnet", args.baseline.resolve())
+        configs["jdnet baseline"] = ("jdnet", args.baseline.resolve(), "auto")
     results: dict[str, list[dict]] = {k: [] for k in configs}
     for rep in range(args.repeats):
-        for name, (kind, repo) in configs.items():
-            res = _run_child(kind, repo, args)
+        for name, (kind, repo, precision) in configs.items():
+            res = _run_child(kind, repo, args, precision)
             results[name].append(res)
             print(f"repeat {rep + 1}: {name:15s} steps {' '.join(f'{t:.2f}' for t in res['times'])} s, "
                   f"peak RSS growth {res['peak_growth_mib']:.0f} MiB", flush=True)
@@ -286,10 +293,13 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds_per_step": med, "ratio": med["jdnet"] / stack,
         "peak_growth_mib": {k: max(r["peak_growth_mib"] for r in v) for k, v in results.items()},
     }
-    print(f"\ntrain step, batch {args.batch} of {args.patch}x{args.patch}, CPU fp32, {summary['threads']} threads, "
+    print(f"\ntrain step, batch {args.batch} of {args.patch}x{args.patch}, CPU, {summary['threads']} threads, "
           f"median s/step over {args.repeats} x {args.steps} steps:")
     for name, s in med.items():
         print(f"  {name:15s} {s:6.2f} s  {s / stack:5.2f}x stack  peak RSS growth {summary['peak_growth_mib'][name]:6.0f} MiB")
+    if args.also_fp32:
+        summary["speedup_over_fp32"] = med["jdnet fp32"] / med["jdnet"]
+        print(f"  speed-up over --precision fp32: {summary['speedup_over_fp32']:.2f}x")
     if args.baseline:
         summary["speedup_over_baseline"] = med["jdnet baseline"] / med["jdnet"]
         print(f"  speed-up over baseline: {summary['speedup_over_baseline']:.2f}x")

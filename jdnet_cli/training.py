@@ -30,9 +30,12 @@ from .inference.cpu_allocator import keep_freed_memory
 from .inference.devices import resolve_device
 from .io.atomic import atomic_path
 from .models import JDNet
+from .ops.backend import cpu_bf16_fusions
+from .ops.fusion_bf16 import bf16_fusions_usable
 
 LOSSES = ("ssim", "l1", "mse", "l1+ssim")
 SCHEDULES = ("step", "cosine")
+TRAIN_PRECISIONS = ("auto", "fp32")
 
 
 @dataclass
@@ -75,6 +78,9 @@ class TrainConfig:
     # Also export each validated model (and its average) as OUT/validated/step-N[-ema].pt: neighbouring
     # checks differ by as much as a stage gains, and best.pt keeps only the light dev sets' favourite.
     keep_validated: bool = False
+    # "auto": mixed precision where it pays (CUDA: fp16 autocast; CPU: the dense fusions in
+    # bfloat16 with float32 sums, on CPUs with AVX512-BF16); "fp32": float32 throughout.
+    precision: str = "auto"
 
 
 def file_sha256(path: str | Path) -> str:
@@ -185,6 +191,8 @@ class Trainer:
             raise JDNetError(f"heavy rain fraction {cfg.heavy_fraction} is not in [0, 1]")
         if not 0.0 <= cfg.ema < 1.0:
             raise JDNetError(f"EMA decay {cfg.ema} is not in [0, 1) (0 turns the average off)")
+        if cfg.precision not in TRAIN_PRECISIONS:
+            raise JDNetError(f"unknown training precision {cfg.precision!r} (choose from {', '.join(TRAIN_PRECISIONS)})")
         self.cfg = cfg
         self.rank, self.world, local_rank = _dist_info()
         self.device = _pick_device(cfg.device, local_rank)
@@ -229,7 +237,9 @@ class Trainer:
         # step for the 32-unit model's 1,892 tensors on 2 CPU threads).
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, fused=self.device.type in ("cpu", "cuda"))
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda step: lr_factor(step, cfg))
-        self.amp = self.device.type == "cuda"
+        mixed = cfg.precision == "auto"
+        self.amp = mixed and self.device.type == "cuda"
+        self.cpu_bf16 = mixed and self.device.type == "cpu" and bf16_fusions_usable()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.loss = loss_fn(cfg.loss)
         self.step = 0
@@ -423,11 +433,15 @@ class Trainer:
             self.export(folder / f"step-{self.step}-ema.pt", extra={"val": ema_val}, use_ema=True)
 
     # -- the loop -------------------------------------------------------------------------------
+    def forward(self, rainy: torch.Tensor) -> torch.Tensor:
+        """The training forward pass in the run's precision (backward follows what it chose)."""
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp), cpu_bf16_fusions(self.cpu_bf16):
+            return self.net(rainy)
+
     def train_step(self) -> float:
         """One optimisation step; returns the loss."""
         rainy, clean = self.batch()
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-            out = self.net(rainy)
+        out = self.forward(rainy)
         # The loss runs in the data's precision (fp32, or fp64 in tests) outside autocast: SSIM's
         # variances (E[x^2] - mu^2) cancel badly in fp16.
         loss = self.loss(out.to(clean.dtype), clean)

@@ -271,3 +271,25 @@ def test_cpu_training_keeps_freed_memory_like_inference(tmp_path, monkeypatch):
     write_png(clean / "a.png", 40, 40)
     Trainer(TrainConfig(out_dir=str(tmp_path / "run"), clean=str(clean), batch_size=1, patch_size=32, channels=4, num_units=1, device="cpu"))
     assert calls == [1]
+
+
+def test_precision_picks_bf16_fusions_only_for_auto_on_the_cpu(tmp_path, paired, monkeypatch):
+    import jdnet_cli.training as training
+
+    monkeypatch.setattr(training, "bf16_fusions_usable", lambda: True)
+    auto = Trainer(TrainConfig(out_dir=str(tmp_path / "a"), data=str(paired), **TINY))
+    fp32 = Trainer(TrainConfig(out_dir=str(tmp_path / "b"), data=str(paired), precision="fp32", **TINY))
+    assert (auto.cpu_bf16, auto.amp, fp32.cpu_bf16, fp32.amp) == (True, False, False, False)
+    monkeypatch.setattr(training, "bf16_fusions_usable", lambda: False)
+    assert not Trainer(TrainConfig(out_dir=str(tmp_path / "c"), data=str(paired), **TINY)).cpu_bf16
+    with pytest.raises(JDNetError, match="unknown training precision 'fp16'"):
+        Trainer(TrainConfig(out_dir=str(tmp_path / "d"), data=str(paired), precision="fp16", **TINY))
+
+
+def test_cli_precision_is_checked_in_one_line(tmp_path, paired):
+    from typer.testing import CliRunner
+
+    from jdnet_cli.cli.app import app
+
+    res = CliRunner().invoke(app, ["train", str(paired), "--out", str(tmp_path / "x"), "--precision", "half"])
+    assert res.exit_code == 2 and res.output == "error: --precision must be one of auto, fp32, not 'half'\n"

@@ -9,7 +9,7 @@ import typer
 from ..errors import JDNetError
 from ..inference.checkpoint import extract_state_dict, infer_arch, read_checkpoint
 from ..data.synthetic_rain import RAIN_STYLES
-from ..training import LOSSES, SCHEDULES, Trainer, TrainConfig
+from ..training import LOSSES, SCHEDULES, TRAIN_PRECISIONS, Trainer, TrainConfig
 from .console import err_console, fail, interactive
 from ..pipelines.interrupts import GracefulStop
 from .options import Device
@@ -63,12 +63,15 @@ def train(
     keep_validated: bool = typer.Option(False, "--keep-validated", help="Also keep every validated model (and its average) as OUT/validated/step-N[-ema].pt."),
     device: Device = "auto",
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (0: PyTorch's default)."),
+    precision: str = typer.Option("auto", "--precision", help="auto: mixed precision (CUDA: fp16 autocast; CPU with AVX512-BF16: the dense fusions in bf16 with fp32 sums); fp32: float32 throughout."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt exactly where it stopped."),
     export: Optional[Path] = typer.Option(None, "--export", help="Where to write the inference weights (default OUT/jdnet.pt)."),
 ) -> None:
     """Train JDNet (-SSIM, Adam, 64x64 crops by default); run under torchrun for DDP."""
     if schedule not in SCHEDULES:
         fail(f"--schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
+    if precision not in TRAIN_PRECISIONS:
+        fail(f"--precision must be one of {', '.join(TRAIN_PRECISIONS)}, not {precision!r}")
     if rain_style not in RAIN_STYLES:
         fail(f"--rain-style must be one of {', '.join(RAIN_STYLES)}, not {rain_style!r}")
     if watch and not val:
@@ -93,6 +96,7 @@ def train(
         rotations=rotations, seed=seed, channels=channels, num_units=units, save_every=save_every,
         log_every=log_every, val=[str(v) for v in val] if val else None, val_every=val_every if val else 0,
         val_limit=val_limit, device=device, threads=threads, watch=[str(w) for w in watch or []], keep_validated=keep_validated,
+        precision=precision,
     )
     if not resume and (out / "checkpoint.pt").exists():
         fail(f"{out / 'checkpoint.pt'} exists: pass --resume to continue it, or choose another --out")

@@ -33,3 +33,25 @@ def current_backend() -> str:
 def reference() -> bool:
     """True inside ``backend("reference")``."""
     return _current.get() == "reference"
+
+
+_bf16_fusions: contextvars.ContextVar[bool] = contextvars.ContextVar("jdnet_cpu_bf16_fusions", default=False)
+
+
+@contextlib.contextmanager
+def cpu_bf16_fusions(enabled: bool = True) -> Iterator[None]:
+    """Inside, training's dense fusions on the CPU multiply bfloat16 operands into float32 sums.
+
+    Only where ``fusion_bf16.bf16_fusions_usable()`` (AVX512-BF16); elsewhere, and for inference,
+    the fusions stay float32. Mixed precision as CUDA training's autocast is, for this thread only.
+    """
+    token = _bf16_fusions.set(enabled)
+    try:
+        yield
+    finally:
+        _bf16_fusions.reset(token)
+
+
+def cpu_bf16_fusions_requested() -> bool:
+    """True inside ``cpu_bf16_fusions()``."""
+    return _bf16_fusions.get()

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from . import cpu_kernels
+from .backend import cpu_bf16_fusions_requested
+from .fusion_bf16 import bf16_fusions_usable, fusion_bf16, fusion_weight_grad_bf16
 
 # Inference buffers up to this size are kept for the next call (same limit as cpu_allocator's
 # heap: glibc keeps such blocks mapped anyway, so keeping the tensor costs no extra memory).
@@ -110,17 +112,20 @@ class FeatureBuffer:
 
     On the CPU the slots are paired into P x 2C blocks as in ``SlotGroups`` (a prefix is then read
     block by block, front to back, by the C++ fusion kernel or by one GEMM per block); elsewhere
-    all slots share one P x (slots * C) block, so that each fusion is one GEMM.
+    all slots share one P x (slots * C) block, so that each fusion is one GEMM. With ``dtype``
+    bfloat16 (CPU mixed precision, see ``fusion_bf16``) the blocks hold bfloat16 copies of the
+    units' outputs, and every fusion product runs in the bfloat16 kernels.
     """
 
-    def __init__(self, like: torch.Tensor, slots: int):
+    def __init__(self, like: torch.Tensor, slots: int, dtype: torch.dtype | None = None):
         n, c, h, w = like.shape
         self.shape = (n, h, w)
         self.channels = c
         per_block = SLOTS_PER_GROUP if like.device.type == "cpu" else slots
         pixels = n * h * w
+        self.bf16 = dtype == torch.bfloat16
         self.blocks = [
-            torch.empty((pixels, c * min(per_block, slots - first)), dtype=like.dtype, device=like.device)
+            torch.empty((pixels, c * min(per_block, slots - first)), dtype=dtype or like.dtype, device=like.device)
             for first in range(0, slots, per_block)
         ]
         self.per_block = per_block
@@ -141,6 +146,8 @@ class FeatureBuffer:
         readers = [(w, g) for k, w, g in self.pending if k > lo]
         weight_t = torch.cat([w[:, lo : lo + c] for w, _ in readers], 0)
         zero = torch.zeros(c, dtype=weight_t.dtype)
+        if self.bf16:
+            return fusion_bf16([g for _, g in readers], weight_t, zero, None)
         return torch.ops.jdnet.dense_fusion([g for _, g in readers], weight_t, zero, 1.0)
 
     def columns(self, slot: int, blocks: list[torch.Tensor]) -> torch.Tensor:
@@ -204,8 +211,8 @@ class _Append(torch.autograd.Function):
         return g_token, g, None, None
 
 
-def _fusion_kernel_usable(buf: FeatureBuffer, weight: torch.Tensor) -> bool:
-    return weight.shape[0] == cpu_kernels.FUSION_OUT and cpu_kernels.cpu_kernels_usable(buf.blocks[0], weight)
+def _fusion_kernel_usable(features: torch.Tensor, weight: torch.Tensor) -> bool:
+    return weight.shape[0] == cpu_kernels.FUSION_OUT and cpu_kernels.cpu_kernels_usable(features, weight)
 
 
 class _PrefixFuseLeaky(torch.autograd.Function):
@@ -217,7 +224,9 @@ class _PrefixFuseLeaky(torch.autograd.Function):
         n, h, w = buf.shape
         segments = buf.prefix(k, buf.blocks)
         w2 = weight.view(co, k)
-        if _fusion_kernel_usable(buf, weight):
+        if buf.bf16:
+            out = fusion_bf16(segments, w2.t(), bias, slope)
+        elif _fusion_kernel_usable(buf.blocks[0], weight):
             # Register-blocked product with the activation in its epilogue, ~2x MKL's sgemm on
             # this tall, 32-wide product.
             out = cpu_kernels.dense_fusion_cpu(segments, weight, bias, slope)
@@ -241,6 +250,11 @@ class _PrefixFuseLeaky(torch.autograd.Function):
         g = g_out.permute(0, 2, 3, 1).reshape(-1, co)
         g = torch.ops.aten.leaky_relu_backward(g, out, ctx.slope, True)
         segments = buf.prefix(k, buf.blocks)
+        if buf.bf16:
+            # Rounded once here: every slot this fusion read reuses it for its gradient.
+            buf.pending.append((k, w2, g.to(torch.bfloat16)))
+            g_weight = fusion_weight_grad_bf16(g, segments).view_as(weight)
+            return torch.zeros((), dtype=g_out.dtype, device=g_out.device), g_weight, g.sum(0), None, None, None
         if buf.pending is not None:
             buf.pending.append((k, w2, g))
             g_weight = cpu_kernels.dense_fusion_backward_cpu(g, weight, segments, [], [])
@@ -262,9 +276,11 @@ class _PrefixFuseLeaky(torch.autograd.Function):
 
 def dense_forward(units, fusions, f0: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
     """Differentiable dense stack: unit i sees LReLU(conv1x1([f0, unit_0, ..., unit_{i-1}]))."""
-    buf = FeatureBuffer(f0, len(units) + 1)
     # The kernels' condition, decided once here so that every fusion's backward takes the same path.
-    if fusions and _fusion_kernel_usable(buf, fusions[0][0].weight.detach()):
+    kernels = bool(fusions) and _fusion_kernel_usable(f0.detach(), fusions[0][0].weight.detach())
+    bf16 = kernels and cpu_bf16_fusions_requested() and bf16_fusions_usable()
+    buf = FeatureBuffer(f0, len(units) + 1, torch.bfloat16 if bf16 else None)
+    if kernels:
         buf.defer_input_gradients()
     token = _Append.apply(torch.zeros((), dtype=f0.dtype, device=f0.device), f0, buf, 0)
     current = f0
