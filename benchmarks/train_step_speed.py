@@ -204,7 +204,7 @@ def _jdnet_child(args: argparse.Namespace) -> dict:
             "phases": {k: statistics.median(v) for k, v in phases.items() if v}}
 
 
-def _stack_child(args: argparse.Namespace, channels_last: bool) -> dict:
+def _stack_child(args: argparse.Namespace, channels_last: bool, bf16: bool = False) -> dict:
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
@@ -224,7 +224,9 @@ def _stack_child(args: argparse.Namespace, channels_last: bool) -> dict:
     y = torch.rand_like(x)
 
     def step() -> None:
-        loss = F.l1_loss(net(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = net(x)
+        loss = F.l1_loss(out.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -264,12 +266,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-phases", dest="phases", action="store_false", help="skip the per-phase split")
     ap.add_argument("--baseline", type=Path, help="another checkout whose JDNet step is timed too")
     ap.add_argument("--also-fp32", action="store_true", help="also time this checkout's step with --precision fp32")
+    ap.add_argument("--stack-bf16", action="store_true",
+                    help="also time the NHWC stack under bf16 autocast (a reference for mixed precision; not the yardstick)")
     ap.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
     ap.add_argument("--json", dest="json_out", type=Path, help="also write the results here")
-    ap.add_argument("--child", choices=["jdnet", "stack-nchw", "stack-nhwc"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["jdnet", "stack-nchw", "stack-nhwc", "stack-nhwc-bf16"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        res = _jdnet_child(args) if args.child == "jdnet" else _stack_child(args, args.child == "stack-nhwc")
+        res = _jdnet_child(args) if args.child == "jdnet" else _stack_child(args, args.child != "stack-nchw", args.child.endswith("bf16"))
         print(json.dumps(res))
         return res
 
@@ -277,6 +281,8 @@ def main(argv: list[str] | None = None) -> dict:
                "stack NHWC": ("stack-nhwc", REPO, "auto")}
     if args.also_fp32:
         configs["jdnet fp32"] = ("jdnet", REPO, "fp32")
+    if args.stack_bf16:
+        configs["stack NHWC bf16"] = ("stack-nhwc-bf16", REPO, "auto")
     if args.baseline:
         configs["jdnet baseline"] = ("jdnet", args.baseline.resolve(), "auto")
     results: dict[str, list[dict]] = {k: [] for k in configs}
@@ -287,7 +293,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"repeat {rep + 1}: {name:15s} steps {' '.join(f'{t:.2f}' for t in res['times'])} s, "
                   f"peak RSS growth {res['peak_growth_mib']:.0f} MiB", flush=True)
     med = {k: statistics.median(t for r in v for t in r["times"]) for k, v in results.items()}
-    stack = min(med["stack NCHW"], med["stack NHWC"])
+    stack = min(med["stack NCHW"], med["stack NHWC"])  # float32: the yardstick
     summary = {
         "batch": args.batch, "patch": args.patch, "threads": results["jdnet"][0]["threads"], "loss": args.loss,
         "seconds_per_step": med, "ratio": med["jdnet"] / stack,

@@ -30,7 +30,7 @@ from .inference.cpu_allocator import keep_freed_memory
 from .inference.devices import resolve_device
 from .io.atomic import atomic_path
 from .models import JDNet
-from .ops.backend import cpu_bf16_fusions
+from .ops.backend import cpu_mixed_precision
 from .ops.fusion_bf16 import bf16_fusions_usable
 
 LOSSES = ("ssim", "l1", "mse", "l1+ssim")
@@ -239,7 +239,7 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda step: lr_factor(step, cfg))
         mixed = cfg.precision == "auto"
         self.amp = mixed and self.device.type == "cuda"
-        self.cpu_bf16 = mixed and self.device.type == "cpu" and bf16_fusions_usable()
+        self.cpu_mixed = mixed and self.device.type == "cpu" and bf16_fusions_usable()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.loss = loss_fn(cfg.loss)
         self.step = 0
@@ -435,7 +435,7 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------------
     def forward(self, rainy: torch.Tensor) -> torch.Tensor:
         """The training forward pass in the run's precision (backward follows what it chose)."""
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp), cpu_bf16_fusions(self.cpu_bf16):
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp), cpu_mixed_precision(self.cpu_mixed):
             return self.net(rainy)
 
     def train_step(self) -> float:

@@ -279,9 +279,9 @@ def test_precision_picks_bf16_fusions_only_for_auto_on_the_cpu(tmp_path, paired,
     monkeypatch.setattr(training, "bf16_fusions_usable", lambda: True)
     auto = Trainer(TrainConfig(out_dir=str(tmp_path / "a"), data=str(paired), **TINY))
     fp32 = Trainer(TrainConfig(out_dir=str(tmp_path / "b"), data=str(paired), precision="fp32", **TINY))
-    assert (auto.cpu_bf16, auto.amp, fp32.cpu_bf16, fp32.amp) == (True, False, False, False)
+    assert (auto.cpu_mixed, auto.amp, fp32.cpu_mixed, fp32.amp) == (True, False, False, False)
     monkeypatch.setattr(training, "bf16_fusions_usable", lambda: False)
-    assert not Trainer(TrainConfig(out_dir=str(tmp_path / "c"), data=str(paired), **TINY)).cpu_bf16
+    assert not Trainer(TrainConfig(out_dir=str(tmp_path / "c"), data=str(paired), **TINY)).cpu_mixed
     with pytest.raises(JDNetError, match="unknown training precision 'fp16'"):
         Trainer(TrainConfig(out_dir=str(tmp_path / "d"), data=str(paired), precision="fp16", **TINY))
 

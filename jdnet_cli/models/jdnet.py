@@ -127,12 +127,13 @@ class JointUnit(nn.Module):
     def forward(self, x: torch.Tensor, loc: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``out``: where to write the result (e.g. a slot of the dense feature buffer)."""
         y = self.san(x, loc)
-        scales = []
-        s = y
-        for block in self.res_list:
-            s = block(s)
-            scales.append(s)
-        return self.scn(ops.aggregate_scales(y, scales, self.conv11[0], SLOPE), out)
+        with ops.low_precision_region(y):
+            scales = []
+            s = y
+            for block in self.res_list:
+                s = block(s)
+                scales.append(s)
+            return self.scn(ops.aggregate_scales(y, scales, self.conv11[0], SLOPE), out)
 
 
 class DenseJointUnits(nn.Module):

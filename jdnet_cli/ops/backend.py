@@ -35,23 +35,27 @@ def reference() -> bool:
     return _current.get() == "reference"
 
 
-_bf16_fusions: contextvars.ContextVar[bool] = contextvars.ContextVar("jdnet_cpu_bf16_fusions", default=False)
+
+_mixed: contextvars.ContextVar[bool] = contextvars.ContextVar("jdnet_cpu_mixed_precision", default=False)
 
 
 @contextlib.contextmanager
-def cpu_bf16_fusions(enabled: bool = True) -> Iterator[None]:
-    """Inside, training's dense fusions on the CPU multiply bfloat16 operands into float32 sums.
+def cpu_mixed_precision(enabled: bool = True) -> Iterator[None]:
+    """Inside, training on the CPU runs in mixed precision, as CUDA training runs under fp16 autocast.
 
-    Only where ``fusion_bf16.bf16_fusions_usable()`` (AVX512-BF16); elsewhere, and for inference,
-    the fusions stay float32. Mixed precision as CUDA training's autocast is, for this thread only.
+    The dense fusions multiply bfloat16 operands into float32 sums (``fusion_bf16``) and each
+    joint unit's plain convs, its pyramid and SC bottleneck, run under bfloat16 autocast
+    (``low_precision_region``); the SAM block, the losses and the optimizer stay float32. Callers
+    turn it on only where ``fusion_bf16.bf16_fusions_usable()`` (AVX512-BF16, which oneDNN's bf16
+    convolutions need to be fast too). Inference never uses it. For this thread (context) only.
     """
-    token = _bf16_fusions.set(enabled)
+    token = _mixed.set(enabled)
     try:
         yield
     finally:
-        _bf16_fusions.reset(token)
+        _mixed.reset(token)
 
 
-def cpu_bf16_fusions_requested() -> bool:
-    """True inside ``cpu_bf16_fusions()``."""
-    return _bf16_fusions.get()
+def cpu_mixed_precision_requested() -> bool:
+    """True inside ``cpu_mixed_precision()``."""
+    return _mixed.get()

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from . import cpu_kernels
-from .backend import cpu_bf16_fusions_requested
+from .backend import cpu_mixed_precision_requested
 from .fusion_bf16 import bf16_fusions_usable, fusion_bf16, fusion_weight_grad_bf16
 
 # Inference buffers up to this size are kept for the next call (same limit as cpu_allocator's
@@ -278,7 +278,7 @@ def dense_forward(units, fusions, f0: torch.Tensor, loc: torch.Tensor) -> torch.
     """Differentiable dense stack: unit i sees LReLU(conv1x1([f0, unit_0, ..., unit_{i-1}]))."""
     # The kernels' condition, decided once here so that every fusion's backward takes the same path.
     kernels = bool(fusions) and _fusion_kernel_usable(f0.detach(), fusions[0][0].weight.detach())
-    bf16 = kernels and cpu_bf16_fusions_requested() and bf16_fusions_usable()
+    bf16 = kernels and cpu_mixed_precision_requested() and bf16_fusions_usable()
     buf = FeatureBuffer(f0, len(units) + 1, torch.bfloat16 if bf16 else None)
     if kernels:
         buf.defer_input_gradients()

@@ -1,6 +1,6 @@
 """The dense fusions' training products in bfloat16 with float32 sums, in C++ (``fusion_bf16.cpp``).
 
-Used by ``dense_buffer`` when training asks for it (``backend.cpu_bf16_fusions``) and the CPU has
+Used by ``dense_buffer`` when training asks for it (``backend.cpu_mixed_precision``) and the CPU has
 AVX512-BF16: the feature buffer then holds bfloat16 rows, and a fusion's forward, its slots'
 gradients and its weight gradient multiply bfloat16 operands into float32 sums. Everything else in
 the step, and inference always, stays float32.
