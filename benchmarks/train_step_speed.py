@@ -133,6 +133,25 @@ those figures are dropped. `--baseline` here is unaffected: a script's own folde
 current directory.) In real training the same code took two one-thread runs side by side from
 0.39-0.44 it/s (stage 18l) to 0.46-0.48 it/s (stages 19l and 19m; same batch and patch, not a
 controlled comparison).
+
+Then mixed precision on the CPU (982d9f7, 5b5621b; `jdnet train --precision auto`, the default, on a
+CPU with AVX512-BF16): the dense fusions in C++ bfloat16 kernels with float32 sums (VDPBF16PS; kernels
+alone, P = 16384: forward 190-198 -> 293-362 GFLOP/s, weight gradient 134-170 -> 183-275), the feature
+buffer in bfloat16, and each joint unit's pyramid and SC bottleneck under bf16 autocast (oneDNN's bf16
+3x3 convs, alone with their casts: 1.22x at 16 channels of 64x64, 1.48x at 32 of 32x32). The SAM
+block, losses and optimizer stay float32; inference is untouched. On the shipped weights, one batch:
+the rain layer moves 0.43% and the gradients 0.46% from float32. `--repeats 3 --also-fp32
+--stack-bf16 --baseline <11a7681>` (training paused): **1.08 s per step, 1.43x the float32 stack's
+0.75 s**; --precision fp32 1.41 s (1.87x), 11a7681 1.38 s (1.83x): 1.28x over the session's start.
+Phases: data 4 ms, forward 382 ms (33%), loss 5 ms, backward 727 ms (64%), optimizer 25 ms. Batch 16
+of 64x64 (3 steps): 3.46 s, **1.11x** the stack's 3.11 s (fp32 4.59 s, 1.48x); batch 4 of 128x128:
+3.13 s, **1.00x** the stack's 3.12 s (fp32 4.42 s, 1.42x). The issue's check (runs of this checkout
+from /tmp, --precision auto vs fp32 interleaved, two rounds): **1.38x / 1.36x** (1.00 / 1.01 s) against
+1.85x / 1.78x. A fair caveat: the yardstick is a float32 stack, and the same stack under bf16
+autocast takes 0.41 s (batch 16: 1.59 s; 128x128: 1.61 s), so against a bf16 stack JDNet's step is
+~2.6x at batch 4 of 64x64; the bf16 win is bigger for plain 3x3 stacks than for JDNet's small maps,
+1x1 convs and float32 attention. Inference, `conv_stack_yardstick.py --size 481x321 --repeats 3
+--baseline <11a7681>`: 0.99x / 0.98x (noise), 1.22x / 1.18x the stack.
 """
 from __future__ import annotations
 
