@@ -509,8 +509,16 @@ class Trainer:
             "seconds": round(self.elapsed, 1),
             "data": _data_summary(cfg),
             "recipe": _recipe_summary(cfg),
+            "precision": self.precision_used,
             "hardware": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or platform.machine(),
         }
+
+    @property
+    def precision_used(self) -> str:
+        """What this process trains in (``cfg.precision`` resolved for the device)."""
+        if self.amp:
+            return "mixed fp16 (CUDA autocast)"
+        return "mixed bf16 (CPU: dense fusions, unit convs)" if self.cpu_mixed else "fp32"
 
     def export(self, dest: str | Path | None = None, half: bool = True, extra: dict | None = None, use_ema: bool | None = None) -> Path:
         """Write inference weights (the average when there is one, unless ``use_ema`` is False) with metadata and lineage (rank 0 only)."""

@@ -74,6 +74,13 @@ def test_lineage_accumulates_over_stages(tmp_path, paired, tiny_weights):
     assert meta2["lineage"][2]["init_sha256"] == file_sha256(a)
     assert "cosine, warm-up 1" in meta2["lineage"][2]["recipe"]
     assert meta2["total_steps"] == 12
+    expected = "mixed bf16 (CPU: dense fusions, unit convs)" if second.cpu_mixed else "fp32"
+    assert meta2["lineage"][2]["precision"] == expected
+
+
+def test_lineage_records_fp32_when_asked(tmp_path, paired):
+    trainer = Trainer(TrainConfig(out_dir=str(tmp_path / "a"), data=str(paired), steps=1, precision="fp32", **TINY))
+    assert trainer.stage_record()["precision"] == "fp32"
 
 
 def test_resume_without_init_keeps_the_lineage(tmp_path, paired, tiny_weights):
