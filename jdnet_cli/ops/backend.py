@@ -10,6 +10,17 @@ _current: contextvars.ContextVar[str] = contextvars.ContextVar("jdnet_ops_backen
 
 
 @contextlib.contextmanager
+def _set_in_context(var: contextvars.ContextVar, value: object) -> Iterator[None]:
+    # Context variables, not globals: each thread keeps its own setting, and an exception inside
+    # cannot leave it set.
+    token = var.set(value)
+    try:
+        yield
+    finally:
+        var.reset(token)
+
+
+@contextlib.contextmanager
 def backend(name: str) -> Iterator[None]:
     """Run the ops inside on ``name``: "auto" (default) or "reference" (plain torch ops throughout).
 
@@ -18,11 +29,8 @@ def backend(name: str) -> Iterator[None]:
     """
     if name not in BACKENDS:
         raise ValueError(f"unknown ops back end {name!r}; choose from {', '.join(BACKENDS)}")
-    token = _current.set(name)
-    try:
+    with _set_in_context(_current, name):
         yield
-    finally:
-        _current.reset(token)
 
 
 def current_backend() -> str:
@@ -33,7 +41,6 @@ def current_backend() -> str:
 def reference() -> bool:
     """True inside ``backend("reference")``."""
     return _current.get() == "reference"
-
 
 
 _mixed: contextvars.ContextVar[bool] = contextvars.ContextVar("jdnet_cpu_mixed_precision", default=False)
@@ -49,11 +56,8 @@ def cpu_mixed_precision(enabled: bool = True) -> Iterator[None]:
     turn it on only where ``fusion_bf16.bf16_fusions_usable()`` (AVX512-BF16, which oneDNN's bf16
     convolutions need to be fast too). Inference never uses it. For this thread (context) only.
     """
-    token = _mixed.set(enabled)
-    try:
+    with _set_in_context(_mixed, enabled):
         yield
-    finally:
-        _mixed.reset(token)
 
 
 def cpu_mixed_precision_requested() -> bool:

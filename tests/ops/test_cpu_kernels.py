@@ -33,6 +33,14 @@ from .conftest import attention_inputs
 needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None, reason="no C++ compiler")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _kernels_loaded():
+    # The *_cpu wrappers call torch.ops.jdnet directly (loading is the dispatcher's job), so a test
+    # chosen alone with -k must load the library itself, not rely on an earlier test having done it.
+    if shutil.which(os.environ.get("CXX", "c++")) is not None:
+        cpu_kernels_usable(torch.zeros(1))
+
+
 @needs_compiler
 def test_cpu_kernels_build_and_load_here():
     assert cpu_kernels_usable(torch.zeros(1)), cpu_kernels_status()
