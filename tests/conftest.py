@@ -13,6 +13,14 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("JDNET_SHARED", REPO.parent / "shared"))
 
+# Triton reads TRITON_INTERPRET once, when torch first imports it (torch._dynamo does, e.g. for the
+# optimizers), and its own jit'd library functions (tl.max, tl.sum...) keep that mode; set later, only
+# by the interpreter tests' fixture, their kernels failed whenever a training test ran first. On a
+# machine without CUDA the interpreter is the only way Triton runs, and the library's dispatch only
+# asks for Triton with CUDA tensors, so setting it for the whole run changes nothing else.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def shared_path(*parts: str) -> Path:
     """Path under ../shared, skipping the test when it is not there."""
