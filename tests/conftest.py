@@ -13,8 +13,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("JDNET_SHARED", REPO.parent / "shared"))
 
-# Triton reads TRITON_INTERPRET once, when torch first imports it (torch._dynamo does, e.g. for the
-# optimizers), and its own jit'd library functions (tl.max, tl.sum...) keep that mode; set later, only
+# Triton reads TRITON_INTERPRET once, when torch first imports it (torch._dynamo does, which the
+# training tests load), and its own jit'd library functions (tl.max, tl.sum...) keep that mode; set later, only
 # by the interpreter tests' fixture, their kernels failed whenever a training test ran first. On a
 # machine without CUDA the interpreter is the only way Triton runs, and the library's dispatch only
 # asks for Triton with CUDA tensors, so setting it for the whole run changes nothing else.

@@ -30,14 +30,15 @@ from ..conftest import REPO, make_tiny_model
 from .conftest import attention_inputs
 
 
-needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None, reason="no C++ compiler")
+HAS_COMPILER = shutil.which(os.environ.get("CXX", "c++")) is not None
+needs_compiler = pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler")
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _kernels_loaded():
     # The *_cpu wrappers call torch.ops.jdnet directly (loading is the dispatcher's job), so a test
     # chosen alone with -k must load the library itself, not rely on an earlier test having done it.
-    if shutil.which(os.environ.get("CXX", "c++")) is not None:
+    if HAS_COMPILER:
         cpu_kernels_usable(torch.zeros(1))
 
 
