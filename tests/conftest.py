@@ -17,7 +17,8 @@ SHARED = Path(os.environ.get("JDNET_SHARED", REPO.parent / "shared"))
 # training tests load), and its own jit'd library functions (tl.max, tl.sum...) keep that mode; set later, only
 # by the interpreter tests' fixture, their kernels failed whenever a training test ran first. On a
 # machine without CUDA the interpreter is the only way Triton runs, and the library's dispatch only
-# asks for Triton with CUDA tensors, so setting it for the whole run changes nothing else.
+# asks for Triton with CUDA tensors, so setting it for the whole run changes nothing else. With CUDA,
+# tests/ops/test_attention_triton.py runs its interpreter tests in a child process.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
