@@ -104,6 +104,10 @@ def plan_jobs(inputs: Iterable[str], output: str, ext: str | None = None) -> lis
             if path.resolve() == out_resolved:
                 raise JDNetError(f"{raw}: output directory is the input directory; choose another OUTPUT")
             found = list(_walk(path, out_resolved))
+            if not found:
+                # As for a glob that matches nothing: a script pointed at the wrong folder should not exit 0.
+                kinds = ", ".join(e[1:] for e in IMAGE_EXTENSIONS)
+                entries.append((path, None, f"no image files in this directory (looked for {kinds})"))
             entries.extend((p, p.relative_to(path), None) for p in found)
         elif path.is_file() or path.is_symlink():
             entries.append((path, Path(path.name), None if is_image_path(path) else "unsupported file type"))

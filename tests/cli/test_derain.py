@@ -84,6 +84,17 @@ def test_globs(tmp_path, tiny_weights):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["g0.png", "g1.png", "g2.png"]
 
 
+def test_a_directory_without_images_fails_like_an_empty_glob(tmp_path, tiny_weights):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    res = run_cli("derain", str(tmp_path / "empty"), str(tmp_path / "out"), "--weights", str(tiny_weights), "--device", "cpu")
+    assert res.returncode == 1
+    err = res.stderr.decode()
+    assert f"failed: {tmp_path / 'empty'}: no image files in this directory (looked for png, jpg," in err
+    assert "0 ok, 1 failed, 0 skipped" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_odd_and_tiny_sizes(tmp_path, tiny_weights):
     for h, w in [(1, 1), (3, 5), (7, 4), (33, 65), (64, 1)]:
         write_png(tmp_path / "in" / f"{h}x{w}.png", h, w, seed=h * w)
