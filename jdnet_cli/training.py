@@ -66,8 +66,9 @@ class TrainConfig:
     # More paired folders, each ``DIR`` or ``DIR:WEIGHT``; ``data`` and ``clean`` take the same suffix.
     pairs: list[str] = field(default_factory=list)
     heavy_fraction: float = 0.0
-    # Style of the synthetic rain (a RAIN_STYLES name); heavy_fraction of the patches use the heavy one.
+    # Style of the synthetic rain (a RAIN_STYLES name); heavy_fraction of the patches use heavy_style.
     rain_style: str = "light"
+    heavy_style: str = "heavy"
     schedule: str = "step"
     warmup: int = 0
     init: str | None = None
@@ -185,8 +186,9 @@ class Trainer:
             raise JDNetError("no training data: give a paired dataset (DATA or --pairs) or --clean DIR")
         if cfg.schedule not in SCHEDULES:
             raise JDNetError(f"unknown schedule {cfg.schedule!r} (choose from {', '.join(SCHEDULES)})")
-        if cfg.rain_style not in RAIN_STYLES:
-            raise JDNetError(f"unknown rain style {cfg.rain_style!r} (choose from {', '.join(RAIN_STYLES)})")
+        for style in (cfg.rain_style, cfg.heavy_style):
+            if style not in RAIN_STYLES:
+                raise JDNetError(f"unknown rain style {style!r} (choose from {', '.join(RAIN_STYLES)})")
         if not 0.0 <= cfg.heavy_fraction <= 1.0:
             raise JDNetError(f"heavy rain fraction {cfg.heavy_fraction} is not in [0, 1]")
         if not 0.0 <= cfg.ema < 1.0:
@@ -280,7 +282,8 @@ class Trainer:
         if cfg.clean:
             folder, weight = split_weight(cfg.clean)
             sources.append((SyntheticRainPatches(folder, style=RAIN_STYLES[cfg.rain_style], rank=self.rank, world=self.world,
-                                                 heavy_fraction=cfg.heavy_fraction), weight))
+                                                 heavy_fraction=cfg.heavy_fraction, heavy_style=RAIN_STYLES[cfg.heavy_style]),
+                            weight))
             names.append(f"synthetic:{folder}")
         for spec in ([cfg.data] if cfg.data else []) + list(cfg.pairs):
             folder, weight = split_weight(spec)
@@ -560,8 +563,9 @@ def _data_summary(cfg: dict) -> str:
         folder, weight = split_weight(cfg["clean"])
         heavy = cfg.get("heavy_fraction") or 0.0
         style = cfg.get("rain_style") or "light"
+        heavy_style = cfg.get("heavy_style") or "heavy"
         parts.append(f"synthetic rain on {folder} (weight {weight:g}" + (f", {style} style" if style != "light" else "")
-                     + (f", heavy {heavy:g})" if heavy else ")"))
+                     + (f", {heavy_style} {heavy:g})" if heavy else ")"))
     for spec in ([cfg["data"]] if cfg.get("data") else []) + list(cfg.get("pairs") or []):
         folder, weight = split_weight(spec)
         parts.append(f"pairs {folder} (weight {weight:g})")

@@ -202,8 +202,26 @@ def test_rain_style_picks_the_synthetic_style_and_is_recorded(tmp_path):
     trainer.run()
     _, meta = load_model(trainer.export())
     assert meta["lineage"][-1]["data"] == f"synthetic rain on {tmp_path / 'clean'} (weight 1, fine style)"
-    with pytest.raises(JDNetError, match="unknown rain style 'storm' \\(choose from light, fine, heavy, additive\\)"):
+    with pytest.raises(JDNetError, match="unknown rain style 'storm' \\(choose from light, fine, heavy, additive, heavy-additive\\)"):
         Trainer(TrainConfig(out_dir=str(tmp_path / "x"), clean=str(tmp_path / "clean"), rain_style="storm", **TINY))
+
+
+def test_heavy_style_picks_the_style_of_the_heavy_patches_and_is_recorded(tmp_path):
+    from jdnet_cli.data.synthetic_rain import HEAVY_ADDITIVE_RAIN, HEAVY_RAIN
+
+    write_png(tmp_path / "clean" / "0.png", 40, 40, seed=0)
+    common = dict(clean=str(tmp_path / "clean"), heavy_fraction=0.3, steps=2, **TINY)
+    assert Trainer(TrainConfig(out_dir=str(tmp_path / "a"), **common)).data.sources[0].heavy_style is HEAVY_RAIN
+    trainer = Trainer(TrainConfig(out_dir=str(tmp_path / "run"), heavy_style="heavy-additive", **common))
+    assert trainer.data.sources[0].heavy_style is HEAVY_ADDITIVE_RAIN
+    trainer.run()
+    _, meta = load_model(trainer.export())
+    assert meta["lineage"][-1]["data"] == f"synthetic rain on {tmp_path / 'clean'} (weight 1, heavy-additive 0.3)"
+    with pytest.raises(JDNetError, match="unknown rain style 'storm'"):
+        Trainer(TrainConfig(out_dir=str(tmp_path / "x"), heavy_style="storm", **common))
+    res = _cli("train", "--clean", str(tmp_path / "clean"), "--out", str(tmp_path / "c"), "--heavy-style", "storm", *CLI_TINY)
+    assert res.exit_code == 2 and "--heavy-style must be one of light, fine, heavy, additive, heavy-additive, not 'storm'" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "c").exists()
 
 
 # -- validation on several sets, keeping the best -------------------------------------------------
@@ -264,7 +282,7 @@ def test_cli_watch_needs_val_and_is_printed(tmp_path, paired, other_pairs):
 def test_cli_rain_style_is_checked_and_old_checkpoints_resume_as_light(tmp_path, paired):
     write_png(tmp_path / "clean" / "0.png", 40, 40, seed=0)
     res = _cli("train", "--clean", str(tmp_path / "clean"), "--out", str(tmp_path / "a"), "--rain-style", "storm", *CLI_TINY)
-    assert res.exit_code == 2 and "--rain-style must be one of light, fine, heavy, additive, not 'storm'" in res.output
+    assert res.exit_code == 2 and "--rain-style must be one of light, fine, heavy, additive, heavy-additive, not 'storm'" in res.output
     assert "Traceback" not in res.output and not (tmp_path / "a").exists()
     cfg = TrainConfig(out_dir=str(tmp_path / "run"), clean=str(tmp_path / "clean"), steps=2, **TINY)
     Trainer(cfg).run()

@@ -39,6 +39,7 @@ def train(
     pairs: Optional[List[str]] = typer.Option(None, "--pairs", help="Another paired folder, DIR or DIR:WEIGHT; repeatable."),
     rain_style: str = typer.Option("light", "--rain-style", help=f"Synthetic rain style: {', '.join(RAIN_STYLES)} (see jdnet rain --style)."),
     heavy_fraction: float = typer.Option(0.0, "--heavy-fraction", min=0.0, max=1.0, help="Share of synthetic patches rendered as heavy rain."),
+    heavy_style: str = typer.Option("heavy", "--heavy-style", help="Style of those heavy patches: heavy (screened) or heavy-additive (added, as heavy-18's streaks are)."),
     init: Optional[Path] = typer.Option(None, "--init", help="Warm start: build the model from this inference weights file (fresh optimiser)."),
     warmup: int = typer.Option(0, "--warmup", min=0, help="Linear learning-rate warm-up over the first N steps."),
     ema: float = typer.Option(0.0, "--ema", help="Also keep a moving average of the weights with this decay (e.g. 0.998; 0: off); validated too, and exported when it is better."),
@@ -74,6 +75,8 @@ def train(
         fail(f"--precision must be one of {', '.join(TRAIN_PRECISIONS)}, not {precision!r}")
     if rain_style not in RAIN_STYLES:
         fail(f"--rain-style must be one of {', '.join(RAIN_STYLES)}, not {rain_style!r}")
+    if heavy_style not in RAIN_STYLES:
+        fail(f"--heavy-style must be one of {', '.join(RAIN_STYLES)}, not {heavy_style!r}")
     if watch and not val:
         fail("--watch sets are scored at each validation: give --val too")
     if keep_validated and not val:
@@ -91,7 +94,7 @@ def train(
         fail("--channels must be even (the self-calibrated convolution splits the channels in two)")
     cfg = TrainConfig(
         out_dir=str(out), data=data, clean=clean, pairs=list(pairs or []), heavy_fraction=heavy_fraction,
-        rain_style=rain_style, init=str(init) if init else None, warmup=warmup, schedule=schedule, ema=ema,
+        rain_style=rain_style, heavy_style=heavy_style, init=str(init) if init else None, warmup=warmup, schedule=schedule, ema=ema,
         steps=steps, batch_size=batch_size, patch_size=patch_size, lr=lr, loss=loss, flips=flips,
         rotations=rotations, seed=seed, channels=channels, num_units=units, save_every=save_every,
         log_every=log_every, val=[str(v) for v in val] if val else None, val_every=val_every if val else 0,

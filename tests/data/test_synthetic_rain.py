@@ -130,7 +130,7 @@ def test_rain_command_heavy_style_renders_heavier_rain_over_the_same_photos(tmp_
     assert runner.invoke(app, ["rain", str(tmp_path / "clean"), str(tmp_path / "default"), "--seed", "5"]).exit_code == 0
     assert (tmp_path / "default" / "rain" / "a.png").read_bytes() == (tmp_path / "light" / "rain" / "a.png").read_bytes()
     res = runner.invoke(app, ["rain", str(tmp_path / "clean"), str(tmp_path / "x"), "--style", "storm"])
-    assert res.exit_code == 2 and "--style must be one of light, fine, heavy, additive, not 'storm'" in res.output and not (tmp_path / "x").exists()
+    assert res.exit_code == 2 and "--style must be one of light, fine, heavy, additive, heavy-additive, not 'storm'" in res.output and not (tmp_path / "x").exists()
 
 
 def test_additive_rain_keeps_its_strength_on_bright_backgrounds_where_screened_rain_fades():
@@ -164,6 +164,26 @@ def test_additive_rain_is_clean_plus_streaks_clipped_and_mixed_styles_draw_per_i
     strengths = [float((render_rain(flat, np.random.default_rng(s), RainStyle(additive=0.5, haze_prob=0.0)) - flat).max())
                  for s in range(24)]
     assert min(strengths) < 0.35 < max(strengths)
+
+
+def test_heavy_additive_rain_adds_heavy_streaks_as_heavy_18_does():
+    from jdnet_cli.data.synthetic_rain import HEAVY_ADDITIVE_RAIN, HEAVY_RAIN, RAIN_STYLES
+
+    assert RAIN_STYLES["heavy-additive"] is HEAVY_ADDITIVE_RAIN and HEAVY_ADDITIVE_RAIN.additive == 1.0
+
+    def change(style: RainStyle, level: float) -> np.ndarray:
+        clean = np.full((96, 96, 3), level, np.float32)
+        return np.concatenate([(render_rain(clean, np.random.default_rng(s), style) - clean).mean(2).ravel() for s in range(8)])
+
+    # Same seeds, same streaks: added streaks keep their strength on a brighter background until they
+    # clip at 1 - clean (0.45 here); screened ones fade there.
+    flat = dataclasses.replace(HEAVY_ADDITIVE_RAIN, haze_prob=0.0)
+    dark, mid = change(flat, 0.1), change(flat, 0.55)
+    assert np.quantile(mid, 0.9) == pytest.approx(min(np.quantile(dark, 0.9), 0.45), rel=1e-3)
+    screened = dataclasses.replace(HEAVY_RAIN, haze_prob=0.0)
+    assert np.quantile(change(screened, 0.55), 0.9) < 0.75 * np.quantile(change(screened, 0.1), 0.9)
+    # Still heavy rain: several times the light style's mean change.
+    assert change(HEAVY_ADDITIVE_RAIN, 0.3).mean() > 3 * change(RainStyle(), 0.3).mean() > 0
 
 
 def test_rain_command_refuses_names_that_would_collide(tmp_path):
