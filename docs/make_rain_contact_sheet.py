@@ -2,9 +2,10 @@
 
 docs/rain_contact_sheet.png: each row one Rain12 image, column 1 its rainy version (rendered by
 the set's authors), columns 2-4 our light style on its clean version with three seeds.
-docs/heavy_rain_contact_sheet.png (--heavy): the same for heavy-18 and our HEAVY_RAIN style.
+docs/heavy_rain_contact_sheet.png (--heavy): the same for heavy-18 and our HEAVY_RAIN style;
+docs/heavy_additive_rain_contact_sheet.png (--heavy-additive): heavy-18 and HEAVY_ADDITIVE_RAIN.
 Run from the repository root:
-    python docs/make_rain_contact_sheet.py [--heavy] [SHARED_DIR]
+    python docs/make_rain_contact_sheet.py [--heavy | --heavy-additive] [SHARED_DIR]
 """
 from __future__ import annotations
 
@@ -17,20 +18,23 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from jdnet_cli.io.atomic import atomic_write_bytes  # noqa: E402
 from jdnet_cli.data.datasets import find_pairs  # noqa: E402
-from jdnet_cli.data.synthetic_rain import HEAVY_RAIN, RainStyle, render_rain  # noqa: E402
+from jdnet_cli.data.synthetic_rain import HEAVY_ADDITIVE_RAIN, HEAVY_RAIN, RainStyle, render_rain  # noqa: E402
 
 TILE = 160
 SEEDS = (1, 2, 3)
 # (dataset under shared/data, rows, style, reference label, output name)
 SHEETS = {
-    False: ("rain12", (0, 4, 9), RainStyle(), "Rain12 rain", "rain_contact_sheet.png"),  # light, medium, heavy
-    True: ("train-pairs/heavy-18", (0, 4, 8, 13), HEAVY_RAIN, "heavy-18 rain", "heavy_rain_contact_sheet.png"),
+    None: ("rain12", (0, 4, 9), RainStyle(), "Rain12 rain", "rain_contact_sheet.png"),  # light, medium, heavy
+    "--heavy": ("train-pairs/heavy-18", (0, 4, 8, 13), HEAVY_RAIN, "heavy-18 rain", "heavy_rain_contact_sheet.png"),
+    "--heavy-additive": ("train-pairs/heavy-18", (0, 4, 8, 13), HEAVY_ADDITIVE_RAIN, "heavy-18 rain",
+                         "heavy_additive_rain_contact_sheet.png"),
 }
 
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if a != "--heavy"]
-    dataset, rows_at, style, ref_label, name = SHEETS["--heavy" in sys.argv[1:]]
+    flags = [a for a in sys.argv[1:] if a in SHEETS]
+    args = [a for a in sys.argv[1:] if a not in SHEETS]
+    dataset, rows_at, style, ref_label, name = SHEETS[flags[0] if flags else None]
     shared = Path(args[0]) if args else Path(__file__).resolve().parents[2] / "shared"
     pairs = find_pairs(shared / "data" / dataset)
     rows = []
