@@ -1,7 +1,7 @@
 """Synthetic rain renderer: motion-blurred noise streak layers, optional haze, range-safe blending."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -118,19 +118,7 @@ ADDITIVE_RAIN = RainStyle(brightness=(0.12, 0.4), width_sigma=(0.3, 1.0), haze_p
 # (benchmarks/heavy_rain_stats.py --composition). Fewer, dimmer seeds than HEAVY_RAIN keep the totals
 # near heavy-18's: floor 0.016 (heavy-18 0.016, HEAVY_RAIN 0.025), p95 0.468 (0.469, 0.487), mean 0.171
 # (0.190, 0.194), share of d > 0.3 0.22 (0.25, 0.26) (benchmarks/heavy_rain_stats.py).
-HEAVY_ADDITIVE_RAIN = RainStyle(
-    layers=HEAVY_RAIN.layers,
-    density=(0.0002, 0.002),
-    length=HEAVY_RAIN.length,
-    width_sigma=HEAVY_RAIN.width_sigma,
-    angle_deg_std=HEAVY_RAIN.angle_deg_std,
-    brightness=(0.9, 2.0),
-    haze_prob=HEAVY_RAIN.haze_prob,
-    haze=HEAVY_RAIN.haze,
-    layer_angle_std=HEAVY_RAIN.layer_angle_std,
-    airlight=HEAVY_RAIN.airlight,
-    additive=1.0,
-)
+HEAVY_ADDITIVE_RAIN = replace(HEAVY_RAIN, density=(0.0002, 0.002), brightness=(0.9, 2.0), additive=1.0)
 
 RAIN_STYLES: dict[str, RainStyle] = {
     "light": RainStyle(), "fine": FINE_RAIN, "heavy": HEAVY_RAIN, "additive": ADDITIVE_RAIN,
