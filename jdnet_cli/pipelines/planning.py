@@ -15,6 +15,9 @@ from typing import Iterable, Iterator
 from ..errors import JDNetError
 from ..io.images import IMAGE_EXTENSIONS, is_image_path, read_bytes
 
+# As users type them after --ext, for error messages.
+_EXTENSION_NAMES = ", ".join(e[1:] for e in IMAGE_EXTENSIONS)
+
 GLOB_CHARS = set("*?[")
 STDIO = Path("-")  # stdin as an input, stdout as an output
 
@@ -61,7 +64,7 @@ def normalize_ext(ext: str | None) -> str | None:
     ext = ext.lower()
     ext = ext if ext.startswith(".") else "." + ext
     if ext not in IMAGE_EXTENSIONS:
-        raise JDNetError(f"unsupported --ext {ext!r} (use one of {', '.join(e[1:] for e in IMAGE_EXTENSIONS)})")
+        raise JDNetError(f"unsupported --ext {ext!r} (use one of {_EXTENSION_NAMES})")
     return ext
 
 
@@ -106,8 +109,7 @@ def plan_jobs(inputs: Iterable[str], output: str, ext: str | None = None) -> lis
             found = list(_walk(path, out_resolved))
             if not found:
                 # As for a glob that matches nothing: a script pointed at the wrong folder should not exit 0.
-                kinds = ", ".join(e[1:] for e in IMAGE_EXTENSIONS)
-                entries.append((path, None, f"no image files in this directory (looked for {kinds})"))
+                entries.append((path, None, f"no image files in this directory (looked for {_EXTENSION_NAMES})"))
             entries.extend((p, p.relative_to(path), None) for p in found)
         elif path.is_file() or path.is_symlink():
             entries.append((path, Path(path.name), None if is_image_path(path) else "unsupported file type"))
