@@ -42,7 +42,7 @@ def run_one(job: Job, process: Callable[[Path, Path], None], skip_existing: bool
     except JDNetError as err:
         return Result(str(job.input), str(job.output), "failed", (time.perf_counter() - t0) * 1000, _strip_name(str(err), job.input))
     except OSError as err:
-        return Result(str(job.input), str(job.output), "failed", (time.perf_counter() - t0) * 1000, err.strerror or str(err))
+        return Result(str(job.input), str(job.output), "failed", (time.perf_counter() - t0) * 1000, _os_error_text(err, job))
 
 
 def run_jobs(
@@ -113,6 +113,19 @@ def run_jobs_on_workers(
         if on_result:
             on_result(item)
     return results
+
+
+def _os_error_text(err: OSError, job: Job) -> str:
+    """The reason for a failed job, naming the path it concerns when that is not the input itself."""
+    reason = err.strerror or str(err)
+    if err.filename is None or Path(err.filename) == job.input:
+        return reason
+    # The output is written through a temp file beside it, after making its folders: name the output
+    # the user asked for, not the temp file or a folder, and say that writing (not reading) failed.
+    name = Path(err.filename)
+    if job.output is not None and job.output != STDIO and (name.parent == job.output.parent or name in job.output.parents):
+        return f"cannot write {job.output}: {reason}"
+    return f"{err.filename}: {reason}"
 
 
 def _strip_name(message: str, path: Path) -> str:

@@ -25,7 +25,7 @@ from jdnet_cli.inference.derainer import Derainer
 from jdnet_cli.io.atomic import atomic_path, remove_in_flight
 from jdnet_cli.io.images import read_image
 from jdnet_cli.pipelines.planning import Job, parse_shard, shard_jobs
-from jdnet_cli.pipelines.runner import run_jobs_on_workers
+from jdnet_cli.pipelines.runner import run_jobs_on_workers, run_one
 
 from ..conftest import REPO, onednn_cache_misses, run_cli, write_png
 
@@ -309,3 +309,23 @@ def test_onednn_shape_caches_are_bounded_unless_the_user_sets_them(user_value, e
     """Importing jdnet_cli caps oneDNN's per-shape kernel cache (soak RSS); an exported value wins."""
     # 24 shapes of ~5 primitives each overflow a 64-entry cache: the first shape was evicted.
     assert onednn_cache_misses(user_value) == (True, evicted)
+
+
+def test_write_failures_name_the_output_not_the_input_or_a_temp_file(tmp_path, tiny_weights):
+    write_png(tmp_path / "a.png", 8, 8)
+    (tmp_path / "blocker").write_bytes(b"a file where the output wants a folder")
+    out = tmp_path / "blocker" / "sub" / "o.png"
+    res = invoke(str(tmp_path / "a.png"), str(out), "--weights", str(tiny_weights), "--device", "cpu")
+    assert res.exit_code == 1
+    assert f"failed: {tmp_path / 'a.png'}: cannot write {out}: " in res.stderr, res.stderr
+    assert (tmp_path / "blocker").read_bytes().startswith(b"a file")
+
+    def full_disk(src: Path, dest: Path) -> None:
+        raise OSError(28, "No space left on device", str(dest.parent / f".{dest.name}.x1.part.png"))
+
+    def unreadable(src: Path, dest: Path) -> None:
+        raise OSError(5, "Input/output error", str(src))
+
+    job = Job(tmp_path / "a.png", tmp_path / "out" / "o.png")
+    assert run_one(job, full_disk).error == f"cannot write {job.output}: No space left on device"
+    assert run_one(job, unreadable).error == "Input/output error"
