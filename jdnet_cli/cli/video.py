@@ -83,7 +83,8 @@ def video(
             except (JDNetError, RuntimeError) as err:  # RuntimeError: torch (e.g. out of memory)
                 msg = str(err).splitlines()[0] if str(err) else type(err).__name__
                 msg = msg.removeprefix(f"{job.input}: ")  # the reporter names the input itself
-                reporter.report(Result(str(job.input), str(job.output), "failed", (time.perf_counter() - t_job) * 1000, msg))
+                written = getattr(err, "partial", None) or job.output  # a damaged input's derained part
+                reporter.report(Result(str(job.input), str(written), "failed", (time.perf_counter() - t_job) * 1000, msg))
                 continue
             reporter.report(Result(str(job.input), str(res.output), "ok", res.seconds * 1000), {"frames": res.frames})
             rate = res.frames / max(res.seconds, 1e-9)

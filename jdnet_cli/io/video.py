@@ -26,6 +26,8 @@ from .video_probe import VideoInfo, ffmpeg_exe
 
 _SHOWINFO = re.compile(r"\bn:\s*(\d+)\s+pts:\s*(-?\d+)\s+pts_time:\S+\s+duration:\s*(-?\d+)")
 _TIMEBASE = re.compile(r"config in time_base:\s*(\d+)/(\d+)")
+# ffmpeg's "-loglevel level+..." tag after the context, e.g. "[h264 @ 0x55d5] [error] Invalid NAL unit size".
+_LEVEL = re.compile(r"\[(trace|debug|verbose|info|warning|error|fatal|panic)\] ")
 # Names ffmpeg's scale filter uses for the YUV matrices of the colorspace tags.
 _SCALE_MATRIX = {"bt709": "bt709", "bt470bg": "bt601", "smpte170m": "bt601", "bt2020nc": "bt2020", "bt2020c": "bt2020",
                  "smpte240m": "smpte240m", "fcc": "fcc"}
@@ -76,6 +78,7 @@ class _StderrTail:
 
     def __init__(self, stream, timings: "queue.Queue | None" = None):
         self.lines: collections.deque[str] = collections.deque(maxlen=30)
+        self.errors: list[str] = []  # the first error-level messages, where the child tags levels
         self.time_base: Fraction | None = None
         self.timings = timings
         self._thread = threading.Thread(target=self._run, args=(stream,), daemon=True)
@@ -84,6 +87,11 @@ class _StderrTail:
     def _run(self, stream) -> None:
         for raw in iter(stream.readline, b""):
             line = raw.decode("utf-8", "replace").rstrip()
+            level = _LEVEL.search(line)
+            if level:
+                line = line[:level.start()] + line[level.end():]
+                if level.group(1) in ("error", "fatal", "panic") and len(self.errors) < 5:
+                    self.errors.append(re.sub(r"^(\[[^\]]*\]\s*)+", "", line).strip())
             if self.timings is not None:
                 m = _SHOWINFO.search(line)
                 if m:
@@ -120,7 +128,8 @@ class FfmpegFrameReader:
         self.high = info.high_bit_depth
         self.pix_fmt = "rgb48le" if self.high else "rgb24"
         self.width, self.height = info.width, info.height
-        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "info"]
+        # level+: errors are told apart from information, so a damaged file can be recognised.
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+info"]
         if start:
             cmd += ["-ss", f"{start:.6f}"]
         if duration:
@@ -186,6 +195,11 @@ class FfmpegFrameReader:
             self.first_pts_s = pts_s
         rgb = np.frombuffer(data, dtype=dtype).reshape(self.height, self.width, 3)
         return Frame(index, rgb, round((pts_s - self.first_pts_s) * 1_000_000), max(1, round(dur * tb * 1_000_000)))
+
+    @property
+    def decode_errors(self) -> list[str]:
+        """The first errors the decoder reported (damaged or truncated input), empty for a clean decode."""
+        return self.stderr.errors
 
     def close(self) -> None:
         """Stop the decoder (used when the run is aborted)."""

@@ -67,6 +67,14 @@ class VideoInterrupted(Exception):
         self.partial, self.frames = partial, frames
 
 
+class VideoDamaged(JDNetError):
+    """Decoding stopped early (truncated or damaged input): ``partial`` holds what was derained."""
+
+    def __init__(self, message: str, partial: Path, frames: int):
+        super().__init__(message)
+        self.partial, self.frames = partial, frames
+
+
 def is_video_path(path: Path) -> bool:
     """True if the extension is a video container we look for in directories."""
     return path.suffix.lower() in VIDEO_EXTENSIONS
@@ -171,15 +179,19 @@ def derain_video(
             raise state["error"] or JDNetError(f"{src}: no frames decoded")
         first = float(reader.first_pts_s or 0)  # decoder timestamps start at --start
         offset = first + (start or 0.0)
-        final = dest.with_name(dest.stem + ".partial" + dest.suffix) if interrupted else dest
+        damage = None if sequence or interrupted else _early_end(info, reader.decode_errors, encoder.end_us / 1e6, start, duration)
+        final = dest.with_name(dest.stem + ".partial" + dest.suffix) if interrupted or damage else dest
         out_tmp = temp_path_beside(final, "part")
         remux(video_tmp, None if sequence else src, out_tmp, offset, start, duration,
-              first + encoder.end_us / 1e6 if interrupted else None)
+              first + encoder.end_us / 1e6 if interrupted or damage else None)
         os.chmod(out_tmp, new_file_mode())  # mkstemp made it private; give it the usual mode of a new file
         os.replace(out_tmp, final)
         out_tmp = None
         if interrupted:
             raise VideoInterrupted(final, encoder.frames_written)
+        if damage:
+            raise VideoDamaged(f"{src}: {damage}; kept the {encoder.frames_written} derained frames in {final}, "
+                               f"{dest} was not written", final, encoder.frames_written)
         return VideoResult(encoder.frames_written, time.perf_counter() - t0, final)
     except KeyboardInterrupt:
         raise VideoInterrupted(None, 0) from None
@@ -190,6 +202,21 @@ def derain_video(
             if tmp is not None:
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
+
+
+def _early_end(info, decode_errors: list[str], covered: float, start: float | None, duration: float | None) -> str | None:
+    """Why the decode is incomplete (the decoder failed before the container's stated end), or None."""
+    if not decode_errors or info is None or info.duration is None:
+        return None
+    expected = info.duration - (start or 0.0)
+    if duration is not None:
+        expected = min(expected, duration)
+    # Errors alone are not enough (broadcast captures often start mid-GOP); nor is a short video
+    # stream alone (audio may outlast it). Both together mean the file ends before its index does.
+    slack = max(3 / info.fps, 0.1) if info.fps else 0.25
+    if covered >= expected - slack:
+        return None
+    return f"decoding stopped at {covered:.2f} s of {expected:.2f} s (truncated or damaged: {decode_errors[0].rstrip('.')})"
 
 
 def _put_while_alive(q: queue.Queue, item, consumer: threading.Thread) -> None:

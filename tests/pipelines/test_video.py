@@ -14,7 +14,7 @@ from jdnet_cli.errors import JDNetError
 from jdnet_cli.inference.derainer import Derainer
 from jdnet_cli.io.video import EncodeSettings
 from jdnet_cli.io.video_probe import count_frames, ffmpeg_exe, parse_ffmpeg_info, probe
-from jdnet_cli.pipelines.video import VideoInterrupted, derain_video, plan_video_jobs
+from jdnet_cli.pipelines.video import VideoDamaged, VideoInterrupted, derain_video, plan_video_jobs
 
 from ..conftest import run_cli, shared_path
 
@@ -150,6 +150,28 @@ def test_interrupt_keeps_a_valid_partial_file(tmp_path, clip, derainer):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.partial.mp4"]  # no final file, no temp files
     assert [round(t, 3) for t, _ in frame_times(partial)] == [0.0, 0.04]
     assert probe(partial).stream_types == ["video", "audio"]
+
+
+def test_truncated_video_fails_and_keeps_what_was_derained(tmp_path, derainer):
+    # One second with the index first (+faststart), so that cutting the file's tail leaves it readable
+    # up to the cut: a download or copy that stopped early. ffmpeg decodes it without an error exit.
+    src = shared_path("data", "video", "real-rain-640x360.mp4")
+    whole = tmp_path / "whole.mp4"
+    ff("-i", str(src), "-t", "1", "-vf", f"scale={W}:{H}", "-c:v", "libx264", "-crf", "10", "-c:a", "copy",
+       "-movflags", "+faststart", str(whole))
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    dest = tmp_path / "out" / "cut.mp4"
+    with pytest.raises(VideoDamaged) as info:
+        derain_video(derainer, cut, dest)
+    partial = dest.with_name("cut.partial.mp4")
+    assert info.value.partial == partial and 0 < info.value.frames < 25
+    assert "decoding stopped at" in str(info.value) and "of 1.00 s (truncated or damaged" in str(info.value)
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["cut.partial.mp4"]  # no final file, no temp files
+    assert len(frame_times(partial)) == info.value.frames
+    assert probe(partial).stream_types == ["video", "audio"]
+    # The same file whole decodes cleanly: nothing is flagged.
+    assert derain_video(derainer, whole, tmp_path / "whole-out.mp4").frames == 25
 
 
 def test_image_sequence_folder_and_printf_pattern(tmp_path, derainer):
