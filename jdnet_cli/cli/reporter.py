@@ -40,10 +40,12 @@ class Reporter:
             sys.stdout.flush()
 
     def report(self, res: Result, extra: dict | None = None) -> None:
-        """Count one result, print its failure line and its JSON event."""
+        """Count one result, print its failure line (or its note) and its JSON event."""
         self.counts[res.status] += 1
         if res.status == "failed":
             self.say(f"failed: {res.input}: {res.error}")
+        elif res.note:
+            self.info(f"note: {res.input}: {'stdout' if res.output == '-' else res.output} {res.note}")
         self.emit({**res.as_event(), **(extra or {})})
 
     def summary(self, seconds: float, where: str, interrupted: bool) -> None:

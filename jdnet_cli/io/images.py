@@ -148,13 +148,37 @@ def read_rgb(path: str | Path) -> np.ndarray:
     return read_image(path).rgb
 
 
+def _written_depth(img: Image, ext: str) -> int:
+    """Bits per channel ``img`` is written with as ``ext``: its own where the format holds them, else 8."""
+    if img.bit_depth == 16 and ext not in (".png", ".tif", ".tiff"):
+        return 8
+    if img.bit_depth == 32 and ext not in (".tif", ".tiff"):
+        return 8
+    return img.bit_depth
+
+
+def _keeps_alpha(ext: str) -> bool:
+    return ext in (".png", ".tif", ".tiff", ".webp")
+
+
+def conversion_losses(img: Image, ext: str) -> str | None:
+    """What writing ``img`` as ``ext`` cannot keep (alpha, bit depth), in words; None when nothing is lost."""
+    ext = ext.lower() if ext.startswith(".") else "." + ext.lower()
+    lost = []
+    if img.alpha is not None and not _keeps_alpha(ext):
+        lost.append("the alpha channel")
+    depth = _written_depth(img, ext)
+    if depth < img.bit_depth:
+        lost.append(f"{img.bit_depth}-bit depth (written as {depth}-bit)")
+    if not lost:
+        return None
+    keeper = "tif" if img.bit_depth == 32 else "png"
+    return f"drops {' and '.join(lost)}: {ext[1:]} cannot hold {'them' if len(lost) > 1 else 'it'}; --ext {keeper} keeps everything"
+
+
 def _to_array(img: Image, ext: str) -> np.ndarray:
     ext = ext.lower()
-    depth = img.bit_depth
-    if depth == 16 and ext not in (".png", ".tif", ".tiff"):
-        depth = 8  # the target format cannot hold 16 bits
-    if depth == 32 and ext not in (".tif", ".tiff"):
-        depth = 8
+    depth = _written_depth(img, ext)
     rgb = np.clip(img.rgb, 0.0, 1.0)
     if depth == 8:
         arr = np.round(rgb * 255.0).astype(np.uint8)
@@ -162,7 +186,7 @@ def _to_array(img: Image, ext: str) -> np.ndarray:
         arr = np.round(rgb * 65535.0).astype(np.uint16)
     else:
         arr = rgb.astype(np.float32)
-    keep_alpha = img.alpha is not None and ext in (".png", ".tif", ".tiff", ".webp")
+    keep_alpha = img.alpha is not None and _keeps_alpha(ext)
     if img.grayscale:
         gray = arr.mean(axis=2).round().astype(arr.dtype) if depth != 32 else arr.mean(axis=2)
         if not keep_alpha:
@@ -219,9 +243,10 @@ def _encode_png_gray_alpha(arr: np.ndarray) -> bytes:
             + png_chunk(b"IEND", b""))
 
 
-def write_image(path: str | Path, img: Image, quality: int = 95) -> None:
-    """Encode and write atomically (temp file in the same directory, then rename)."""
+def write_image(path: str | Path, img: Image, quality: int = 95) -> str | None:
+    """Encode and write atomically (temp file in the same directory, then rename); returns conversion_losses."""
     path = Path(path)
     data = encode_image(img, path.suffix, quality)
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+    return conversion_losses(img, path.suffix)

@@ -8,7 +8,7 @@ from typing import Callable
 
 from ..inference.derainer import Derainer
 from ..io.atomic import atomic_write_bytes
-from ..io.images import DEFAULT_MAX_PIXELS, Image, decode_image, encode_image, read_bytes, read_image, write_image
+from ..io.images import DEFAULT_MAX_PIXELS, Image, conversion_losses, decode_image, encode_image, read_bytes, read_image, write_image
 from .planning import STDIO
 
 
@@ -20,35 +20,36 @@ def derain_image(derainer: Derainer, img: Image) -> Image:
     return replace(img, rgb=out)
 
 
-def derain_file(derainer: Derainer, src: Path, dest: Path, max_pixels: int = DEFAULT_MAX_PIXELS, quality: int = 95) -> None:
-    """Read ``src``, derain it, and write ``dest`` atomically."""
-    write_image(dest, derain_image(derainer, read_image(src, max_pixels)), quality)
+def derain_file(derainer: Derainer, src: Path, dest: Path, max_pixels: int = DEFAULT_MAX_PIXELS, quality: int = 95) -> str | None:
+    """Read ``src``, derain it, and write ``dest`` atomically; returns what the output format could not keep."""
+    return write_image(dest, derain_image(derainer, read_image(src, max_pixels)), quality)
 
 
 def derain_bytes(
     derainer: Derainer, data: bytes, ext: str | None = None, name: str = "-", max_pixels: int = DEFAULT_MAX_PIXELS, quality: int = 95
-) -> bytes:
-    """Derain encoded image bytes (format sniffed) and encode as ``ext`` (default: the input's format)."""
-    img = decode_image(data, name, max_pixels)
-    return encode_image(derain_image(derainer, img), ext or img.format or ".png", quality)
+) -> tuple[bytes, str | None]:
+    """Derain encoded image bytes (format sniffed), encoded as ``ext`` (default: the input's format), and what it lost."""
+    img = derain_image(derainer, decode_image(data, name, max_pixels))
+    ext = ext or img.format or ".png"
+    return encode_image(img, ext, quality), conversion_losses(img, ext)
 
 
 def image_processor(
     derainer: Derainer, ext: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, quality: int = 95
-) -> Callable[[Path, Path], None]:
-    """A job function ``process(src, dest)`` for the runner: files, or ``STDIO`` for stdin/stdout."""
+) -> Callable[[Path, Path], str | None]:
+    """A job function ``process(src, dest) -> losses`` for the runner: files, or ``STDIO`` for stdin/stdout."""
 
-    def process(src: Path, dest: Path) -> None:
+    def process(src: Path, dest: Path) -> str | None:
         if src != STDIO and dest != STDIO:
-            derain_file(derainer, src, dest, max_pixels=max_pixels, quality=quality)
-            return
+            return derain_file(derainer, src, dest, max_pixels=max_pixels, quality=quality)
         data = sys.stdin.buffer.read() if src == STDIO else read_bytes(src)
         target_ext = ext or (None if dest == STDIO else dest.suffix)
-        encoded = derain_bytes(derainer, data, target_ext, name=str(src), max_pixels=max_pixels, quality=quality)
+        encoded, losses = derain_bytes(derainer, data, target_ext, name=str(src), max_pixels=max_pixels, quality=quality)
         if dest == STDIO:
             sys.stdout.buffer.write(encoded)
             sys.stdout.buffer.flush()
         else:
             atomic_write_bytes(dest, encoded)
+        return losses
 
     return process

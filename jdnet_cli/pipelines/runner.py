@@ -21,24 +21,27 @@ class Result:
     status: str
     ms: float = 0.0
     error: str | None = None
+    note: str | None = None  # what an ok output could not keep, e.g. "no alpha channel"
 
     def as_event(self) -> dict:
-        """The ``--json`` event: input, output, status, ms, error."""
+        """The ``--json`` event: input, output, status, ms, error (and note, when there is one)."""
         event = asdict(self)
         event["ms"] = round(self.ms, 1)
+        if event["note"] is None:
+            del event["note"]
         return event
 
 
-def run_one(job: Job, process: Callable[[Path, Path], None], skip_existing: bool = False) -> Result:
-    """Run one job; JDNetError/OSError become a failed Result, anything else propagates."""
+def run_one(job: Job, process: Callable[[Path, Path], str | None], skip_existing: bool = False) -> Result:
+    """Run one job; ``process`` may return a note; JDNetError/OSError become a failed Result, anything else propagates."""
     t0 = time.perf_counter()
     if job.output is None:
         return Result(str(job.input), None, "failed", 0.0, job.error)
     if skip_existing and job.output != STDIO and job.output.exists():
         return Result(str(job.input), str(job.output), "skipped")
     try:
-        process(job.input, job.output)
-        return Result(str(job.input), str(job.output), "ok", (time.perf_counter() - t0) * 1000)
+        note = process(job.input, job.output)
+        return Result(str(job.input), str(job.output), "ok", (time.perf_counter() - t0) * 1000, note=note)
     except JDNetError as err:
         return Result(str(job.input), str(job.output), "failed", (time.perf_counter() - t0) * 1000, _strip_name(str(err), job.input))
     except OSError as err:
@@ -47,7 +50,7 @@ def run_one(job: Job, process: Callable[[Path, Path], None], skip_existing: bool
 
 def run_jobs(
     jobs: list[Job],
-    process: Callable[[Path, Path], None],
+    process: Callable[[Path, Path], str | None],
     skip_existing: bool = False,
     on_result: Callable[[Result], None] | None = None,
     stop: threading.Event | None = None,
@@ -66,7 +69,7 @@ def run_jobs(
 
 def run_jobs_on_workers(
     jobs: list[Job],
-    processes: Sequence[Callable[[Path, Path], None]],
+    processes: Sequence[Callable[[Path, Path], str | None]],
     skip_existing: bool = False,
     on_result: Callable[[Result], None] | None = None,
     stop: threading.Event | None = None,
@@ -85,7 +88,7 @@ def run_jobs_on_workers(
         todo.put(job)
     done: queue.Queue[Result | BaseException] = queue.Queue()
 
-    def worker(process: Callable[[Path, Path], None]) -> None:
+    def worker(process: Callable[[Path, Path], str | None]) -> None:
         while not stop.is_set():
             try:
                 job = todo.get_nowait()

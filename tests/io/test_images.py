@@ -14,7 +14,7 @@ from jdnet_cli.errors import JDNetError
 from jdnet_cli.inference.derainer import Derainer
 from jdnet_cli.io.image_headers import header_size, sniff_format
 from jdnet_cli.io.image_metadata import Metadata, embed_metadata, exif_orientation, read_metadata
-from jdnet_cli.io.images import decode_image, encode_image, read_image
+from jdnet_cli.io.images import Image, conversion_losses, decode_image, encode_image, read_image
 from jdnet_cli.pipelines.images import derain_image
 
 from ..conftest import make_tiny_model, shared_path
@@ -292,3 +292,17 @@ def test_tiff_orientation_tag_is_applied(orientation, upright, big_endian):
     img = decode_image(_tiff_gray(stored, orientation, big_endian), "o.tif")
     assert img.grayscale
     assert np.array_equal(np.round(img.rgb[..., 0] * 255).astype(np.uint8), upright(stored))
+
+
+def test_conversion_losses_name_what_the_target_format_cannot_hold():
+    rgb = np.zeros((2, 2, 3), np.float32)
+    alpha16 = np.zeros((2, 2), np.uint16)
+    assert conversion_losses(Image(rgb=rgb, bit_depth=16, alpha=alpha16), ".png") is None
+    assert conversion_losses(Image(rgb=rgb, bit_depth=16, alpha=alpha16), "tif") is None
+    assert conversion_losses(Image(rgb=rgb, bit_depth=16, alpha=alpha16), ".webp") == (
+        "drops 16-bit depth (written as 8-bit): webp cannot hold it; --ext png keeps everything")
+    assert conversion_losses(Image(rgb=rgb, bit_depth=16, alpha=alpha16), ".JPG") == (
+        "drops the alpha channel and 16-bit depth (written as 8-bit): jpg cannot hold them; --ext png keeps everything")
+    assert conversion_losses(Image(rgb=rgb, bit_depth=32), ".png") == (
+        "drops 32-bit depth (written as 8-bit): png cannot hold it; --ext tif keeps everything")
+    assert conversion_losses(Image(rgb=rgb), ".bmp") is None

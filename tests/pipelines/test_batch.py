@@ -329,3 +329,25 @@ def test_write_failures_name_the_output_not_the_input_or_a_temp_file(tmp_path, t
     job = Job(tmp_path / "a.png", tmp_path / "out" / "o.png")
     assert run_one(job, full_disk).error == f"cannot write {job.output}: No space left on device"
     assert run_one(job, unreadable).error == "Input/output error"
+
+
+def test_a_format_that_cannot_hold_alpha_or_depth_gets_a_note_not_silence(tmp_path, tiny_weights):
+    write_png(tmp_path / "in" / "rgba.png", 8, 8, channels=4)
+    write_png(tmp_path / "in" / "deep.png", 8, 8, dtype=np.uint16)
+    write_png(tmp_path / "in" / "plain.png", 8, 8)
+    out = tmp_path / "out"
+    res = invoke(str(tmp_path / "in"), str(out), "--ext", "jpg", "--json", "--weights", str(tiny_weights), "--device", "cpu")
+    assert res.exit_code == 0, res.stderr
+    events, summary = _events(res.stdout)
+    notes = {Path(e["input"]).name: e.get("note") for e in events}
+    assert notes == {
+        "deep.png": "drops 16-bit depth (written as 8-bit): jpg cannot hold it; --ext png keeps everything",
+        "plain.png": None,
+        "rgba.png": "drops the alpha channel: jpg cannot hold it; --ext png keeps everything",
+    }
+    assert f"note: {tmp_path / 'in' / 'rgba.png'}: {out / 'rgba.jpg'} drops the alpha channel" in res.stderr
+    assert summary["ok"] == 3 and sorted(p.name for p in out.iterdir()) == ["deep.jpg", "plain.jpg", "rgba.jpg"]
+    # --quiet prints errors only; PNG keeps both, so nothing is noted.
+    quiet = invoke(str(tmp_path / "in"), str(tmp_path / "q"), "--ext", "jpg", "-q", "--weights", str(tiny_weights), "--device", "cpu")
+    kept = invoke(str(tmp_path / "in"), str(tmp_path / "p"), "--weights", str(tiny_weights), "--device", "cpu")
+    assert quiet.exit_code == kept.exit_code == 0 and quiet.stderr == "" and "note:" not in kept.stderr
