@@ -37,6 +37,9 @@ from .planning import OutputRules
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".mov", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".flv", ".wmv", ".mpg", ".mpeg", ".3gp", ".ogv")
 _DONE = object()
+# Containers whose header states the duration. Others (MPEG-TS, MPEG-PS, FLV, ...) often have it
+# estimated from the bit rate, too loosely to tell a truncated file from a valid one.
+_STATED_DURATION = (".mp4", ".m4v", ".mov", ".3gp", ".avi", ".mkv", ".webm")
 
 
 @dataclass(frozen=True)
@@ -179,7 +182,9 @@ def derain_video(
             raise state["error"] or JDNetError(f"{src}: no frames decoded")
         first = float(reader.first_pts_s or 0)  # decoder timestamps start at --start
         offset = first + (start or 0.0)
-        damage = None if sequence or interrupted else _early_end(info, reader.decode_errors, encoder.end_us / 1e6, start, duration)
+        damage = None
+        if not sequence and not interrupted and src.suffix.lower() in _STATED_DURATION:
+            damage = _early_end(info, reader.decode_errors, encoder.end_us / 1e6, start, duration)
         final = dest.with_name(dest.stem + ".partial" + dest.suffix) if interrupted or damage else dest
         out_tmp = temp_path_beside(final, "part")
         remux(video_tmp, None if sequence else src, out_tmp, offset, start, duration,
