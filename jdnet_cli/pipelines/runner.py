@@ -21,7 +21,7 @@ class Result:
     status: str
     ms: float = 0.0
     error: str | None = None
-    note: str | None = None  # what an ok output could not keep, e.g. "no alpha channel"
+    note: str | None = None  # what an ok output could not keep, e.g. "drops the alpha channel: ..."
 
     def as_event(self) -> dict:
         """The ``--json`` event: input, output, status, ms, error (and note, when there is one)."""
