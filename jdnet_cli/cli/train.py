@@ -39,7 +39,7 @@ def train(
     pairs: Optional[List[str]] = typer.Option(None, "--pairs", help="Another paired folder, DIR or DIR:WEIGHT; repeatable."),
     rain_style: str = typer.Option("light", "--rain-style", help=f"Synthetic rain style: {', '.join(RAIN_STYLES)} (see jdnet rain --style)."),
     heavy_fraction: float = typer.Option(0.0, "--heavy-fraction", min=0.0, max=1.0, help="Share of synthetic patches rendered as heavy rain."),
-    heavy_style: str = typer.Option("heavy", "--heavy-style", help="Style of those heavy patches: heavy (screened) or heavy-additive (added, as heavy-18's streaks are)."),
+    heavy_style: str = typer.Option("heavy", "--heavy-style", help="Style of those patches, any --rain-style name; meant for heavy (screened) or heavy-additive (added, as heavy-18's streaks are)."),
     init: Optional[Path] = typer.Option(None, "--init", help="Warm start: build the model from this inference weights file (fresh optimiser)."),
     warmup: int = typer.Option(0, "--warmup", min=0, help="Linear learning-rate warm-up over the first N steps."),
     ema: float = typer.Option(0.0, "--ema", help="Also keep a moving average of the weights with this decay (e.g. 0.998; 0: off); validated too, and exported when it is better."),
