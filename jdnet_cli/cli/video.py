@@ -86,7 +86,7 @@ def video(
                 written = getattr(err, "partial", None) or job.output  # a damaged input's derained part
                 reporter.report(Result(str(job.input), str(written), "failed", (time.perf_counter() - t_job) * 1000, msg))
                 continue
-            reporter.report(Result(str(job.input), str(res.output), "ok", res.seconds * 1000), {"frames": res.frames})
+            reporter.report(Result(str(job.input), str(res.output), "ok", res.seconds * 1000, note=res.note), {"frames": res.frames})
             rate = res.frames / max(res.seconds, 1e-9)
             reporter.info(f"{job.input} -> {res.output}: {res.frames} frames in {res.seconds:.1f}s ({rate:.2f} frames/s)")
     reporter.summary(time.perf_counter() - t0, derainer.device_description, interrupted=False)

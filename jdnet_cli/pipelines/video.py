@@ -60,6 +60,7 @@ class VideoResult:
     seconds: float
     output: Path
     partial: bool = False
+    note: str | None = None  # e.g. the decoder reported errors but the stream played to its end
 
 
 class VideoInterrupted(Exception):
@@ -197,7 +198,10 @@ def derain_video(
         if damage:
             raise VideoDamaged(f"{src}: {damage}; kept the {encoder.frames_written} derained frames in {final}, "
                                f"{dest} was not written", final, encoder.frames_written)
-        return VideoResult(encoder.frames_written, time.perf_counter() - t0, final)
+        errors = [] if sequence else reader.decode_errors
+        note = (f"was made from a stream with decoder errors (first: {errors[0].rstrip('.')}); frames that did not "
+                "decode are missing or damaged") if errors else None
+        return VideoResult(encoder.frames_written, time.perf_counter() - t0, final, note=note)
     except KeyboardInterrupt:
         raise VideoInterrupted(None, 0) from None
     finally:
