@@ -4,7 +4,6 @@ the best weights, DDP via torchrun."""
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import os
@@ -27,6 +26,7 @@ from .data.synthetic_rain import RAIN_STYLES
 from .errors import JDNetError
 from .inference.checkpoint import build_model, extract_state_dict, read_checkpoint, save_weights
 from .inference.cpu_allocator import keep_freed_memory
+from .inference.shipped_weights import file_sha256
 from .inference.devices import resolve_device
 from .io.atomic import atomic_path
 from .models import JDNet
@@ -82,15 +82,6 @@ class TrainConfig:
     # "auto": mixed precision where it pays (CUDA: fp16 autocast; CPU: the dense fusions in
     # bfloat16 with float32 sums, on CPUs with AVX512-BF16); "fp32": float32 throughout.
     precision: str = "auto"
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes (the identity of an init file in the lineage)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:

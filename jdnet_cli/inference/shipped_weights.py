@@ -1,6 +1,7 @@
 """Where the shipped weights live (inside the installed package, or weights/ in a checkout), by name."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from ..errors import JDNetError
@@ -48,3 +49,12 @@ def resolve_weights(weights: str | Path | None) -> Path:
     if not path.exists() and str(weights) in SHIPPED_WEIGHTS:
         return shipped_weights_path(str(weights))
     return path
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes: the identity of a weights file (lineage, ``jdnet --version``)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -103,3 +103,30 @@ def test_shipped_heavy_weights_beat_the_default_on_heavy_rain():
     for name, weights in [("default", default), ("heavy", heavy)]:
         scores[name] = score_pair(Derainer(weights=weights, device="cpu", tile=0)(rainy), clean)["psnr_y"]
     assert scores["heavy"] > scores["default"] + 4.0, scores  # measured: 22.6 vs 12.6 dB (stage-25 heavy, stage-21 default), input 11.8
+
+
+def test_version_names_the_shipped_weights_it_would_load(shipped):
+    from jdnet_cli import __version__
+    from jdnet_cli.inference.shipped_weights import file_sha256
+
+    res = CliRunner().invoke(app, ["--version"])
+    assert res.exit_code == 0
+    heavy = file_sha256(shipped / "jdnet-heavy.pt")[:12]
+    assert res.stdout == (
+        f"jdnet {__version__} (torch {torch.__version__}; weights sha256: default missing, heavy {heavy})\n"
+    )
+
+
+def test_version_of_this_install(tmp_path):
+    import hashlib
+    import importlib.metadata
+
+    from jdnet_cli import __version__
+    from tests.conftest import REPO, run_cli
+
+    # The installed metadata reads jdnet_cli.__version__, so the two cannot disagree.
+    assert importlib.metadata.version("jdnet") == __version__
+    res = run_cli("--version", cwd=tmp_path)
+    assert res.returncode == 0 and res.stderr == b""
+    default = hashlib.sha256((REPO / "weights" / "jdnet.pt").read_bytes()).hexdigest()[:12]
+    assert res.stdout.decode().startswith(f"jdnet {__version__} (torch {torch.__version__}; weights sha256: default {default}, heavy ")
