@@ -49,6 +49,21 @@ class OutputRules:
         return None
 
 
+def check_output_folder(out: Path) -> None:
+    """Raise JDNetError if ``out``, which is to be a folder of outputs, is an existing non-directory."""
+    # Otherwise every job fails on its own with "cannot write OUT/x: File exists", exit 1, for what is
+    # one usage error.
+    if out.exists() and not out.is_dir():
+        raise JDNetError(f"{out}: exists and is not a folder; OUTPUT here must be a folder to put the outputs in")
+
+
+# Image formats people name outputs with that jdnet does not write. An OUTPUT ending in one of these is
+# a file name, not a folder, so it is refused rather than created as a folder with the image inside.
+_OTHER_IMAGE_SUFFIXES = frozenset(
+    ".gif .heic .heif .avif .jxl .jp2 .j2k .ico .tga .psd .ppm .pgm .pbm .pnm .exr .hdr .svg .dng .raw".split()
+)
+
+
 def _same_file(a: Path, b: Path) -> bool:
     # A hard link or bind mount reaches the same file under another name.
     try:
@@ -99,6 +114,10 @@ def plan_jobs(inputs: Iterable[str], output: str, ext: str | None = None) -> lis
         dest = out if not ext else out.with_suffix(ext)
         refusal = OutputRules([src]).refusal(src, dest)
         return [Job(src, None, refusal) if refusal else Job(src, dest)]
+    if out.suffix.lower() in _OTHER_IMAGE_SUFFIXES and not out.is_dir():
+        raise JDNetError(f"{output}: jdnet writes {_EXTENSION_NAMES} images, not {out.suffix[1:].lower()}; "
+                         "name an output file of one of those, or a folder")
+    check_output_folder(out)
 
     entries: list[tuple[Path, Path | None, str | None]] = []  # (input, relative output, error)
     for raw in inputs:

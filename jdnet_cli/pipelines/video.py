@@ -33,7 +33,7 @@ from ..io.video import (
     temp_path_beside,
 )
 from ..io.video_probe import count_frames, probe
-from .planning import OutputRules
+from .planning import OutputRules, check_output_folder
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".mov", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".flv", ".wmv", ".mpg", ".mpeg", ".3gp", ".ogv")
 _DONE = object()
@@ -118,6 +118,7 @@ def plan_video_jobs(inputs: Iterable[str], output: str) -> list[VideoJob]:
         src, _, seq, err = entries[0]
         err = err or rules.refusal(src, out)
         return [VideoJob(src, None if err else out, seq, err)]
+    check_output_folder(out)
     jobs = []
     for src, rel, seq, err in entries:
         if err or rel is None:

@@ -133,6 +133,11 @@ def test_usage_errors_exit_2(tmp_path, tiny_weights):
         assert res.returncode == 2 and b"CUDA is not available" in res.stderr
     res = run_cli("derain", str(tmp_path), str(tmp_path), "--weights", str(tiny_weights), "--device", "cpu")
     assert res.returncode == 2 and b"output directory is the input directory" in res.stderr
+    (tmp_path / "taken").write_bytes(b"keep")
+    res = run_cli("derain", str(tmp_path / "a.png"), str(tmp_path / "a.png"), str(tmp_path / "taken"), "--weights", str(tiny_weights))
+    assert res.returncode == 2 and res.stderr.decode().splitlines() == [
+        f"error: {tmp_path / 'taken'}: exists and is not a folder; OUTPUT here must be a folder to put the outputs in"]
+    assert (tmp_path / "taken").read_bytes() == b"keep"
 
 
 def test_never_overwrites_an_input(tmp_path, tiny_weights):

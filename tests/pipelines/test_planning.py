@@ -40,6 +40,33 @@ def test_image_and_video_planning_refuse_the_same_things(tmp_path):
         assert job.output is None and job.error == f"refusing to overwrite the input file {linked}"
 
 
+def test_an_output_folder_that_is_a_file_is_one_usage_error(tmp_path):
+    img, vid, taken = tmp_path / "a.png", tmp_path / "a.mp4", tmp_path / "taken"
+    for p in (img, vid, taken):
+        p.write_bytes(b"x")
+    message = f"{taken}: exists and is not a folder; OUTPUT here must be a folder to put the outputs in"
+    for plan, src in ((plan_jobs, img), (plan_video_jobs, vid)):
+        for inputs in ([str(src), str(src)], [str(tmp_path)], [str(src)]):
+            with pytest.raises(JDNetError) as err:
+                plan(inputs, str(taken))
+            assert str(err.value) == message
+    assert taken.read_bytes() == b"x"
+
+
+def test_an_image_output_named_for_a_format_jdnet_cannot_write_is_refused(tmp_path):
+    img = tmp_path / "a.png"
+    img.write_bytes(b"x")
+    with pytest.raises(JDNetError) as err:
+        plan_jobs([str(img)], str(tmp_path / "o.GIF"))
+    assert str(err.value) == (f"{tmp_path / 'o.GIF'}: jdnet writes png, jpg, jpeg, bmp, tif, tiff, webp images, not gif; "
+                              "name an output file of one of those, or a folder")
+    assert not (tmp_path / "o.GIF").exists()
+    # A folder of that name that exists is a folder; other suffixes still name folders ("out.v2").
+    (tmp_path / "d.gif").mkdir()
+    assert [j.output for j in plan_jobs([str(img)], str(tmp_path / "d.gif"))] == [tmp_path / "d.gif" / "a.png"]
+    assert [j.output for j in plan_jobs([str(img)], str(tmp_path / "out.v2"))] == [tmp_path / "out.v2" / "a.png"]
+
+
 def test_video_onto_itself_fails_and_leaves_the_input_intact(tmp_path, tiny_weights):
     clip = tmp_path / "clip.mp4"
     shutil.copyfile(shared_path("data", "video", "real-rain-640x360.mp4"), clip)
