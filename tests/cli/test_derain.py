@@ -133,6 +133,9 @@ def test_usage_errors_exit_2(tmp_path, tiny_weights):
         assert res.returncode == 2 and b"CUDA is not available" in res.stderr
     res = run_cli("derain", str(tmp_path), str(tmp_path), "--weights", str(tiny_weights), "--device", "cpu")
     assert res.returncode == 2 and b"output directory is the input directory" in res.stderr
+    # A limit no image can pass would fail every file one by one: it is a usage error instead.
+    res = run_cli("derain", str(tmp_path / "a.png"), str(tmp_path / "o"), "--weights", str(tiny_weights), "--max-pixels", "0")
+    assert res.returncode == 2 and b"--max-pixels" in res.stderr and not (tmp_path / "o").exists()
     (tmp_path / "taken").write_bytes(b"keep")
     res = run_cli("derain", str(tmp_path / "a.png"), str(tmp_path / "a.png"), str(tmp_path / "taken"), "--weights", str(tiny_weights))
     assert res.returncode == 2 and res.stderr.decode().splitlines() == [
