@@ -319,6 +319,21 @@ def encoder_args(settings: EncodeSettings, high: bool) -> list[str]:
     return args
 
 
+# What ffmpeg puts before a message: "[vost#0:0/libx264 @ 0x55d5] [enc:libx264 @ 0x55d5] " contexts, or
+# a library's own "x264 [error]: ".
+_FFMPEG_MESSAGE_PREFIX = re.compile(r"^(?:\[[^\]]*\]\s*)+|^\w+ \[\w+\]:\s*")
+
+
+def ffmpeg_failure(stderr: bytes, returncode: int | None) -> str:
+    """Why an ffmpeg run at ``-loglevel error`` failed: its first message, without context tags."""
+    # The first message is the cause ("invalid preset 'nope'", "Could not find tag for codec prores ...");
+    # what follows are its echoes up the pipeline, ending in "Nothing was written into output file".
+    for line in stderr.decode("utf-8", "replace").splitlines():
+        if line.strip():
+            return _FFMPEG_MESSAGE_PREFIX.sub("", line.strip()).strip()
+    return f"exit code {returncode}"
+
+
 class FfmpegEncoder:
     """An ffmpeg process that reads raw frames with timestamps (Matroska on stdin) and encodes a file."""
 
@@ -359,15 +374,14 @@ class FfmpegEncoder:
             self.writer.write(memoryview(np.ascontiguousarray(frame.rgb)).cast("B"), frame.pts_us, frame.duration_us)
         except (BrokenPipeError, OSError):
             self.proc.wait()
-            raise JDNetError(f"{self.dest}: encoder stopped ({self.error()})") from None
+            raise JDNetError(f"encoder stopped ({self.error()})") from None
         self.frames_written += 1
         self.end_us = max(self.end_us, frame.pts_us + frame.duration_us)
 
     def error(self) -> str:
-        """Last line of the encoder's error output."""
+        """Why the encoder failed, from its error output."""
         self._err.seek(0)
-        lines = [ln for ln in self._err.read().decode("utf-8", "replace").splitlines() if ln.strip()]
-        return re.sub(r"^\[[^\]]*\]\s*", "", lines[-1]).strip() if lines else f"exit code {self.proc.returncode}"
+        return ffmpeg_failure(self._err.read(), self.proc.returncode)
 
     def finish(self) -> None:
         """Close the input so ffmpeg writes a complete, valid file; raise if it failed."""
@@ -377,7 +391,7 @@ class FfmpegEncoder:
             pass
         self.proc.wait()
         if self.proc.returncode != 0:
-            raise JDNetError(f"{self.dest}: encoding failed ({self.error()})")
+            raise JDNetError(f"encoding failed ({self.error()})")
 
     def abort(self) -> None:
         """Kill the encoder (its file is then discarded)."""
@@ -415,9 +429,7 @@ def remux(video: Path, source: Path | None, dest: Path, video_offset: float, sta
     cmd += ["-y", str(dest)]
     proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, process_group=0)
     if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
-        reason = re.sub(r"^\[[^\]]*\]\s*", "", lines[-1]).strip() if lines else f"exit code {proc.returncode}"
-        raise JDNetError(f"{dest}: cannot write the output container ({reason})")
+        raise JDNetError(f"cannot write the output container ({ffmpeg_failure(proc.stderr, proc.returncode)})")
 
 
 def temp_path_beside(dest: Path, tag: str) -> Path:

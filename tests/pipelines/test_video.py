@@ -12,7 +12,7 @@ import pytest
 
 from jdnet_cli.errors import JDNetError
 from jdnet_cli.inference.derainer import Derainer
-from jdnet_cli.io.video import EncodeSettings
+from jdnet_cli.io.video import EncodeSettings, ffmpeg_failure
 from jdnet_cli.io.video_probe import count_frames, ffmpeg_exe, parse_ffmpeg_info, probe
 from jdnet_cli.pipelines.video import VideoDamaged, VideoInterrupted, derain_video, plan_video_jobs
 
@@ -220,6 +220,27 @@ def test_errors_name_the_file_and_exit_1(tmp_path, clip, tiny_weights):
     assert f"{blocker / 'out' / 'clip.mp4'}: cannot write" in lines[3]
     assert "0 ok, 4 failed" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([bad.name, audio_only.name, "blocker"])
+
+
+@pytest.mark.parametrize("settings, reason", [
+    (EncodeSettings(preset="nope"), "invalid preset 'nope'"),
+    (EncodeSettings(pix_fmt="nope"), "Unknown pixel format requested: nope."),
+    (EncodeSettings(codec="prores"), "Could not find tag for codec prores in stream #0, codec not currently supported in container"),
+])
+def test_encoder_errors_give_ffmpegs_cause_not_its_last_echo(tmp_path, clip, derainer, settings, reason):
+    # ffmpeg's last line was "Nothing was written into output file, ...", after the temp file's name.
+    with pytest.raises(JDNetError) as err:
+        derain_video(derainer, clip, tmp_path / "o.mp4", settings)
+    assert str(err.value) == f"encoding failed ({reason})"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ffmpeg_failure_strips_context_tags():
+    stderr = (b"\n[vost#0:0/libx264 @ 0x55db] [enc:libx264 @ 0x55dc] [error] Error while opening encoder\n"
+              b"[out#0/mp4 @ 0x55df] Nothing was written into output file.\n")
+    assert ffmpeg_failure(stderr, 1) == "Error while opening encoder"
+    assert ffmpeg_failure(b"x265 [error]: invalid preset 'x'\n", 1) == "invalid preset 'x'"
+    assert ffmpeg_failure(b"", 234) == "exit code 234"
 
 
 def test_probe_parses_colour_tags_and_rejects_non_video(tmp_path):
