@@ -246,8 +246,11 @@ def write_synthetic_pairs(
         # A per-file stream, keyed by name: adding or removing a photo leaves the others' rain as it was.
         rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
         rainy = render_rain(clean, rng, style)
-        write_image(out / "norain" / name, Image(rgb=np.round(clean * 255.0) / 255.0))
-        write_image(out / "rain" / name, Image(rgb=rainy))
+        for dest, rgb in ((out / "norain" / name, np.round(clean * 255.0) / 255.0), (out / "rain" / name, rainy)):
+            try:
+                write_image(dest, Image(rgb=rgb))
+            except OSError as err:  # e.g. OUT_DIR is a file, a read-only or full disk
+                raise JDNetError(f"cannot write {dest}: {err.strerror or err}") from None
         if on_pair:
             on_pair(path)
     return len(names)

@@ -112,6 +112,10 @@ def test_rain_command_is_deterministic_and_refuses_to_overwrite_inputs(tmp_path)
     assert "norain/a.png: would overwrite an input image; choose another OUT_DIR" in res.output
     res = runner.invoke(app, ["rain", str(tmp_path / "missing"), str(tmp_path / "o4")])
     assert res.exit_code == 2 and f"error: {tmp_path / 'missing'}: not a directory" in res.output
+    (tmp_path / "taken").write_text("a file")
+    res = runner.invoke(app, ["rain", str(tmp_path / "clean"), str(tmp_path / "taken")])
+    assert res.exit_code == 2
+    assert res.output == f"error: cannot write {tmp_path / 'taken' / 'norain' / 'a.png'}: Not a directory\n"
 
 
 def test_rain_command_heavy_style_renders_heavier_rain_over_the_same_photos(tmp_path):
