@@ -163,6 +163,16 @@ def _cli(*args: str):
 CLI_TINY = ["--batch-size", "2", "--patch-size", "16", "--channels", "4", "--units", "1", "--device", "cpu", "--threads", "1"]
 
 
+def test_cli_train_run_folder_errors_are_one_line(tmp_path, paired):
+    (tmp_path / "taken").write_text("a file")
+    res = _cli("train", str(paired), "--out", str(tmp_path / "taken"), "--steps", "1", *CLI_TINY)
+    assert res.exit_code == 2 and res.output == f"error: {tmp_path / 'taken'}: exists and is not a folder; --out names the run's folder\n"
+    # A folder that cannot be made (as a full or read-only disk would fail mid-run): no traceback.
+    res = _cli("train", str(paired), "--out", "/proc/jdnet-no-such-run", "--steps", "1", *CLI_TINY)
+    assert res.exit_code == 2, res.output
+    assert res.output.splitlines()[-1] == "error: /proc/jdnet-no-such-run: No such file or directory"
+
+
 def test_cli_train_writes_log_checkpoint_and_weights_then_resumes(tmp_path, paired):
     out = tmp_path / "run"
     res = _cli("train", str(paired), "--out", str(out), "--steps", "2", "--log-every", "1", *CLI_TINY)

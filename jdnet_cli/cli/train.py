@@ -101,6 +101,8 @@ def train(
         val_limit=val_limit, device=device, threads=threads, watch=[str(w) for w in watch or []], keep_validated=keep_validated,
         precision=precision,
     )
+    if out.exists() and not out.is_dir():
+        fail(f"{out}: exists and is not a folder; --out names the run's folder")
     if not resume and (out / "checkpoint.pt").exists():
         fail(f"{out / 'checkpoint.pt'} exists: pass --resume to continue it, or choose another --out")
     console = err_console()
@@ -144,6 +146,8 @@ def train(
         trainer.close()
     except JDNetError as err:
         fail(str(err))
+    except OSError as err:  # the run folder's disk filled up or became unwritable: checkpoints are atomic
+        fail(f"{err.filename}: {err.strerror}" if err.filename else str(err))
 
 
 def _run(trainer: Trainer, console, lead: bool, should_stop) -> None:
