@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+from ..errors import JDNetError
 from ..inference.derainer import Derainer
 from ..io.atomic import atomic_write_bytes
 from ..io.images import DEFAULT_MAX_PIXELS, Image, conversion_losses, decode_image, encode_image, read_bytes, read_image, write_image
@@ -46,8 +47,11 @@ def image_processor(
         target_ext = ext or (None if dest == STDIO else dest.suffix)
         encoded, losses = derain_bytes(derainer, data, target_ext, name=str(src), max_pixels=max_pixels, quality=quality)
         if dest == STDIO:
-            sys.stdout.buffer.write(encoded)
-            sys.stdout.buffer.flush()
+            try:
+                sys.stdout.buffer.write(encoded)
+                sys.stdout.buffer.flush()
+            except OSError as err:  # a full disk, a closed pipe: say it was the write, not the input
+                raise JDNetError(f"cannot write - (stdout): {err.strerror or err}") from None
         else:
             atomic_write_bytes(dest, encoded)
         return losses

@@ -330,6 +330,14 @@ def test_write_failures_name_the_output_not_the_input_or_a_temp_file(tmp_path, t
     assert run_one(job, full_disk).error == f"cannot write {job.output}: No space left on device"
     assert run_one(job, unreadable).error == "Input/output error"
 
+    if Path("/dev/full").exists():  # writes to it fail with ENOSPC, as stdout on a full disk would
+        with open("/dev/full", "wb") as full:
+            proc = subprocess.run([sys.executable, "-m", "jdnet_cli", "derain", str(tmp_path / "a.png"), "-", "--weights",
+                                   str(tiny_weights), "--device", "cpu"], stdout=full, stderr=subprocess.PIPE,
+                                  env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert proc.returncode == 1
+        assert f"failed: {tmp_path / 'a.png'}: cannot write - (stdout): No space left on device" in proc.stderr.decode()
+
 
 def test_a_format_that_cannot_hold_alpha_or_depth_gets_a_note_not_silence(tmp_path, tiny_weights):
     write_png(tmp_path / "in" / "rgba.png", 8, 8, channels=4)
