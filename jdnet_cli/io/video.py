@@ -361,7 +361,6 @@ class FfmpegEncoder:
         if time_base is not None and time_base > 0:
             cmd += ["-enc_time_base:v", f"{time_base.numerator}/{time_base.denominator}"]
         cmd += ["-y", str(dest)]
-        self.dest = dest
         self._err = tempfile.TemporaryFile()
         self.proc = _popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._err)
         self.writer = RawMatroskaWriter(self.proc.stdin, width, height, in_pix_fmt)
