@@ -58,8 +58,7 @@ class VideoResult:
 
     frames: int
     seconds: float
-    output: Path
-    partial: bool = False
+    output: Path  # always the final file: an interrupt or damage raises, naming the partial file kept
     note: str | None = None  # e.g. the decoder reported errors but the stream played to its end
 
 
