@@ -68,6 +68,60 @@ def header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
     return None
 
 
+def frame_count(data: bytes, fmt: str) -> int:
+    """Frames or pages the file holds (APNG, animated WebP, multi-page TIFF); 1 when single or unsure."""
+    try:
+        if fmt == ".png":
+            return _apng_frames(data)
+        if fmt == ".webp":
+            return _webp_frames(data)
+        if fmt == ".tif":
+            return _tiff_pages(data)
+    except (struct.error, IndexError, ValueError):
+        pass
+    return 1
+
+
+def _apng_frames(data: bytes) -> int:
+    # acTL, which makes a PNG animated, must come before the first IDAT.
+    pos = 8
+    while pos + 8 <= len(data):
+        length, ctype = struct.unpack(">I4s", data[pos : pos + 8])
+        if ctype == b"acTL":
+            return max(1, struct.unpack(">I", data[pos + 8 : pos + 12])[0])
+        if ctype == b"IDAT":
+            break
+        pos += 12 + length
+    return 1
+
+
+def _webp_frames(data: bytes) -> int:
+    if data[12:16] != b"VP8X" or not data[20] & 0x02:  # the extended header's animation flag
+        return 1
+    frames, pos = 0, 12
+    while pos + 8 <= len(data):
+        size = struct.unpack("<I", data[pos + 4 : pos + 8])[0]
+        frames += data[pos : pos + 4] == b"ANMF"
+        pos += 8 + size + (size & 1)
+    return max(1, frames)
+
+
+def _tiff_pages(data: bytes) -> int:
+    order = "<" if data[:2] == b"II" else ">"
+    ifd, pages, seen = struct.unpack(order + "I", data[4:8])[0], 0, set()
+    while ifd and ifd not in seen and ifd + 2 <= len(data):
+        seen.add(ifd)
+        count = struct.unpack(order + "H", data[ifd : ifd + 2])[0]
+        reduced = False  # a thumbnail or preview of another page (NewSubfileType bit 0), not a page
+        for i in range(count):
+            tag, typ, _n, value = struct.unpack(order + "HHII", data[ifd + 2 + 12 * i : ifd + 14 + 12 * i])
+            if tag == 254:
+                reduced = bool((value if typ == 4 else value >> 16 if order == ">" else value & 0xFFFF) & 1)
+        pages += not reduced
+        ifd = struct.unpack(order + "I", data[ifd + 2 + 12 * count : ifd + 6 + 12 * count])[0]
+    return max(1, pages)
+
+
 def check_complete(data: bytes, fmt: str) -> None:
     """Raise JDNetError (reason only) if the container is visibly truncated or malformed."""
     if fmt == ".png":

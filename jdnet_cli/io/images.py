@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import JDNetError
 from .atomic import atomic_path
-from .image_headers import check_complete, describe_unsupported, header_size, sniff_format
+from .image_headers import check_complete, describe_unsupported, frame_count, header_size, sniff_format
 from .image_metadata import (Metadata, apply_orientation, embed_metadata, exif_orientation, png_chunk, read_metadata,
                              reset_orientation)
 from .native_stderr import call_capturing
@@ -35,6 +35,7 @@ class Image:
     extras: dict = field(default_factory=dict)
     metadata: Metadata = field(default_factory=Metadata)  # EXIF (orientation already applied: 1) and ICC
     format: str | None = None  # extension of the format the bytes were in, e.g. '.jpg'
+    frames: int = 1  # frames or pages in the file (animated WebP/PNG, multi-page TIFF); only the first is read
 
 
 def is_image_path(path: Path) -> bool:
@@ -78,7 +79,7 @@ def decode_image(data: bytes, name: str = "<image>", max_pixels: int = DEFAULT_M
     img = _from_array(arr, name, max_pixels)
     if _is_png_gray_alpha(data, fmt) and img.alpha is not None:
         img.grayscale = True  # OpenCV expands grey+alpha to BGRA; remember it to write grey+alpha back
-    img.metadata, img.format = meta, fmt
+    img.metadata, img.format, img.frames = meta, fmt, frame_count(data, fmt)
     return img
 
 
@@ -162,7 +163,7 @@ def _keeps_alpha(ext: str) -> bool:
 
 
 def conversion_losses(img: Image, ext: str) -> str | None:
-    """What writing ``img`` as ``ext`` cannot keep (alpha, bit depth), in words; None when nothing is lost."""
+    """What writing ``img`` as ``ext`` cannot keep (alpha, bit depth, later frames), in words; None when nothing is lost."""
     ext = ext.lower() if ext.startswith(".") else "." + ext.lower()
     lost = []
     if img.alpha is not None and not _keeps_alpha(ext):
@@ -170,10 +171,15 @@ def conversion_losses(img: Image, ext: str) -> str | None:
     depth = _written_depth(img, ext)
     if depth < img.bit_depth:
         lost.append(f"{img.bit_depth}-bit depth (written as {depth}-bit)")
-    if not lost:
-        return None
-    keeper = "tif" if img.bit_depth == 32 else "png"
-    return f"drops {' and '.join(lost)}: {ext[1:]} cannot hold {'them' if len(lost) > 1 else 'it'}; --ext {keeper} keeps everything"
+    notes = []
+    if lost:
+        keeper = "tif" if img.bit_depth == 32 else "png"
+        notes.append(f"drops {' and '.join(lost)}: {ext[1:]} cannot hold {'them' if len(lost) > 1 else 'it'}; "
+                     f"--ext {keeper} keeps everything")
+    if img.frames > 1:
+        what = "pages" if img.format == ".tif" else "frames"
+        notes.append(f"holds only the first of the input's {img.frames} {what} (jdnet derains still images)")
+    return "; ".join(notes) or None
 
 
 def _to_array(img: Image, ext: str) -> np.ndarray:

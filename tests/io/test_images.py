@@ -12,7 +12,7 @@ import torch
 
 from jdnet_cli.errors import JDNetError
 from jdnet_cli.inference.derainer import Derainer
-from jdnet_cli.io.image_headers import header_size, sniff_format
+from jdnet_cli.io.image_headers import frame_count, header_size, sniff_format
 from jdnet_cli.io.image_metadata import Metadata, embed_metadata, exif_orientation, read_metadata
 from jdnet_cli.io.images import Image, conversion_losses, decode_image, encode_image, read_image
 from jdnet_cli.pipelines.images import derain_image
@@ -306,3 +306,53 @@ def test_conversion_losses_name_what_the_target_format_cannot_hold():
     assert conversion_losses(Image(rgb=rgb, bit_depth=32), ".png") == (
         "drops 32-bit depth (written as 8-bit): png cannot hold it; --ext tif keeps everything")
     assert conversion_losses(Image(rgb=rgb), ".bmp") is None
+    assert conversion_losses(Image(rgb=rgb, alpha=alpha16, frames=3, format=".webp"), ".jpg") == (
+        "drops the alpha channel: jpg cannot hold it; --ext png keeps everything; "
+        "holds only the first of the input's 3 frames (jdnet derains still images)")
+    assert conversion_losses(Image(rgb=rgb, frames=2, format=".tif"), ".tif") == (
+        "holds only the first of the input's 2 pages (jdnet derains still images)")
+
+
+def _tiff_pages(*subfile_types: int | None, big_endian: bool = False) -> bytes:
+    """A TIFF whose IFD chain has one 1x1 IFD per entry: NewSubfileType given (LONG), or none."""
+    o = ">" if big_endian else "<"
+    out = bytearray((b"MM\x00*" if big_endian else b"II*\x00") + struct.pack(o + "I", 8))
+    for i, kind in enumerate(subfile_types):
+        entries = [struct.pack(o + "HHII", 256, 4, 1, 1), struct.pack(o + "HHII", 257, 4, 1, 1)]
+        if kind is not None:
+            entries.insert(0, struct.pack(o + "HHII", 254, 4, 1, kind))
+        start = len(out)
+        nxt = 0 if i == len(subfile_types) - 1 else start + 2 + 12 * len(entries) + 4
+        out += struct.pack(o + "H", len(entries)) + b"".join(entries) + struct.pack(o + "I", nxt)
+    return bytes(out)
+
+
+def test_frame_count_finds_animations_and_pages_but_not_thumbnails():
+    from PIL import Image as PILImage  # imageio's dependency: writes APNG and animated WebP
+    import io
+
+    frames = [PILImage.fromarray(np.full((6, 8, 3), v, np.uint8)) for v in (10, 200, 90)]
+
+    def saved(fmt: str, **kw) -> bytes:
+        buf = io.BytesIO()
+        frames[0].save(buf, fmt, **kw)
+        return buf.getvalue()
+
+    assert frame_count(saved("PNG", save_all=True, append_images=frames[1:]), ".png") == 3
+    assert frame_count(saved("PNG"), ".png") == 1
+    assert frame_count(saved("WEBP", save_all=True, append_images=frames[1:], lossless=True), ".webp") == 3
+    assert frame_count(saved("WEBP", lossless=True), ".webp") == 1
+    assert frame_count(saved("TIFF", save_all=True, append_images=frames[1:2]), ".tif") == 2
+    assert frame_count(saved("TIFF"), ".tif") == 1
+    # A page plus its reduced-resolution preview (NewSubfileType bit 0) is one page; bit 1 marks pages.
+    assert frame_count(_tiff_pages(0, 1), ".tif") == 1
+    assert frame_count(_tiff_pages(2, 2, 2, big_endian=True), ".tif") == 3
+    assert frame_count(_tiff_pages(None, None), ".tif") == 2
+    # A loop in the IFD chain or a cut-off file ends the count; it never raises.
+    looped = bytearray(_tiff_pages(None))
+    looped[-4:] = struct.pack("<I", 8)
+    assert frame_count(bytes(looped), ".tif") == 1
+    assert frame_count(_tiff_pages(None, None)[:30], ".tif") == 1
+    # decode_image reads the first frame and remembers how many there were.
+    img = decode_image(saved("WEBP", save_all=True, append_images=frames[1:], lossless=True))
+    assert img.frames == 3 and img.format == ".webp" and np.allclose(img.rgb, 10 / 255)

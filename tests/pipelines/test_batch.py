@@ -359,3 +359,22 @@ def test_a_format_that_cannot_hold_alpha_or_depth_gets_a_note_not_silence(tmp_pa
     quiet = invoke(str(tmp_path / "in"), str(tmp_path / "q"), "--ext", "jpg", "-q", "--weights", str(tiny_weights), "--device", "cpu")
     kept = invoke(str(tmp_path / "in"), str(tmp_path / "p"), "--weights", str(tiny_weights), "--device", "cpu")
     assert quiet.exit_code == kept.exit_code == 0 and quiet.stderr == "" and "note:" not in kept.stderr
+
+
+def test_an_animated_or_multi_page_input_gets_a_note_that_only_its_first_frame_was_derained(tmp_path, tiny_weights):
+    from PIL import Image as PILImage
+
+    frames = [PILImage.fromarray(np.full((8, 10, 3), v, np.uint8)) for v in (30, 120)]
+    (tmp_path / "in").mkdir()
+    frames[0].save(tmp_path / "in" / "anim.webp", save_all=True, append_images=frames[1:], lossless=True)
+    frames[0].save(tmp_path / "in" / "pages.tif", save_all=True, append_images=frames[1:])
+    out = tmp_path / "out"
+    res = invoke(str(tmp_path / "in"), str(out), "--json", "--weights", str(tiny_weights), "--device", "cpu")
+    assert res.exit_code == 0, res.stderr
+    events, summary = _events(res.stdout)
+    assert {Path(e["input"]).name: e["note"] for e in events} == {
+        "anim.webp": "holds only the first of the input's 2 frames (jdnet derains still images)",
+        "pages.tif": "holds only the first of the input's 2 pages (jdnet derains still images)",
+    }
+    assert f"note: {tmp_path / 'in' / 'anim.webp'}: {out / 'anim.webp'} holds only the first of the input's 2 frames" in res.stderr
+    assert summary["ok"] == 2 and PILImage.open(out / "anim.webp").n_frames == 1
