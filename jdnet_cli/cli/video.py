@@ -24,10 +24,10 @@ def video(
     weights: Weights = None,
     device: Device = "auto",
     precision: Precision = "fp32",
-    codec: str = typer.Option("libx264", "--codec", help=f"Video codec: {', '.join(CODECS)}."),
+    codec: str = typer.Option("auto", "--codec", help=f"Video codec: {', '.join(CODECS)}; auto: libx264, libvpx-vp9 for .webm."),
     crf: Optional[int] = typer.Option(None, "--crf", min=0, max=63, help="Quality for x264/x265/vp9 (default 12/14/18: >= 40 dB from the model output)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Encoder preset (x264/x265: ultrafast..veryslow; vp9: good, best, realtime)."),
-    pix_fmt: Optional[str] = typer.Option(None, "--pix-fmt", help="Output pixel format (default: yuv420p, 10-bit for 10-bit sources)."),
+    pix_fmt: Optional[str] = typer.Option(None, "--pix-fmt", help="Output pixel format (default: yuv420p, 10-bit for 10-bit sources; yuv444p for odd frame sizes)."),
     start: Optional[float] = typer.Option(None, "--start", min=0.0, help="Start at this time (seconds)."),
     duration: Optional[float] = typer.Option(None, "--duration", min=0.0, help="Process this many seconds."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Frames per forward pass (default: 4 on CUDA, 1 on CPU)."),
@@ -49,7 +49,7 @@ def video(
             raise ValueError
     except (ValueError, ZeroDivisionError):
         fail(f"invalid --fps {fps!r}")
-    if codec not in CODECS:
+    if codec != "auto" and codec not in CODECS:
         fail(f"unsupported --codec {codec!r} (use {', '.join(CODECS)})")
     settings = EncodeSettings(codec, crf, preset, pix_fmt)
     try:

@@ -12,7 +12,7 @@ import re
 import subprocess
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
@@ -273,7 +273,7 @@ class ImageSequenceReader:
 class EncodeSettings:
     """Output video codec and quality."""
 
-    codec: str = "libx264"
+    codec: str = "auto"  # libx264, or libvpx-vp9 for .webm (see settings_for_output)
     crf: int | None = None
     preset: str | None = None
     pix_fmt: str | None = None
@@ -292,6 +292,22 @@ def default_pix_fmt(codec: str, high: bool) -> str:
     if codec == "prores":
         return "yuv422p10le"
     return "yuv420p10le" if high else "yuv420p"
+
+
+def settings_for_output(settings: EncodeSettings, suffix: str, width: int, height: int, high: bool) -> EncodeSettings:
+    """The codec and pixel format one output gets: 'auto' picks by container, odd sizes get full chroma."""
+    suffix = suffix.lower()
+    if suffix == ".ogv":
+        # Ogg holds Theora and VP8, neither of which jdnet encodes; ffmpeg would only say "Unsupported codec id".
+        raise JDNetError("an .ogv output needs Theora or VP8, which jdnet does not encode; name the output .mkv, .webm or .mp4")
+    codec = settings.codec
+    if codec == "auto":
+        codec = "libvpx-vp9" if suffix == ".webm" else "libx264"  # WebM takes only VP8/VP9/AV1
+    pix_fmt = settings.pix_fmt or default_pix_fmt(codec, high)
+    if settings.pix_fmt is None and (width % 2 or height % 2) and pix_fmt.startswith(("yuv420p", "yuv422p")):
+        # Subsampled chroma needs even sides; full chroma keeps the frame size, which padding or cropping would not.
+        pix_fmt = "yuv444p" + pix_fmt[7:]
+    return replace(settings, codec=codec, pix_fmt=pix_fmt)
 
 
 def encoder_args(settings: EncodeSettings, high: bool) -> list[str]:

@@ -30,6 +30,7 @@ from ..io.video import (
     encoder_args,
     remux,
     sequence_files,
+    settings_for_output,
     temp_path_beside,
 )
 from ..io.video_probe import count_frames, probe
@@ -171,6 +172,7 @@ def derain_video(
         if not sequence:
             reader = FfmpegFrameReader(info, info.video_index, start, duration, colour_for(info, info.height))
         colour = colour_for(info, reader.height)
+        settings = settings_for_output(settings, dest.suffix, reader.width, reader.height, reader.high)
         encoder_args(settings, reader.high)  # validate options before any work
         if on_start:
             on_start(total)

@@ -12,7 +12,7 @@ import pytest
 
 from jdnet_cli.errors import JDNetError
 from jdnet_cli.inference.derainer import Derainer
-from jdnet_cli.io.video import EncodeSettings, ffmpeg_failure
+from jdnet_cli.io.video import EncodeSettings, ffmpeg_failure, settings_for_output
 from jdnet_cli.io.video_probe import count_frames, ffmpeg_exe, parse_ffmpeg_info, probe
 from jdnet_cli.pipelines.video import VideoDamaged, VideoInterrupted, derain_video, plan_video_jobs
 
@@ -233,6 +233,30 @@ def test_encoder_errors_give_ffmpegs_cause_not_its_last_echo(tmp_path, clip, der
         derain_video(derainer, clip, tmp_path / "o.mp4", settings)
     assert str(err.value) == f"encoding failed ({reason})"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_settings_for_output_pick_a_codec_the_container_takes_and_full_chroma_for_odd_sizes():
+    auto = EncodeSettings()
+    assert settings_for_output(auto, ".mp4", 64, 48, False) == EncodeSettings("libx264", pix_fmt="yuv420p")
+    assert settings_for_output(auto, ".WEBM", 64, 48, True) == EncodeSettings("libvpx-vp9", pix_fmt="yuv420p10le")
+    assert settings_for_output(auto, ".mkv", 33, 48, True).pix_fmt == "yuv444p10le"
+    assert settings_for_output(EncodeSettings("prores"), ".mov", 64, 19, True).pix_fmt == "yuv444p10le"
+    # What the user names is kept: a codec, a pixel format, and RGB for ffv1 whatever the size.
+    assert settings_for_output(EncodeSettings("libx265", crf=20), ".webm", 64, 48, False).codec == "libx265"
+    assert settings_for_output(EncodeSettings(pix_fmt="yuv420p"), ".mp4", 33, 19, False).pix_fmt == "yuv420p"
+    assert settings_for_output(EncodeSettings("ffv1"), ".mkv", 33, 19, False).pix_fmt == "gbrp"
+    with pytest.raises(JDNetError, match=r"an \.ogv output needs Theora or VP8"):
+        settings_for_output(auto, ".ogv", 64, 48, False)
+
+
+def test_odd_sized_webm_comes_out_as_vp9_at_the_same_size(tmp_path, derainer):
+    src = tmp_path / "odd.webm"
+    ff("-f", "lavfi", "-i", "testsrc=size=33x19:rate=25", "-t", "0.12", "-c:v", "libvpx-vp9", "-pix_fmt", "yuv444p", str(src))
+    dest = tmp_path / "out" / "odd.webm"
+    res = derain_video(derainer, src, dest)  # default settings failed twice here: H.264 in WebM, 4:2:0 at 33x19
+    info = probe(dest)
+    assert res.frames == 3 and (info.codec, info.pix_fmt, info.width, info.height) == ("vp9", "yuv444p", 33, 19)
+    assert decode_rgb(dest).shape == (3, 19, 33, 3)
 
 
 def test_ffmpeg_failure_strips_context_tags():
