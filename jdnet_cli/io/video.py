@@ -415,6 +415,32 @@ class FfmpegEncoder:
         self.proc.wait()
 
 
+def _copied_streams(index: int, ext: str) -> list[str]:
+    """ffmpeg -map options for the streams of input ``index`` that a derained video carries over unchanged."""
+    maps = ["-map", f"{index}:a?", "-map", f"{index}:s?"]
+    return maps + (["-map", f"{index}:t?"] if ext in ("mkv", "mka", "webm") else [])
+
+
+def check_stream_copy(source: Path, dest: Path) -> None:
+    """Raise JDNetError if ``dest``'s container cannot take ``source``'s audio and subtitles as they are.
+
+    Checked before any frame is derained: the final remux would otherwise fail after all the work (AAC in
+    WebM, mov_text subtitles in Matroska, ASS in MP4).
+    """
+    ext = dest.suffix.lower().lstrip(".")
+    trial = temp_path_beside(dest, "check")
+    try:
+        # No duration: the muxer takes or refuses each stream when it writes the header.
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-i", str(source),
+               *_copied_streams(0, ext), "-c", "copy", "-t", "0", "-y", str(trial)]
+        proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, process_group=0)
+    finally:
+        trial.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        raise JDNetError(f"a {dest.suffix} file cannot hold this video's audio or subtitles unchanged "
+                         f"({ffmpeg_failure(proc.stderr, proc.returncode)}); an output named {source.suffix.lower()} keeps them")
+
+
 def remux(video: Path, source: Path | None, dest: Path, video_offset: float, start: float | None,
           duration: float | None, limit: float | None) -> None:
     """Put the encoded video together with the source's audio, subtitles, attachments and metadata (copied).
@@ -429,10 +455,7 @@ def remux(video: Path, source: Path | None, dest: Path, video_offset: float, sta
         cmd += ["-itsoffset", f"{video_offset:.6f}"]
     cmd += ["-i", str(video), *(["-i", str(source)] if source is not None else []), "-map", "0:v", "-c", "copy"]
     if source is not None:
-        cmd += ["-map", "1:a?", "-map", "1:s?"]
-        if ext in ("mkv", "mka", "webm"):
-            cmd += ["-map", "1:t?"]
-        cmd += ["-map_metadata", "1", "-map_chapters", "1"]
+        cmd += [*_copied_streams(1, ext), "-map_metadata", "1", "-map_chapters", "1"]
     # Output-side -ss/-t cut every stream on the source's own timeline; input-side seeking with
     # stream copy starts at the previous video keyframe and would shift the audio.
     if start:

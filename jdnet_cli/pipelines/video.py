@@ -26,6 +26,7 @@ from ..io.video import (
     FfmpegFrameReader,
     Frame,
     ImageSequenceReader,
+    check_stream_copy,
     colour_for,
     encoder_args,
     remux,
@@ -169,6 +170,8 @@ def derain_video(
     out_tmp: Path | None = None
     encoder = None
     try:
+        if info is not None and set(info.stream_types) - {"video"}:
+            check_stream_copy(src, dest)
         if not sequence:
             reader = FfmpegFrameReader(info, info.video_index, start, duration, colour_for(info, info.height))
         colour = colour_for(info, reader.height)

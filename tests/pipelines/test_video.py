@@ -259,6 +259,18 @@ def test_odd_sized_webm_comes_out_as_vp9_at_the_same_size(tmp_path, derainer):
     assert decode_rgb(dest).shape == (3, 19, 33, 3)
 
 
+def test_streams_the_output_container_cannot_copy_fail_before_any_frame_is_derained(tmp_path, clip, derainer, monkeypatch):
+    calls = []
+    monkeypatch.setattr(derainer, "derain_frames", lambda frames: calls.append(frames))  # must never be reached
+    out = tmp_path / "out"
+    with pytest.raises(JDNetError) as err:
+        derain_video(derainer, clip, out / "clip.webm")  # the clip's AAC audio cannot go into WebM as it is
+    assert str(err.value) == (
+        "a .webm file cannot hold this video's audio or subtitles unchanged (Only VP8 or VP9 or AV1 video and "
+        "Vorbis or Opus audio and WebVTT subtitles are supported for WebM.); an output named .mp4 keeps them")
+    assert calls == [] and list(out.iterdir()) == []  # no trial file, no temp file
+
+
 def test_ffmpeg_failure_strips_context_tags():
     stderr = (b"\n[vost#0:0/libx264 @ 0x55db] [enc:libx264 @ 0x55dc] [error] Error while opening encoder\n"
               b"[out#0/mp4 @ 0x55df] Nothing was written into output file.\n")
