@@ -294,12 +294,16 @@ def default_pix_fmt(codec: str, high: bool) -> str:
     return "yuv420p10le" if high else "yuv420p"
 
 
+_NO_CODEC_FITS = {".ogv": "Theora or VP8", ".gif": "the GIF codec"}
+
+
 def settings_for_output(settings: EncodeSettings, suffix: str, width: int, height: int, high: bool) -> EncodeSettings:
     """The codec and pixel format one output gets: 'auto' picks by container, odd sizes get full chroma."""
     suffix = suffix.lower()
-    if suffix == ".ogv":
-        # Ogg holds Theora and VP8, neither of which jdnet encodes; ffmpeg would only say "Unsupported codec id".
-        raise JDNetError("an .ogv output needs Theora or VP8, which jdnet does not encode; name the output .mkv, .webm or .mp4")
+    # Containers that take none of jdnet's codecs; ffmpeg would say only "Unsupported codec id" at the first frame.
+    if suffix in _NO_CODEC_FITS:
+        raise JDNetError(f"a {suffix} output needs {_NO_CODEC_FITS[suffix]}, which jdnet does not encode; "
+                         "name the output .mkv, .webm or .mp4")
     codec = settings.codec
     if codec == "auto":
         codec = "libvpx-vp9" if suffix == ".webm" else "libx264"  # WebM takes only VP8/VP9/AV1

@@ -245,8 +245,10 @@ def test_settings_for_output_pick_a_codec_the_container_takes_and_full_chroma_fo
     assert settings_for_output(EncodeSettings("libx265", crf=20), ".webm", 64, 48, False).codec == "libx265"
     assert settings_for_output(EncodeSettings(pix_fmt="yuv420p"), ".mp4", 33, 19, False).pix_fmt == "yuv420p"
     assert settings_for_output(EncodeSettings("ffv1"), ".mkv", 33, 19, False).pix_fmt == "gbrp"
-    with pytest.raises(JDNetError, match=r"an \.ogv output needs Theora or VP8"):
+    with pytest.raises(JDNetError, match=r"^a \.ogv output needs Theora or VP8, which jdnet does not encode; name"):
         settings_for_output(auto, ".ogv", 64, 48, False)
+    with pytest.raises(JDNetError, match=r"^a \.gif output needs the GIF codec, which"):
+        settings_for_output(EncodeSettings("ffv1"), ".GIF", 64, 48, False)
 
 
 def test_odd_sized_webm_comes_out_as_vp9_at_the_same_size(tmp_path, derainer):
