@@ -434,7 +434,7 @@ def check_stream_copy(source: Path, dest: Path) -> None:
     ext = dest.suffix.lower().lstrip(".")
     trial = temp_path_beside(dest, "check")
     try:
-        # No duration: the muxer takes or refuses each stream when it writes the header.
+        # -t 0 copies no packet: the muxer takes or refuses each stream as it writes the header.
         cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-i", str(source),
                *_copied_streams(0, ext), "-c", "copy", "-t", "0", "-y", str(trial)]
         proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, process_group=0)

@@ -170,7 +170,7 @@ def derain_video(
     out_tmp: Path | None = None
     encoder = None
     try:
-        if info is not None and set(info.stream_types) - {"video"}:
+        if info is not None and {"audio", "subtitle", "attachment"} & set(info.stream_types):  # what remux copies
             check_stream_copy(src, dest)
         if not sequence:
             reader = FfmpegFrameReader(info, info.video_index, start, duration, colour_for(info, info.height))
