@@ -52,34 +52,21 @@ def describe_unsupported(data: bytes) -> str:
 
 def header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
     """(width, height) claimed by the header, or None when the header cannot be parsed."""
-    try:
-        if fmt == ".png":
-            return _png_size(data)
-        if fmt == ".jpg":
-            return _jpeg_size(data)
-        if fmt == ".bmp":
-            return _bmp_size(data)
-        if fmt == ".tif":
-            return _tiff_size(data)
-        if fmt == ".webp":
-            return _webp_size(data)
-    except (struct.error, IndexError, ValueError):
-        return None
-    return None
+    return _parse(_SIZE_READERS, data, fmt, None)
 
 
 def frame_count(data: bytes, fmt: str) -> int:
     """Frames or pages the file holds (APNG, animated WebP, multi-page TIFF); 1 when single or unsure."""
+    return _parse(_FRAME_COUNTERS, data, fmt, 1)
+
+
+def _parse(readers: dict, data: bytes, fmt: str, fallback):
+    # A header cut short or malformed reads as "cannot tell", never as an exception.
+    reader = readers.get(fmt)
     try:
-        if fmt == ".png":
-            return _apng_frames(data)
-        if fmt == ".webp":
-            return _webp_frames(data)
-        if fmt == ".tif":
-            return _tiff_pages(data)
+        return reader(data) if reader else fallback
     except (struct.error, IndexError, ValueError):
-        pass
-    return 1
+        return fallback
 
 
 def _apng_frames(data: bytes) -> int:
@@ -240,3 +227,8 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
         bits = int.from_bytes(data[21:25], "little")
         return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
     return None
+
+
+# Read by header_size and frame_count at call time (the parsers are defined above).
+_SIZE_READERS = {".png": _png_size, ".jpg": _jpeg_size, ".bmp": _bmp_size, ".tif": _tiff_size, ".webp": _webp_size}
+_FRAME_COUNTERS = {".png": _apng_frames, ".webp": _webp_frames, ".tif": _tiff_pages}
