@@ -425,32 +425,80 @@ def _copied_streams(index: int, ext: str) -> list[str]:
     return maps + (["-map", f"{index}:t?"] if ext in ("mkv", "mka", "webm") else [])
 
 
-def check_stream_copy(source: Path, dest: Path) -> None:
-    """Raise JDNetError if ``dest``'s container cannot take ``source``'s audio and subtitles as they are.
+@dataclass(frozen=True)
+class StreamCopy:
+    """How the source's audio and subtitles go into the output: extra ffmpeg codec options and a note."""
 
-    Checked before any frame is derained: the final remux would otherwise fail after all the work (AAC in
-    WebM, mov_text subtitles in Matroska, ASS in MP4).
-    """
-    ext = dest.suffix.lower().lstrip(".")
+    codec_args: tuple[str, ...] = ()
+    note: str | None = None  # what was converted, for the user; None when every stream is copied as it is
+
+
+# What a container gets when it cannot take the source's audio or subtitles as they are: its own audio
+# codec at a bit rate that is transparent for most listeners, and its own text subtitle format (bitmap
+# subtitles cannot be converted to text, so those still fail). Matroska takes every audio codec.
+_AUDIO_CONVERSIONS = {
+    "webm": (("-c:a", "libopus", "-b:a", "160k"), "Opus 160 kb/s"),
+    "mp4": (("-c:a", "aac", "-b:a", "192k"), "AAC 192 kb/s"),
+    "m4v": (("-c:a", "aac", "-b:a", "192k"), "AAC 192 kb/s"),
+    "mov": (("-c:a", "aac", "-b:a", "192k"), "AAC 192 kb/s"),
+    "3gp": (("-c:a", "aac", "-b:a", "128k"), "AAC 128 kb/s"),
+    "avi": (("-c:a", "libmp3lame", "-b:a", "192k"), "MP3 192 kb/s"),
+}
+_SUBTITLE_CONVERSIONS = {
+    "webm": (("-c:s", "webvtt"), "WebVTT"),
+    "mp4": (("-c:s", "mov_text"), "MP4 timed text"),
+    "m4v": (("-c:s", "mov_text"), "MP4 timed text"),
+    "mov": (("-c:s", "mov_text"), "MP4 timed text"),
+    "mkv": (("-c:s", "srt"), "SubRip"),
+}
+
+
+def _trial_mux(source: Path, dest: Path, codec_args: tuple[str, ...]) -> subprocess.CompletedProcess:
+    """Write only the header of ``dest``'s container with ``source``'s copied streams (to a deleted temp file)."""
     trial = temp_path_beside(dest, "check")
     try:
-        # -t 0 copies no packet: the muxer takes or refuses each stream as it writes the header.
+        # -t 0 writes no packet: the muxer takes or refuses each stream as it writes the header.
         cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-i", str(source),
-               *_copied_streams(0, ext), "-c", "copy", "-t", "0", "-y", str(trial)]
-        proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, process_group=0)
+               *_copied_streams(0, dest.suffix.lower().lstrip(".")), "-c", "copy", *codec_args, "-t", "0", "-y", str(trial)]
+        return subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, process_group=0)
     finally:
         trial.unlink(missing_ok=True)
-    if proc.returncode != 0:
-        raise JDNetError(f"a {dest.suffix} file cannot hold this video's audio or subtitles unchanged "
-                         f"({ffmpeg_failure(proc.stderr, proc.returncode)}); an output named {source.suffix.lower()} keeps them")
+
+
+def plan_stream_copy(source: Path, dest: Path) -> StreamCopy:
+    """How ``source``'s audio and subtitles go into ``dest``: copied, else converted to what its container takes.
+
+    Decided before any frame is derained: the final remux would otherwise fail after all the work (AAC in
+    WebM, mov_text subtitles in Matroska, ASS in MP4). Streams are converted only when copying fails, and
+    audio before subtitles, so nothing is re-encoded that could have been kept.
+    """
+    first = _trial_mux(source, dest, ())
+    if first.returncode == 0:
+        return StreamCopy()
+    ext = dest.suffix.lower().lstrip(".")
+    audio, subtitles = _AUDIO_CONVERSIONS.get(ext), _SUBTITLE_CONVERSIONS.get(ext)
+    options = []
+    if audio:
+        options.append((audio[0], f"its audio re-encoded as {audio[1]}", "audio"))
+    if subtitles:
+        options.append((subtitles[0], f"its subtitles converted to {subtitles[1]}", "subtitles"))
+    if audio and subtitles:
+        options.append((audio[0] + subtitles[0], f"its audio re-encoded as {audio[1]} and its subtitles converted "
+                        f"to {subtitles[1]}", "audio and subtitles"))
+    for codec_args, change, what in options:
+        if _trial_mux(source, dest, codec_args).returncode == 0:
+            return StreamCopy(codec_args, f"has {change}: a {dest.suffix.lower()} file cannot hold the input's {what} unchanged")
+    raise JDNetError(f"a {dest.suffix} file cannot hold this video's audio or subtitles "
+                     f"({ffmpeg_failure(first.stderr, first.returncode)}); an output named {source.suffix.lower()} keeps them")
 
 
 def remux(video: Path, source: Path | None, dest: Path, video_offset: float, start: float | None,
-          duration: float | None, limit: float | None) -> None:
+          duration: float | None, limit: float | None, streams: StreamCopy = StreamCopy()) -> None:
     """Put the encoded video together with the source's audio, subtitles, attachments and metadata (copied).
 
     ``video_offset``: where the first encoded frame sits on the source's timeline (seconds, including
-    ``start``); ``limit``: end of the kept part relative to ``start`` (for a partial file).
+    ``start``); ``limit``: end of the kept part relative to ``start`` (for a partial file); ``streams``: the
+    conversions ``plan_stream_copy`` chose.
     """
     ext = dest.suffix.lower().lstrip(".")
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error"]
@@ -459,7 +507,7 @@ def remux(video: Path, source: Path | None, dest: Path, video_offset: float, sta
         cmd += ["-itsoffset", f"{video_offset:.6f}"]
     cmd += ["-i", str(video), *(["-i", str(source)] if source is not None else []), "-map", "0:v", "-c", "copy"]
     if source is not None:
-        cmd += [*_copied_streams(1, ext), "-map_metadata", "1", "-map_chapters", "1"]
+        cmd += [*_copied_streams(1, ext), *streams.codec_args, "-map_metadata", "1", "-map_chapters", "1"]
     # Output-side -ss/-t cut every stream on the source's own timeline; input-side seeking with
     # stream copy starts at the previous video keyframe and would shift the audio.
     if start:

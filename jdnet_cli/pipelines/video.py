@@ -26,9 +26,10 @@ from ..io.video import (
     FfmpegFrameReader,
     Frame,
     ImageSequenceReader,
-    check_stream_copy,
+    StreamCopy,
     colour_for,
     encoder_args,
+    plan_stream_copy,
     remux,
     sequence_files,
     settings_for_output,
@@ -170,8 +171,9 @@ def derain_video(
     out_tmp: Path | None = None
     encoder = None
     try:
+        streams = StreamCopy()
         if info is not None and {"audio", "subtitle", "attachment"} & set(info.stream_types):  # what remux copies
-            check_stream_copy(src, dest)
+            streams = plan_stream_copy(src, dest)
         if not sequence:
             reader = FfmpegFrameReader(info, info.video_index, start, duration, colour_for(info, info.height))
         colour = colour_for(info, reader.height)
@@ -194,7 +196,7 @@ def derain_video(
         final = dest.with_name(dest.stem + ".partial" + dest.suffix) if interrupted or damage else dest
         out_tmp = temp_path_beside(final, "part")
         remux(video_tmp, None if sequence else src, out_tmp, offset, start, duration,
-              first + encoder.end_us / 1e6 if interrupted or damage else None)
+              first + encoder.end_us / 1e6 if interrupted or damage else None, streams)
         os.chmod(out_tmp, new_file_mode())  # mkstemp made it private; give it the usual mode of a new file
         os.replace(out_tmp, final)
         out_tmp = None
@@ -204,9 +206,11 @@ def derain_video(
             raise VideoDamaged(f"{src}: {damage}; kept the {encoder.frames_written} derained frames in {final}, "
                                f"{dest} was not written", final, encoder.frames_written)
         errors = [] if sequence else reader.decode_errors
-        note = (f"was made from a stream with decoder errors (first: {errors[0].rstrip('.')}); frames that did not "
-                "decode are missing or damaged") if errors else None
-        return VideoResult(encoder.frames_written, time.perf_counter() - t0, final, note=note)
+        notes = [streams.note] if streams.note else []
+        if errors:
+            notes.append(f"was made from a stream with decoder errors (first: {errors[0].rstrip('.')}); frames that did "
+                         "not decode are missing or damaged")
+        return VideoResult(encoder.frames_written, time.perf_counter() - t0, final, note="; ".join(notes) or None)
     except KeyboardInterrupt:
         raise VideoInterrupted(None, 0) from None
     finally:

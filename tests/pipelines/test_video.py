@@ -261,15 +261,58 @@ def test_odd_sized_webm_comes_out_as_vp9_at_the_same_size(tmp_path, derainer):
     assert decode_rgb(dest).shape == (3, 19, 33, 3)
 
 
-def test_streams_the_output_container_cannot_copy_fail_before_any_frame_is_derained(tmp_path, clip, derainer, monkeypatch):
+def stream_kinds(path: Path) -> list[str]:
+    """'Audio: opus', 'Subtitle: subrip', ... for every stream of ``path``, as ffmpeg lists them."""
+    err = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)], capture_output=True).stderr.decode()
+    return [ln.split(": ", 1)[1].split(",")[0].split(" (")[0] for ln in err.splitlines() if ln.strip().startswith("Stream #0:")]
+
+
+def audio_seconds(path: Path) -> float:
+    """Length of the decoded audio (mono, 48 kHz)."""
+    return len(ff("-i", str(path), "-map", "0:a", "-ac", "1", "-ar", "48000", "-f", "s16le", "-").stdout) / 2 / 48000
+
+
+@pytest.fixture(scope="module")
+def subtitled_clip(tmp_path_factory, clip) -> Path:
+    """The clip with its AAC audio and one MP4 timed-text (mov_text) subtitle."""
+    tmp = tmp_path_factory.mktemp("subs")
+    (tmp / "s.srt").write_text("1\n00:00:00,000 --> 00:00:00,150\nrain, rain, go away\n")
+    path = tmp / "subtitled.mp4"
+    ff("-i", str(clip), "-i", str(tmp / "s.srt"), "-map", "0", "-map", "1", "-c", "copy", "-c:s", "mov_text", str(path))
+    return path
+
+
+def test_audio_the_container_cannot_hold_is_re_encoded_with_a_note(tmp_path, clip, tiny_weights):
+    out = tmp_path / "out"
+    res = run_cli("video", str(clip), str(out / "clip.webm"), "--weights", str(tiny_weights), "--device", "cpu")
+    err = res.stderr.decode()
+    assert res.returncode == 0, err  # was: every frame derained, then "cannot write the output container"
+    dest = out / "clip.webm"
+    assert (f"note: {clip}: {dest} has its audio re-encoded as Opus 160 kb/s: a .webm file cannot hold the input's "
+            "audio unchanged") in " ".join(err.split())
+    assert stream_kinds(dest) == ["Video: vp9", "Audio: opus"] and [p.name for p in out.iterdir()] == ["clip.webm"]
+    assert len(frame_times(dest)) == 5
+    assert audio_seconds(dest) == pytest.approx(audio_seconds(clip), abs=0.025)
+
+
+def test_subtitles_the_container_cannot_hold_are_converted_and_audio_still_copied(tmp_path, subtitled_clip, derainer):
+    dest = tmp_path / "subtitled.mkv"
+    res = derain_video(derainer, subtitled_clip, dest)  # Matroska refuses mov_text
+    assert res.note == ("has its subtitles converted to SubRip: a .mkv file cannot hold the input's subtitles unchanged")
+    assert stream_kinds(dest) == ["Video: h264", "Audio: aac", "Subtitle: subrip"]
+    assert audio_packets(dest) == audio_packets(subtitled_clip)  # not re-encoded: only what failed is converted
+    assert "rain, rain, go away" in ff("-i", str(dest), "-map", "0:s", "-f", "srt", "-").stdout.decode()
+
+
+def test_streams_no_conversion_fits_fail_before_any_frame_is_derained(tmp_path, subtitled_clip, derainer, monkeypatch):
     calls = []
     monkeypatch.setattr(derainer, "derain_frames", lambda frames: calls.append(frames))  # must never be reached
     out = tmp_path / "out"
     with pytest.raises(JDNetError) as err:
-        derain_video(derainer, clip, out / "clip.webm")  # the clip's AAC audio cannot go into WebM as it is
+        derain_video(derainer, subtitled_clip, out / "subtitled.avi")  # AVI holds no text subtitles
     assert str(err.value) == (
-        "a .webm file cannot hold this video's audio or subtitles unchanged (Only VP8 or VP9 or AV1 video and "
-        "Vorbis or Opus audio and WebVTT subtitles are supported for WebM.); an output named .mp4 keeps them")
+        "a .avi file cannot hold this video's audio or subtitles (Could not write header (incorrect codec parameters "
+        "?): Not yet implemented in FFmpeg, patches welcome); an output named .mp4 keeps them")
     assert calls == [] and list(out.iterdir()) == []  # no trial file, no temp file
 
 
