@@ -73,8 +73,8 @@ class VideoInterrupted(Exception):
         self.partial, self.frames = partial, frames
 
 
-class VideoDamaged(JDNetError):
-    """Decoding stopped early (truncated or damaged input): ``partial`` holds what was derained."""
+class VideoPartlyDone(JDNetError):
+    """The job failed after deraining frames (a damaged input, a failed final mux): ``partial`` holds them."""
 
     def __init__(self, message: str, partial: Path, frames: int):
         super().__init__(message)
@@ -195,15 +195,24 @@ def derain_video(
             damage = _early_end(info, reader.decode_errors, encoder.end_us / 1e6, start, duration)
         final = dest.with_name(dest.stem + ".partial" + dest.suffix) if interrupted or damage else dest
         out_tmp = temp_path_beside(final, "part")
-        remux(video_tmp, None if sequence else src, out_tmp, offset, start, duration,
-              first + encoder.end_us / 1e6 if interrupted or damage else None, streams)
+        try:
+            remux(video_tmp, None if sequence else src, out_tmp, offset, start, duration,
+                  first + encoder.end_us / 1e6 if interrupted or damage else None, streams)
+        except JDNetError as err:
+            kept = _keep_encoded_video(video_tmp, final)  # hours of deraining must not go with a failed mux
+            if kept is None:
+                raise
+            if interrupted:
+                raise VideoInterrupted(kept, encoder.frames_written) from None
+            raise VideoPartlyDone(f"{src}: {err}; kept the {encoder.frames_written} derained frames (video only) in "
+                                  f"{kept}, {dest} was not written", kept, encoder.frames_written) from None
         os.chmod(out_tmp, new_file_mode())  # mkstemp made it private; give it the usual mode of a new file
         os.replace(out_tmp, final)
         out_tmp = None
         if interrupted:
             raise VideoInterrupted(final, encoder.frames_written)
         if damage:
-            raise VideoDamaged(f"{src}: {damage}; kept the {encoder.frames_written} derained frames in {final}, "
+            raise VideoPartlyDone(f"{src}: {damage}; kept the {encoder.frames_written} derained frames in {final}, "
                                f"{dest} was not written", final, encoder.frames_written)
         errors = [] if sequence else reader.decode_errors
         notes = [streams.note] if streams.note else []
@@ -220,6 +229,21 @@ def derain_video(
             if tmp is not None:
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
+
+
+def _keep_encoded_video(video_tmp: Path, final: Path) -> Path | None:
+    """Move the encoded, video-only temp file to an unused name beside ``final``; None if that fails too."""
+    for n in range(1, 1000):
+        kept = final.with_name(f"{final.stem}.video-only{'' if n == 1 else f'-{n}'}{final.suffix}")
+        if kept.exists() or kept.is_symlink():
+            continue
+        try:
+            os.chmod(video_tmp, new_file_mode())
+            os.replace(video_tmp, kept)
+        except OSError:
+            return None
+        return kept
+    return None
 
 
 def _early_end(info, decode_errors: list[str], covered: float, start: float | None, duration: float | None) -> str | None:

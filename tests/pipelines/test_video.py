@@ -12,9 +12,10 @@ import pytest
 
 from jdnet_cli.errors import JDNetError
 from jdnet_cli.inference.derainer import Derainer
+from jdnet_cli.io.atomic import new_file_mode
 from jdnet_cli.io.video import EncodeSettings, ffmpeg_failure, settings_for_output
 from jdnet_cli.io.video_probe import count_frames, ffmpeg_exe, parse_ffmpeg_info, probe
-from jdnet_cli.pipelines.video import VideoDamaged, VideoInterrupted, derain_video, plan_video_jobs
+from jdnet_cli.pipelines.video import VideoPartlyDone, VideoInterrupted, derain_video, plan_video_jobs
 
 from ..conftest import run_cli, shared_path
 
@@ -162,7 +163,7 @@ def test_truncated_video_fails_and_keeps_what_was_derained(tmp_path, derainer):
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     dest = tmp_path / "out" / "cut.mp4"
-    with pytest.raises(VideoDamaged) as info:
+    with pytest.raises(VideoPartlyDone) as info:
         derain_video(derainer, cut, dest)
     partial = dest.with_name("cut.partial.mp4")
     assert info.value.partial == partial and 0 < info.value.frames < 25
@@ -182,6 +183,25 @@ def test_truncated_video_fails_and_keeps_what_was_derained(tmp_path, derainer):
         if res.note:
             break
     assert res.note.startswith("was made from a stream with decoder errors (first: ") and res.frames <= 25
+
+
+def test_a_failed_final_mux_keeps_the_derained_video(tmp_path, clip, derainer, monkeypatch):
+    def full_disk(*args, **kwargs):
+        raise JDNetError("cannot write the output container (No space left on device)")
+
+    monkeypatch.setattr("jdnet_cli.pipelines.video.remux", full_disk)
+    dest = tmp_path / "clip.mp4"
+    (tmp_path / "clip.video-only.mp4").write_bytes(b"the user's own file")
+    with pytest.raises(VideoPartlyDone) as info:
+        derain_video(derainer, clip, dest)
+    kept = tmp_path / "clip.video-only-2.mp4"  # the name taken is left alone
+    assert str(info.value) == (f"{clip}: cannot write the output container (No space left on device); kept the 5 "
+                               f"derained frames (video only) in {kept}, {dest} was not written")
+    assert (info.value.partial, info.value.frames) == (kept, 5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.video-only-2.mp4", "clip.video-only.mp4"]
+    assert (tmp_path / "clip.video-only.mp4").read_bytes() == b"the user's own file"
+    assert len(frame_times(kept)) == 5 and probe(kept).stream_types == ["video"]
+    assert kept.stat().st_mode & 0o777 == new_file_mode()  # not mkstemp's private 0o600
 
 
 def test_image_sequence_folder_and_printf_pattern(tmp_path, derainer):
