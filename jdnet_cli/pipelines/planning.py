@@ -64,6 +64,20 @@ _OTHER_IMAGE_SUFFIXES = frozenset(
 )
 
 
+# Photo formats jdnet does not read (the OpenCV wheel has no HEIC or camera-raw decoder). In a folder or a
+# glob they fail by name instead of vanishing from the batch: a phone's HEIC photos must not be left out
+# of "jdnet derain photos/ out/" with exit status 0.
+_UNREAD_PHOTO_SUFFIXES = frozenset(".heic .heif .avif .jxl .jp2 .dng .raw .cr2 .cr3 .nef .arw .orf .rw2 .raf".split())
+
+
+def _unread_photo(path: Path) -> str | None:
+    """Why ``path``, a photo format jdnet does not read, fails; None for any other file."""
+    ext = path.suffix.lower()
+    if ext not in _UNREAD_PHOTO_SUFFIXES:
+        return None
+    return f"jdnet does not read {ext[1:]} images; convert it to one of {_EXTENSION_NAMES} first"
+
+
 def _same_file(a: Path, b: Path) -> bool:
     # A hard link or bind mount reaches the same file under another name.
     try:
@@ -91,7 +105,7 @@ def _walk(root: Path, exclude: Path | None) -> Iterator[Path]:
         dirnames.sort()
         for name in sorted(filenames):
             path = here / name
-            if is_image_path(path) and not name.startswith("."):
+            if (is_image_path(path) or _unread_photo(path)) and not name.startswith("."):
                 yield path
 
 
@@ -129,15 +143,16 @@ def plan_jobs(inputs: Iterable[str], output: str, ext: str | None = None) -> lis
             if not found:
                 # As for a glob that matches nothing: a script pointed at the wrong folder should not exit 0.
                 entries.append((path, None, f"no image files in this directory (looked for {_EXTENSION_NAMES})"))
-            entries.extend((p, p.relative_to(path), None) for p in found)
+            entries.extend((p, p.relative_to(path), _unread_photo(p)) for p in found)
         elif path.is_file() or path.is_symlink():
-            entries.append((path, Path(path.name), None if is_image_path(path) else "unsupported file type"))
+            unread = None if is_image_path(path) else _unread_photo(path) or "unsupported file type"
+            entries.append((path, Path(path.name), unread))
         elif GLOB_CHARS & set(raw):
             matches = sorted(Path(m) for m in glob.glob(raw, recursive=True))
-            files = [m for m in matches if m.is_file() and is_image_path(m)]
+            files = [m for m in matches if m.is_file() and (is_image_path(m) or _unread_photo(m))]
             if not files:
                 entries.append((path, None, "no image files match this pattern"))
-            entries.extend((m, Path(m.name), None) for m in files)
+            entries.extend((m, Path(m.name), _unread_photo(m)) for m in files)
         else:
             entries.append((path, None, "no such file or directory"))
 

@@ -67,6 +67,24 @@ def test_an_image_output_named_for_a_format_jdnet_cannot_write_is_refused(tmp_pa
     assert [j.output for j in plan_jobs([str(img)], str(tmp_path / "out.v2"))] == [tmp_path / "out.v2" / "a.png"]
 
 
+def test_photos_in_formats_jdnet_cannot_read_fail_by_name_instead_of_vanishing(tmp_path):
+    photos = tmp_path / "photos"
+    (photos / "trip").mkdir(parents=True)
+    for name in ("a.jpg", "IMG_0001.HEIC", "trip/b.dng", "notes.txt", "trip/c.xmp"):
+        (photos / name).write_bytes(b"x")
+    out = tmp_path / "out"
+    reason = "jdnet does not read {} images; convert it to one of png, jpg, jpeg, bmp, tif, tiff, webp first"
+    expected = [(photos / "IMG_0001.HEIC", None, reason.format("heic")), (photos / "a.jpg", out / "a.jpg", None),
+                (photos / "trip" / "b.dng", None, reason.format("dng"))]  # text and sidecar files are not photos
+    assert [(j.input, j.output, j.error) for j in plan_jobs([str(photos)], str(out))] == expected
+    assert [(j.input, j.error) for j in plan_jobs([str(photos / "*")], str(out))] == [
+        (photos / "IMG_0001.HEIC", reason.format("heic")), (photos / "a.jpg", None)]
+    [job] = plan_jobs([str(photos / "IMG_0001.HEIC")], str(out))
+    assert job.error == reason.format("heic")
+    [job] = plan_jobs([str(photos / "notes.txt")], str(out))
+    assert job.error == "unsupported file type"
+
+
 def test_video_onto_itself_fails_and_leaves_the_input_intact(tmp_path, tiny_weights):
     clip = tmp_path / "clip.mp4"
     shutil.copyfile(shared_path("data", "video", "real-rain-640x360.mp4"), clip)
