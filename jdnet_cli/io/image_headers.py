@@ -56,7 +56,8 @@ def header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
 
 
 def frame_count(data: bytes, fmt: str) -> int:
-    """Frames or pages the file holds (APNG, animated WebP, multi-page TIFF); 1 when single or unsure."""
+    """Frames, pages or images the file holds (APNG, animated WebP, multi-page TIFF, JPEG with an MPF
+    index); 1 when single or unsure."""
     return _parse(_FRAME_COUNTERS, data, fmt, 1)
 
 
@@ -107,6 +108,22 @@ def _tiff_pages(data: bytes) -> int:
         pages += not reduced
         ifd = struct.unpack(order + "I", data[ifd + 2 + 12 * count : ifd + 6 + 12 * count])[0]
     return max(1, pages)
+
+
+def _jpeg_images(data: bytes) -> int:
+    # An MPF index (APP2 "MPF\0", a TIFF structure) lists the images stored one after another in the
+    # file: stereo views (MPO), or an HDR gain map or depth map after the main photo. Decoders read the first.
+    for marker, start, end in jpeg_segments(data):
+        if marker == 0xE2 and data[start : start + 4] == b"MPF\x00":
+            tiff = data[start + 4 : end]
+            order = "<" if tiff[:2] == b"II" else ">"
+            ifd = struct.unpack(order + "I", tiff[4:8])[0]
+            count = struct.unpack(order + "H", tiff[ifd : ifd + 2])[0]
+            for i in range(count):
+                tag, _typ, _n, value = struct.unpack(order + "HHII", tiff[ifd + 2 + 12 * i : ifd + 14 + 12 * i])
+                if tag == 0xB001:  # NumberOfImages
+                    return max(1, value)
+    return 1
 
 
 def check_complete(data: bytes, fmt: str) -> None:
@@ -231,4 +248,4 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
 
 # Read by header_size and frame_count at call time (the parsers are defined above).
 _SIZE_READERS = {".png": _png_size, ".jpg": _jpeg_size, ".bmp": _bmp_size, ".tif": _tiff_size, ".webp": _webp_size}
-_FRAME_COUNTERS = {".png": _apng_frames, ".webp": _webp_frames, ".tif": _tiff_pages}
+_FRAME_COUNTERS = {".png": _apng_frames, ".jpg": _jpeg_images, ".webp": _webp_frames, ".tif": _tiff_pages}

@@ -176,7 +176,10 @@ def conversion_losses(img: Image, ext: str) -> str | None:
         keeper = "tif" if img.bit_depth == 32 else "png"
         notes.append(f"drops {' and '.join(lost)}: {ext[1:]} cannot hold {'them' if len(lost) > 1 else 'it'}; "
                      f"--ext {keeper} keeps everything")
-    if img.frames > 1:
+    if img.frames > 1 and img.format == ".jpg":
+        notes.append(f"holds only the first of the input's {img.frames} images (the others, such as an HDR gain map, "
+                     "depth map or second view, are dropped)")
+    elif img.frames > 1:
         what = "pages" if img.format == ".tif" else "frames"
         notes.append(f"holds only the first of the input's {img.frames} {what} (jdnet derains still images)")
     return "; ".join(notes) or None

@@ -353,6 +353,20 @@ def test_frame_count_finds_animations_and_pages_but_not_thumbnails():
     looped[-4:] = struct.pack("<I", 8)
     assert frame_count(bytes(looped), ".tif") == 1
     assert frame_count(_tiff_pages(None, None)[:30], ".tif") == 1
+    # JPEG: the MPF index's NumberOfImages (Pillow writes it little-endian; cameras also big-endian).
+    assert frame_count(saved("MPO", save_all=True, append_images=frames[1:]), ".jpg") == 3
+    assert frame_count(saved("JPEG"), ".jpg") == 1
+    ifd = struct.pack(">H", 2) + struct.pack(">HHII", 0xB000, 7, 4, 0x30313030) + struct.pack(">HHII", 0xB001, 4, 1, 2)
+    mpf = b"MPF\x00" + b"MM\x00*" + struct.pack(">I", 8) + ifd + struct.pack(">I", 0)
+    plain = saved("JPEG")
+    big = plain[:2] + b"\xff\xe2" + struct.pack(">H", len(mpf) + 2) + mpf + plain[2:]
+    assert frame_count(big, ".jpg") == 2
+    assert frame_count(big[: 2 + 4 + 12], ".jpg") == 1  # index cut off: cannot tell, never raises
+    mpo = decode_image(saved("MPO", save_all=True, append_images=frames[1:]))
+    assert mpo.frames == 3 and mpo.format == ".jpg" and np.allclose(mpo.rgb, 10 / 255, atol=2 / 255)
+    assert conversion_losses(mpo, ".jpg") == (
+        "holds only the first of the input's 3 images (the others, such as an HDR gain map, depth map or second "
+        "view, are dropped)")
     # decode_image reads the first frame and remembers how many there were.
     img = decode_image(saved("WEBP", save_all=True, append_images=frames[1:], lossless=True))
     assert img.frames == 3 and img.format == ".webp" and np.allclose(img.rgb, 10 / 255)
