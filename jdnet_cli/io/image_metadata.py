@@ -1,12 +1,14 @@
-"""EXIF and ICC profiles: read them from encoded JPEG/PNG/WebP bytes, apply EXIF orientation, and
+"""EXIF, XMP and ICC profiles: read them from encoded JPEG/PNG/WebP bytes, apply EXIF orientation, and
 splice them into the bytes OpenCV encodes (OpenCV itself drops all metadata).
 
 Byte-level segment copying is a few dozen lines per format, so it is done here instead of adding
-Pillow as a dependency. EXIF is kept as the raw TIFF structure and the ICC profile as raw bytes,
-so metadata moves between formats (e.g. JPEG in, PNG out). TIFF and BMP outputs carry none.
+Pillow as a dependency. EXIF is kept as the raw TIFF structure, XMP as its XML packet and the ICC
+profile as raw bytes, so metadata moves between formats (e.g. JPEG in, PNG out). A JPEG's IPTC block
+(APP13) goes only to JPEG outputs. TIFF and BMP outputs carry none.
 """
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -17,6 +19,12 @@ from .image_headers import header_size, jpeg_segments
 
 EXIF_HEADER = b"Exif\x00\x00"
 ICC_HEADER = b"ICC_PROFILE\x00"
+XMP_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"
+IPTC_HEADER = b"Photoshop 3.0\x00"
+XMP_PNG_KEYWORD = b"XML:com.adobe.xmp"
+# XMP that describes data stored after the main image (Ultra HDR gain maps, Google and Samsung motion
+# photos' video). jdnet writes the main image only, so such XMP would point viewers at data that is gone.
+_TRAILER_XMP = re.compile(rb"Container:Directory|GCamera:MicroVideo|GCamera:MotionPhoto|hdrgm:Version")
 ORIENTATION_TAG = 0x0112
 _MAX_ICC = 16 * 1024 * 1024  # inflating a compressed iCCP must not become a zip bomb
 _JPEG_SEGMENT_MAX = 65533  # payload bytes after the 2-byte length
@@ -24,29 +32,36 @@ _JPEG_SEGMENT_MAX = 65533  # payload bytes after the 2-byte length
 
 @dataclass
 class Metadata:
-    """Raw EXIF (TIFF structure, no 'Exif' prefix) and ICC profile bytes; either may be None."""
+    """Raw EXIF (TIFF structure, no 'Exif' prefix), XMP packet, IPTC (JPEG APP13) and ICC bytes; any may be None."""
 
     exif: bytes | None = None
     icc: bytes | None = None
+    xmp: bytes | None = None
+    iptc: bytes | None = None
+    xmp_dropped: bool = False  # the input's XMP described data after the main image, so it is not carried
 
 
 def read_metadata(data: bytes, fmt: str) -> Metadata:
-    """Extract EXIF and ICC from JPEG/PNG/WebP bytes; malformed metadata is ignored, not fatal."""
+    """Extract EXIF, XMP, IPTC and ICC from JPEG/PNG/WebP bytes; malformed metadata is ignored, not fatal."""
+    readers = {".jpg": _read_jpeg, ".png": _read_png, ".webp": _read_webp}
     try:
-        if fmt == ".jpg":
-            return _read_jpeg(data)
-        if fmt == ".png":
-            return _read_png(data)
-        if fmt == ".webp":
-            return _read_webp(data)
+        meta = readers[fmt](data) if fmt in readers else Metadata()
     except (struct.error, ValueError, IndexError, zlib.error):
-        pass
-    return Metadata()
+        return Metadata()
+    if meta.xmp is not None and _TRAILER_XMP.search(meta.xmp):
+        meta.xmp, meta.xmp_dropped = None, True
+    return meta
+
+
+def reset_xmp_orientation(xmp: bytes) -> bytes:
+    """XMP with tiff:Orientation set to 1 (pixels already upright), as attribute or element."""
+    xmp = re.sub(rb'(tiff:Orientation\s*=\s*["\'])\d(["\'])', rb"\g<1>1\g<2>", xmp)
+    return re.sub(rb"(<tiff:Orientation>\s*)\d(\s*</tiff:Orientation>)", rb"\g<1>1\g<2>", xmp)
 
 
 def embed_metadata(data: bytes, fmt: str, meta: Metadata) -> bytes:
     """Return encoded bytes with ``meta`` spliced in where the format has a place for it."""
-    if meta.exif is None and meta.icc is None:
+    if meta.exif is None and meta.icc is None and meta.xmp is None and meta.iptc is None:
         return data
     if fmt in (".jpg", ".jpeg"):
         return _embed_jpeg(data, meta)
@@ -127,16 +142,20 @@ def apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def _read_jpeg(data: bytes) -> Metadata:
-    exif = None
+    exif = xmp = iptc = None
     icc_parts: dict[int, bytes] = {}
     for marker, start, end in jpeg_segments(data):
         payload = data[start:end]
         if marker == 0xE1 and exif is None and payload.startswith(EXIF_HEADER):
             exif = payload[len(EXIF_HEADER) :]
+        elif marker == 0xE1 and xmp is None and payload.startswith(XMP_HEADER):
+            xmp = payload[len(XMP_HEADER) :]
         elif marker == 0xE2 and payload.startswith(ICC_HEADER) and len(payload) > 14:
             icc_parts[payload[12]] = payload[14:]
+        elif marker == 0xED and iptc is None and payload.startswith(IPTC_HEADER):
+            iptc = payload
     icc = b"".join(icc_parts[k] for k in sorted(icc_parts)) if icc_parts else None
-    return Metadata(exif or None, icc or None)
+    return Metadata(exif or None, icc or None, xmp or None, iptc)
 
 
 def _jpeg_segment(marker: int, payload: bytes) -> bytes:
@@ -151,12 +170,16 @@ def _embed_jpeg(data: bytes, meta: Metadata) -> bytes:
     extra = b""
     if meta.exif and len(EXIF_HEADER) + len(meta.exif) <= _JPEG_SEGMENT_MAX:
         extra += _jpeg_segment(0xE1, EXIF_HEADER + meta.exif)
+    if meta.xmp and len(XMP_HEADER) + len(meta.xmp) <= _JPEG_SEGMENT_MAX:
+        extra += _jpeg_segment(0xE1, XMP_HEADER + meta.xmp)
     if meta.icc:
         chunk = _JPEG_SEGMENT_MAX - len(ICC_HEADER) - 2
         parts = [meta.icc[i : i + chunk] for i in range(0, len(meta.icc), chunk)]
         if len(parts) <= 255:
             for i, part in enumerate(parts, 1):
                 extra += _jpeg_segment(0xE2, ICC_HEADER + bytes([i, len(parts)]) + part)
+    if meta.iptc and len(meta.iptc) <= _JPEG_SEGMENT_MAX:
+        extra += _jpeg_segment(0xED, meta.iptc)
     return data[:pos] + extra + data[pos:]
 
 
@@ -183,15 +206,23 @@ def _inflate_bounded(blob: bytes) -> bytes:
 
 def _read_png(data: bytes) -> Metadata:
     meta = Metadata()
-    for ctype, body, _raw in _png_chunks(data):
+    for ctype, body, _raw in _png_chunks(data):  # XMP may follow the image data, so every chunk is looked at
         if ctype == b"eXIf" and meta.exif is None:
             meta.exif = body[len(EXIF_HEADER) :] if body.startswith(EXIF_HEADER) else body
         elif ctype == b"iCCP" and meta.icc is None:
             name_end = body.index(b"\x00")
             meta.icc = _inflate_bounded(body[name_end + 2 :])
-        elif ctype == b"IDAT":
-            break
+        elif ctype == b"iTXt" and meta.xmp is None and body.startswith(XMP_PNG_KEYWORD + b"\x00"):
+            meta.xmp = _read_itxt_text(body[len(XMP_PNG_KEYWORD) + 1 :])
     return meta
+
+
+def _read_itxt_text(rest: bytes) -> bytes:
+    # iTXt after its keyword: compression flag, method, language tag\0, translated keyword\0, text.
+    compressed = rest[0] == 1
+    lang_end = rest.index(b"\x00", 2)
+    text = rest[rest.index(b"\x00", lang_end + 1) + 1 :]
+    return _inflate_bounded(text) if compressed else text
 
 
 def png_chunk(ctype: bytes, body: bytes) -> bytes:
@@ -213,6 +244,8 @@ def _embed_png(data: bytes, meta: Metadata) -> bytes:
                 out.append(png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(meta.icc, 9)))
             if meta.exif:
                 out.append(png_chunk(b"eXIf", meta.exif))
+            if meta.xmp:
+                out.append(png_chunk(b"iTXt", XMP_PNG_KEYWORD + b"\x00\x00\x00\x00\x00" + meta.xmp))
     return b"".join(out)
 
 
@@ -236,6 +269,8 @@ def _read_webp(data: bytes) -> Metadata:
             meta.exif = body[len(EXIF_HEADER) :] if body.startswith(EXIF_HEADER) else body
         elif ctype == b"ICCP":
             meta.icc = body
+        elif ctype == b"XMP ":
+            meta.xmp = body
     return meta
 
 
@@ -247,11 +282,11 @@ def _embed_webp(data: bytes, meta: Metadata) -> bytes:
     size = header_size(data, ".webp")
     if size is None:
         return data
-    chunks = [(t, b) for t, b in _webp_chunks(data) if t not in (b"VP8X", b"ICCP", b"EXIF")]
+    chunks = [(t, b) for t, b in _webp_chunks(data) if t not in (b"VP8X", b"ICCP", b"EXIF", b"XMP ")]
     has_alpha = any(t == b"ALPH" for t, _ in chunks) or any(
         t == b"VP8L" and len(b) > 4 and (int.from_bytes(b[1:5], "little") >> 28) & 1 for t, b in chunks
     )
-    flags = (0x20 if meta.icc else 0) | (0x10 if has_alpha else 0) | (0x08 if meta.exif else 0)
+    flags = (0x20 if meta.icc else 0) | (0x10 if has_alpha else 0) | (0x08 if meta.exif else 0) | (0x04 if meta.xmp else 0)
     width, height = size
     vp8x = bytes([flags, 0, 0, 0]) + (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
     body = _riff_chunk(b"VP8X", vp8x)
@@ -260,4 +295,6 @@ def _embed_webp(data: bytes, meta: Metadata) -> bytes:
     body += b"".join(_riff_chunk(t, b) for t, b in chunks)
     if meta.exif:
         body += _riff_chunk(b"EXIF", meta.exif)
+    if meta.xmp:
+        body += _riff_chunk(b"XMP ", meta.xmp)
     return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body

@@ -14,7 +14,7 @@ from ..errors import JDNetError
 from .atomic import atomic_path
 from .image_headers import check_complete, describe_unsupported, frame_count, header_size, sniff_format
 from .image_metadata import (Metadata, apply_orientation, embed_metadata, exif_orientation, png_chunk, read_metadata,
-                             reset_orientation)
+                             reset_orientation, reset_xmp_orientation)
 from .native_stderr import call_capturing
 
 # OpenCV logs decoder warnings to stderr on its own; we report each bad file in one line instead.
@@ -33,7 +33,7 @@ class Image:
     alpha: np.ndarray | None = None  # untouched original alpha channel (native dtype)
     grayscale: bool = False
     extras: dict = field(default_factory=dict)
-    metadata: Metadata = field(default_factory=Metadata)  # EXIF (orientation already applied: 1) and ICC
+    metadata: Metadata = field(default_factory=Metadata)  # EXIF and XMP (orientation already applied: 1), ICC, IPTC
     format: str | None = None  # extension of the format the bytes were in, e.g. '.jpg'
     frames: int = 1  # frames or pages in the file (animated WebP/PNG, multi-page TIFF); only the first is read
 
@@ -76,6 +76,8 @@ def decode_image(data: bytes, name: str = "<image>", max_pixels: int = DEFAULT_M
     if orientation != 1:
         arr = apply_orientation(arr, orientation)
         meta.exif = reset_orientation(meta.exif)
+        if meta.xmp is not None:
+            meta.xmp = reset_xmp_orientation(meta.xmp)
     img = _from_array(arr, name, max_pixels)
     if _is_png_gray_alpha(data, fmt) and img.alpha is not None:
         img.grayscale = True  # OpenCV expands grey+alpha to BGRA; remember it to write grey+alpha back
@@ -176,6 +178,9 @@ def conversion_losses(img: Image, ext: str) -> str | None:
         keeper = "tif" if img.bit_depth == 32 else "png"
         notes.append(f"drops {' and '.join(lost)}: {ext[1:]} cannot hold {'them' if len(lost) > 1 else 'it'}; "
                      f"--ext {keeper} keeps everything")
+    if img.metadata.xmp_dropped:
+        notes.append("drops the input's XMP metadata, which describes data stored after the main image (an HDR gain "
+                     "map or a motion photo's video) that jdnet does not keep")
     if img.frames > 1 and img.format == ".jpg":
         notes.append(f"holds only the first of the input's {img.frames} images (the others, such as an HDR gain map, "
                      "depth map or second view, are dropped)")

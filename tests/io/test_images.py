@@ -187,6 +187,62 @@ def test_exif_and_icc_are_carried_across_formats(src_ext, dst_ext, tiny):
     assert decoded is not None and decoded.shape == (20, 30, 3)
 
 
+_XMP = (b'<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+        b'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description xmlns:xmp="http://ns.adobe.com/xap/1.0/" '
+        b'xmlns:tiff="http://ns.adobe.com/tiff/1.0/" xmlns:dc="http://purl.org/dc/elements/1.1/" xmp:Rating="4" '
+        b'tiff:Orientation="{o}"><dc:subject><rdf:Bag><rdf:li>rain</rdf:li><rdf:li>street</rdf:li></rdf:Bag></dc:subject>'
+        b'</rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end="w"?>')
+_IPTC = b"Photoshop 3.0\x008BIM\x04\x04\x00\x00\x00\x00\x00\x0c\x1c\x02\x19\x00\x07holiday\x00"
+
+
+def _pillow_xmp(data: bytes) -> bytes:
+    """The XMP packet as Pillow (an independent reader) finds it in JPEG, PNG or WebP bytes."""
+    from PIL import Image as PILImage
+    import io
+
+    info = PILImage.open(io.BytesIO(data)).info
+    xmp = info.get("xmp", info.get("XML:com.adobe.xmp"))
+    return xmp.encode() if isinstance(xmp, str) else xmp
+
+
+@pytest.mark.parametrize("src_ext", [".jpg", ".png", ".webp"])
+@pytest.mark.parametrize("dst_ext", [".jpg", ".png", ".webp"])
+def test_xmp_keywords_and_rating_are_carried_across_formats(src_ext, dst_ext, tiny):
+    xmp = _XMP.replace(b"{o}", b"1")
+    arr = np.random.default_rng(3).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    img = decode_image(embed_metadata(_encode(arr, src_ext), src_ext, Metadata(exif=_exif(1), xmp=xmp)), "x" + src_ext)
+    out = encode_image(derain_image(tiny, img), dst_ext)
+    assert read_metadata(out, dst_ext).xmp == xmp == _pillow_xmp(out)
+    assert exif_orientation(read_metadata(out, dst_ext).exif) == 1 and conversion_losses(img, dst_ext) is None
+    assert cv2.imdecode(np.frombuffer(out, np.uint8), cv2.IMREAD_UNCHANGED).shape == (20, 30, 3)
+
+
+def test_xmp_orientation_is_reset_with_the_exif_one_and_iptc_goes_jpeg_to_jpeg(tiny):
+    arr = np.random.default_rng(4).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    element = _XMP.replace(b' tiff:Orientation="{o}"', b"").replace(b"</rdf:Description>",
+                                                                   b"<tiff:Orientation>6</tiff:Orientation></rdf:Description>")
+    for xmp in (_XMP.replace(b"{o}", b"6"), element):
+        data = embed_metadata(_encode(arr, ".jpg"), ".jpg", Metadata(exif=_exif(6), xmp=xmp, iptc=_IPTC))
+        img = decode_image(data, "r.jpg")
+        assert img.rgb.shape == (30, 20, 3)  # rotated upright, so both tags must now say 1
+        jpg = read_metadata(encode_image(derain_image(tiny, img), ".jpg"), ".jpg")
+        assert jpg.xmp == xmp.replace(b'Orientation="6"', b'Orientation="1"').replace(b">6<", b">1<") != xmp
+        assert jpg.iptc == _IPTC and exif_orientation(jpg.exif) == 1
+        assert read_metadata(encode_image(img, ".png"), ".png").iptc is None  # PNG has no place for it
+
+
+def test_xmp_about_data_after_the_main_image_is_dropped_with_a_note():
+    # An Ultra HDR photo's XMP points at its gain map, which is not written: carrying it would mislead viewers.
+    arr = np.random.default_rng(5).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    xmp = _XMP.replace(b"{o}", b"1").replace(b'xmp:Rating="4"', b'xmp:Rating="4" hdrgm:Version="1.0"')
+    img = decode_image(embed_metadata(_encode(arr, ".jpg"), ".jpg", Metadata(exif=_exif(1), xmp=xmp)), "hdr.jpg")
+    assert img.metadata.xmp is None and img.metadata.exif is not None
+    assert read_metadata(encode_image(img, ".jpg"), ".jpg").xmp is None
+    assert conversion_losses(img, ".jpg") == (
+        "drops the input's XMP metadata, which describes data stored after the main image (an HDR gain map or a "
+        "motion photo's video) that jdnet does not keep")
+
+
 def test_webp_with_alpha_keeps_alpha_when_metadata_is_added():
     arr = np.random.default_rng(2).integers(0, 256, (10, 12, 4), dtype=np.uint8)
     out = embed_metadata(_encode(arr, ".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]), ".webp", Metadata(exif=_exif(1)))
