@@ -216,16 +216,38 @@ def _bmp_size(data: bytes) -> tuple[int, int] | None:
     return abs(width), abs(height)
 
 
-def _tiff_size(data: bytes) -> tuple[int, int] | None:
+# Bytes per value of each TIFF field type (BYTE, ASCII, SHORT, LONG, RATIONAL, ..., DOUBLE).
+_TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8}
+
+
+def tiff_ifd0(data: bytes) -> tuple[str, int, list[tuple[int, int, int, bytes]]]:
+    """A classic TIFF's byte order, IFD0 offset, and IFD0's entries as (tag, type, count, 4-byte value field)."""
     order = "<" if data[:2] == b"II" else ">"
     ifd = struct.unpack(order + "I", data[4:8])[0]
     count = struct.unpack(order + "H", data[ifd : ifd + 2])[0]
-    dims: dict[int, int] = {}
+    entries = []
     for i in range(count):
         entry = data[ifd + 2 + 12 * i : ifd + 14 + 12 * i]
-        tag, typ = struct.unpack(order + "HH", entry[:4])
-        if tag in (256, 257):
-            dims[tag] = struct.unpack(order + ("H" if typ == 3 else "I"), entry[8 : 10 if typ == 3 else 12])[0]
+        tag, typ, n = struct.unpack(order + "HHI", entry[:8])
+        entries.append((tag, typ, n, entry[8:12]))
+    return order, ifd, entries
+
+
+def tiff_value(data: bytes, order: str, typ: int, count: int, field: bytes) -> bytes:
+    """The raw bytes of an entry's value: inside its 4-byte field when they fit, else at the offset it holds."""
+    size = _TIFF_TYPE_SIZES.get(typ, 1) * count
+    if size <= 4:
+        return field[:size]
+    start = struct.unpack(order + "I", field)[0]
+    if start + size > len(data):
+        raise ValueError("TIFF value past the end of the file")
+    return data[start : start + size]
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    order, _ifd, entries = tiff_ifd0(data)
+    dims = {tag: struct.unpack(order + ("H" if typ == 3 else "I"), field[: 2 if typ == 3 else 4])[0]
+            for tag, typ, _n, field in entries if tag in (256, 257)}
     if 256 in dims and 257 in dims:
         return dims[256], dims[257]
     return None

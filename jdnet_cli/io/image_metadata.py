@@ -4,7 +4,8 @@ splice them into the bytes OpenCV encodes (OpenCV itself drops all metadata).
 Byte-level segment copying is a few dozen lines per format, so it is done here instead of adding
 Pillow as a dependency. EXIF is kept as the raw TIFF structure, XMP as its XML packet and the ICC
 profile as raw bytes, so metadata moves between formats (e.g. JPEG in, PNG out). A JPEG's IPTC block
-(APP13) goes only to JPEG outputs. TIFF and BMP outputs carry none.
+(APP13) goes only to JPEG outputs. TIFF files give and take ICC and XMP, not EXIF (its sub-IFD's
+offsets would need rewriting); BMP outputs carry none.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .image_headers import header_size, jpeg_segments
+from .image_headers import header_size, jpeg_segments, tiff_ifd0, tiff_value
 
 EXIF_HEADER = b"Exif\x00\x00"
 ICC_HEADER = b"ICC_PROFILE\x00"
@@ -39,11 +40,17 @@ class Metadata:
     xmp: bytes | None = None
     iptc: bytes | None = None
     xmp_dropped: bool = False  # the input's XMP described data after the main image, so it is not carried
+    tiff_exif: bool = False  # a TIFF input had EXIF (a sub-IFD), which is not read
+
+
+# Which outputs take which metadata (the rest is dropped, with a note).
+WRITES_EXIF = (".jpg", ".jpeg", ".png", ".webp")
+WRITES_ICC_XMP = WRITES_EXIF + (".tif", ".tiff")
 
 
 def read_metadata(data: bytes, fmt: str) -> Metadata:
     """Extract EXIF, XMP, IPTC and ICC from JPEG/PNG/WebP bytes; malformed metadata is ignored, not fatal."""
-    readers = {".jpg": _read_jpeg, ".png": _read_png, ".webp": _read_webp}
+    readers = {".jpg": _read_jpeg, ".png": _read_png, ".webp": _read_webp, ".tif": _read_tiff}
     try:
         meta = readers[fmt](data) if fmt in readers else Metadata()
     except (struct.error, ValueError, IndexError, zlib.error):
@@ -69,7 +76,21 @@ def embed_metadata(data: bytes, fmt: str, meta: Metadata) -> bytes:
         return _embed_png(data, meta)
     if fmt == ".webp":
         return _embed_webp(data, meta)
+    if fmt in (".tif", ".tiff") and (meta.icc or meta.xmp):
+        return _embed_tiff(data, meta)
     return data
+
+
+def unwritten_metadata(meta: Metadata, ext: str) -> list[str]:
+    """The kinds of the input's metadata that an ``ext`` output will not carry, e.g. ['EXIF', 'ICC profile']."""
+    lost = []
+    if (meta.exif is not None and ext not in WRITES_EXIF) or meta.tiff_exif:
+        lost.append("EXIF")
+    if meta.xmp is not None and ext not in WRITES_ICC_XMP:
+        lost.append("XMP")
+    if meta.icc is not None and ext not in WRITES_ICC_XMP:
+        lost.append("ICC profile")
+    return lost
 
 
 # --- EXIF orientation -------------------------------------------------------------------------
@@ -298,3 +319,55 @@ def _embed_webp(data: bytes, meta: Metadata) -> bytes:
     if meta.xmp:
         body += _riff_chunk(b"XMP ", meta.xmp)
     return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body
+
+
+# --- TIFF -------------------------------------------------------------------------------------
+
+_TIFF_ICC, _TIFF_XMP, _TIFF_EXIF_IFD, _TIFF_GPS_IFD, _TIFF_ORIENTATION = 34675, 700, 34665, 34853, 274
+
+
+def _read_tiff(data: bytes) -> Metadata:
+    order, _ifd, entries = tiff_ifd0(data)
+    meta, rotated = Metadata(), False
+    for tag, typ, count, field in entries:
+        if tag == _TIFF_ICC:
+            meta.icc = tiff_value(data, order, typ, count, field)
+        elif tag == _TIFF_XMP:
+            meta.xmp = tiff_value(data, order, typ, count, field)
+        elif tag in (_TIFF_EXIF_IFD, _TIFF_GPS_IFD):
+            meta.tiff_exif = True
+        elif tag == _TIFF_ORIENTATION and typ == 3:
+            rotated = struct.unpack(order + "H", field[:2])[0] not in (0, 1)
+    if rotated and meta.xmp is not None:
+        meta.xmp = reset_xmp_orientation(meta.xmp)  # OpenCV applies a TIFF's Orientation tag when decoding
+    return meta
+
+
+def _embed_tiff(data: bytes, meta: Metadata) -> bytes:
+    # Blobs and a new IFD0 listing them go at the end; the header then points at the new IFD0. Offsets
+    # in the old entries stay valid because nothing before the end moves.
+    if data[:4] not in (b"II*\x00", b"MM\x00*"):
+        return data
+    order, ifd, entries = tiff_ifd0(data)
+    count = len(entries)
+    next_ifd = data[ifd + 2 + 12 * count : ifd + 6 + 12 * count]
+    entries = [e for e in entries if e[0] not in (_TIFF_ICC, _TIFF_XMP)]
+    out = bytearray(data)
+    for tag, typ, blob in ((_TIFF_ICC, 7, meta.icc), (_TIFF_XMP, 1, meta.xmp)):
+        if not blob:
+            continue
+        if len(blob) <= 4:
+            field = blob.ljust(4, b"\x00")
+        else:
+            out += b"\x00" * (len(out) & 1)  # values start on a word boundary
+            field = struct.pack(order + "I", len(out))
+            out += blob
+        entries.append((tag, typ, len(blob), field))
+    entries.sort(key=lambda e: e[0])  # TIFF requires ascending tags
+    out += b"\x00" * (len(out) & 1)
+    new_ifd = len(out)
+    out += struct.pack(order + "H", len(entries))
+    out += b"".join(struct.pack(order + "HHI", tag, typ, n) + field for tag, typ, n, field in entries)
+    out += next_ifd
+    out[4:8] = struct.pack(order + "I", new_ifd)
+    return bytes(out)

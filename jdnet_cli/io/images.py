@@ -14,7 +14,7 @@ from ..errors import JDNetError
 from .atomic import atomic_path
 from .image_headers import check_complete, describe_unsupported, frame_count, header_size, sniff_format
 from .image_metadata import (Metadata, apply_orientation, embed_metadata, exif_orientation, png_chunk, read_metadata,
-                             reset_orientation, reset_xmp_orientation)
+                             reset_orientation, reset_xmp_orientation, unwritten_metadata)
 from .native_stderr import call_capturing
 
 # OpenCV logs decoder warnings to stderr on its own; we report each bad file in one line instead.
@@ -165,7 +165,7 @@ def _keeps_alpha(ext: str) -> bool:
 
 
 def conversion_losses(img: Image, ext: str) -> str | None:
-    """What writing ``img`` as ``ext`` cannot keep (alpha, bit depth, later frames), in words; None when nothing is lost."""
+    """What writing ``img`` as ``ext`` cannot keep (alpha, bit depth, metadata, later frames), in words; None when nothing is lost."""
     ext = ext.lower() if ext.startswith(".") else "." + ext.lower()
     lost = []
     if img.alpha is not None and not _keeps_alpha(ext):
@@ -178,6 +178,10 @@ def conversion_losses(img: Image, ext: str) -> str | None:
         keeper = "tif" if img.bit_depth == 32 else "png"
         notes.append(f"drops {' and '.join(lost)}: {ext[1:]} cannot hold {'them' if len(lost) > 1 else 'it'}; "
                      f"--ext {keeper} keeps everything")
+    unwritten = unwritten_metadata(img.metadata, ext)
+    if unwritten:
+        notes.append(f"drops the input's {' and '.join(unwritten)}: jdnet does not write "
+                     f"{'them' if len(unwritten) > 1 else 'it'} into {ext[1:]} files")
     if img.metadata.xmp_dropped:
         notes.append("drops the input's XMP metadata, which describes data stored after the main image (an HDR gain "
                      "map or a motion photo's video) that jdnet does not keep")

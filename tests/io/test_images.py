@@ -243,6 +243,50 @@ def test_xmp_about_data_after_the_main_image_is_dropped_with_a_note():
         "motion photo's video) that jdnet does not keep")
 
 
+def _pillow_tiff(arr: np.ndarray, **tags) -> bytes:
+    """An RGB TIFF written by Pillow with the given IFD0 tags (tag number -> value) and keyword options."""
+    from PIL import Image as PILImage, TiffImagePlugin
+    import io
+
+    info = TiffImagePlugin.ImageFileDirectory_v2()
+    for tag, value in tags.pop("ifd", {}).items():
+        info[tag] = value
+    buf = io.BytesIO()
+    PILImage.fromarray(arr).save(buf, "TIFF", tiffinfo=info, **tags)
+    return buf.getvalue()
+
+
+def test_tiff_keeps_icc_and_xmp_and_says_what_a_format_drops(tiny):
+    from PIL import Image as PILImage
+    import io
+
+    arr = np.random.default_rng(6).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    xmp = _XMP.replace(b"{o}", b"1")
+    # Model in IFD0 and DateTimeOriginal in an EXIF sub-IFD (tag 34665), as a camera or scanner writes them.
+    data = _pillow_tiff(arr, ifd={272: "jdnet-camera", 700: xmp, 34665: {0x9003: "2026:12:07 10:00:00"}},
+                        icc_profile=_icc(3000))
+    img = decode_image(data, "scan.tif")
+    assert (img.metadata.icc, img.metadata.xmp, img.metadata.tiff_exif) == (_icc(3000), xmp, True)
+    out = encode_image(derain_image(tiny, img), ".tif")
+    written = PILImage.open(io.BytesIO(out))  # an independent reader finds both in the new IFD0
+    assert written.info["icc_profile"] == _icc(3000) and bytes(written.tag_v2[700]) == xmp
+    assert cv2.imdecode(np.frombuffer(out, np.uint8), cv2.IMREAD_UNCHANGED).shape == (12, 16, 3)
+    assert read_metadata(out, ".tif") == Metadata(icc=_icc(3000), xmp=xmp)
+    assert conversion_losses(img, ".tif") == "drops the input's EXIF: jdnet does not write it into tif files"
+    jpeg = decode_image(embed_metadata(_encode(arr, ".jpg"), ".jpg", Metadata(exif=_exif(1), icc=_icc(), xmp=xmp)), "p.jpg")
+    assert conversion_losses(jpeg, ".tiff") == "drops the input's EXIF: jdnet does not write it into tiff files"
+    assert conversion_losses(jpeg, ".bmp") == (
+        "drops the input's EXIF and XMP and ICC profile: jdnet does not write them into bmp files")
+    assert conversion_losses(jpeg, ".png") is None
+
+
+def test_xmp_orientation_is_reset_when_a_tiff_orientation_tag_is_applied():
+    arr = np.random.default_rng(7).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    img = decode_image(_pillow_tiff(arr, ifd={274: 6, 700: _XMP.replace(b"{o}", b"6")}), "r.tif")
+    assert img.rgb.shape == (16, 12, 3)  # OpenCV applied the tag
+    assert img.metadata.xmp == _XMP.replace(b"{o}", b"1")
+
+
 def test_webp_with_alpha_keeps_alpha_when_metadata_is_added():
     arr = np.random.default_rng(2).integers(0, 256, (10, 12, 4), dtype=np.uint8)
     out = embed_metadata(_encode(arr, ".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]), ".webp", Metadata(exif=_exif(1)))
