@@ -443,6 +443,8 @@ _AUDIO_CONVERSIONS = {
     "mov": (("-c:a", "aac", "-b:a", "192k"), "AAC 192 kb/s"),
     "3gp": (("-c:a", "aac", "-b:a", "128k"), "AAC 128 kb/s"),
     "avi": (("-c:a", "libmp3lame", "-b:a", "192k"), "MP3 192 kb/s"),
+    "mpg": (("-c:a", "mp2", "-b:a", "192k"), "MPEG audio layer 2 192 kb/s"),
+    "mpeg": (("-c:a", "mp2", "-b:a", "192k"), "MPEG audio layer 2 192 kb/s"),
 }
 _SUBTITLE_CONVERSIONS = {
     "webm": (("-c:s", "webvtt"), "WebVTT"),

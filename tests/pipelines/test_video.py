@@ -324,6 +324,13 @@ def test_subtitles_the_container_cannot_hold_are_converted_and_audio_still_copie
     assert "rain, rain, go away" in ff("-i", str(dest), "-map", "0:s", "-f", "srt", "-").stdout.decode()
 
 
+def test_mpeg_program_stream_output_gets_mp2_audio(tmp_path, clip, derainer):
+    res = derain_video(derainer, clip, tmp_path / "clip.mpg")  # MPEG-PS takes no AAC
+    assert res.note == ("has its audio re-encoded as MPEG audio layer 2 192 kb/s: a .mpg file cannot hold the "
+                        "input's audio unchanged")
+    assert stream_kinds(res.output) == ["Video: h264", "Audio: mp2"] and len(frame_times(res.output)) == 5
+
+
 def test_streams_no_conversion_fits_fail_before_any_frame_is_derained(tmp_path, subtitled_clip, derainer, monkeypatch):
     calls = []
     monkeypatch.setattr(derainer, "derain_frames", lambda frames: calls.append(frames))  # must never be reached
