@@ -191,6 +191,21 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+def jpeg_sampling(data: bytes) -> int | None:
+    """A 3-component JPEG's sampling factors packed as OpenCV's IMWRITE_JPEG_SAMPLING_FACTOR wants them
+    (0x221111 for 4:2:0: Y's h, v, then Cb's, then Cr's, a nibble each); None for other JPEGs or bad headers."""
+    try:
+        for marker, start, _end in jpeg_segments(data):
+            if marker in _SOF_MARKERS:
+                if data[start + 5] != 3:
+                    return None
+                factors = [data[start + 7 + 3 * i] for i in range(3)]  # per component: id, h<<4|v, table
+                return (factors[0] << 16) | (factors[1] << 8) | factors[2]
+    except (ValueError, IndexError, struct.error):
+        pass
+    return None
+
+
 def _check_jpeg(data: bytes) -> None:
     sos_end = None
     try:

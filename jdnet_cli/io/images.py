@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import JDNetError
 from .atomic import atomic_path
-from .image_headers import check_complete, describe_unsupported, frame_count, header_size, sniff_format
+from .image_headers import check_complete, describe_unsupported, frame_count, header_size, jpeg_sampling, sniff_format
 from .image_metadata import (Metadata, apply_orientation, embed_metadata, exif_orientation, png_chunk, read_metadata,
                              reset_orientation, reset_xmp_orientation, unwritten_metadata)
 from .native_stderr import call_capturing
@@ -32,7 +32,7 @@ class Image:
     bit_depth: int = 8
     alpha: np.ndarray | None = None  # untouched original alpha channel (native dtype)
     grayscale: bool = False
-    extras: dict = field(default_factory=dict)
+    jpeg_sampling: int | None = None  # a JPEG input's chroma subsampling, kept when the output is JPEG too
     metadata: Metadata = field(default_factory=Metadata)  # EXIF and XMP (orientation already applied: 1), ICC, IPTC
     format: str | None = None  # extension of the format the bytes were in, e.g. '.jpg'
     frames: int = 1  # frames or pages in the file (animated WebP/PNG, multi-page TIFF); only the first is read
@@ -82,6 +82,11 @@ def decode_image(data: bytes, name: str = "<image>", max_pixels: int = DEFAULT_M
     if _is_png_gray_alpha(data, fmt) and img.alpha is not None:
         img.grayscale = True  # OpenCV expands grey+alpha to BGRA; remember it to write grey+alpha back
     img.metadata, img.format, img.frames = meta, fmt, frame_count(data, fmt)
+    sampling = jpeg_sampling(data) if fmt == ".jpg" and not img.grayscale else None
+    if sampling is not None and orientation >= 5:
+        # Rotated by 90 degrees: horizontal subsampling (4:2:2) became vertical (4:4:0).
+        sampling = int.from_bytes(bytes((b & 0xF) << 4 | b >> 4 for b in sampling.to_bytes(3, "big")), "big")
+    img.jpeg_sampling = sampling
     return img
 
 
@@ -226,9 +231,17 @@ def _convert_alpha(alpha: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.round(alpha.astype(np.float64) * dst / src).astype(dtype)
 
 
-def _encode_params(ext: str, quality: int) -> list[int]:
+# What OpenCV's JPEG writer can do; other layouts (rare) get its default, 4:2:0.
+_JPEG_SAMPLINGS = {cv2.IMWRITE_JPEG_SAMPLING_FACTOR_411, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420,
+                   cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_440,
+                   cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444}
+
+
+def _encode_params(img: Image, ext: str, quality: int) -> list[int]:
     if ext in (".jpg", ".jpeg"):
-        return [cv2.IMWRITE_JPEG_QUALITY, quality]
+        # A 4:4:4 input (high-quality exports) keeps its full-resolution colour instead of 4:2:0's quarter.
+        sampling = [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, img.jpeg_sampling] if img.jpeg_sampling in _JPEG_SAMPLINGS else []
+        return [cv2.IMWRITE_JPEG_QUALITY, quality, *sampling]
     if ext == ".webp":
         return [cv2.IMWRITE_WEBP_QUALITY, min(quality, 100) if quality < 100 else 101]
     return []
@@ -243,7 +256,7 @@ def encode_image(img: Image, ext: str, quality: int = 95) -> bytes:
     if arr.ndim == 3 and arr.shape[2] == 2:
         data = _encode_png_gray_alpha(arr)
     else:
-        ok, buf = cv2.imencode(ext, arr, _encode_params(ext, quality))
+        ok, buf = cv2.imencode(ext, arr, _encode_params(img, ext, quality))
         if not ok:
             raise JDNetError(f"could not encode image as {ext}")
         data = buf.tobytes()

@@ -287,6 +287,24 @@ def test_xmp_orientation_is_reset_when_a_tiff_orientation_tag_is_applied():
     assert img.metadata.xmp == _XMP.replace(b"{o}", b"1")
 
 
+@pytest.mark.parametrize("name, orientation, expected", [("444", 1, "444"), ("422", 1, "422"), ("420", 1, "420"),
+                                                          ("422", 6, "440")])  # turned upright: 4:2:2 becomes 4:4:0
+def test_jpeg_output_keeps_a_jpeg_inputs_chroma_subsampling(name, orientation, expected, tiny):
+    from jdnet_cli.io.image_headers import jpeg_sampling
+
+    factor = lambda n: getattr(cv2, f"IMWRITE_JPEG_SAMPLING_FACTOR_{n}")
+    arr = np.random.default_rng(8).integers(0, 256, (16, 24, 3), dtype=np.uint8)
+    data = embed_metadata(_encode(arr, ".jpg", [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, factor(name)]), ".jpg",
+                          Metadata(exif=_exif(orientation)))
+    assert jpeg_sampling(data) == factor(name)
+    img = derain_image(tiny, decode_image(data, "s.jpg"))
+    assert jpeg_sampling(encode_image(img, ".jpg")) == factor(expected)  # was always 4:2:0
+    png = decode_image(_encode(arr, ".png"), "p.png")
+    assert png.jpeg_sampling is None and jpeg_sampling(encode_image(png, ".jpg")) == factor("420")  # OpenCV's default
+    gray = decode_image(_encode(arr[..., 0], ".jpg"), "g.jpg")
+    assert gray.jpeg_sampling is None and jpeg_sampling(encode_image(gray, ".jpg")) is None  # one component
+
+
 def test_webp_with_alpha_keeps_alpha_when_metadata_is_added():
     arr = np.random.default_rng(2).integers(0, 256, (10, 12, 4), dtype=np.uint8)
     out = embed_metadata(_encode(arr, ".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]), ".webp", Metadata(exif=_exif(1)))
