@@ -41,6 +41,7 @@ class Metadata:
     iptc: bytes | None = None
     xmp_dropped: bool = False  # the input's XMP described data after the main image, so it is not carried
     tiff_exif: bool = False  # a TIFF input had EXIF (a sub-IFD), which is not read
+    png_chunks: tuple[bytes, ...] = ()  # a PNG input's other chunks worth keeping (text, DPI, colour), raw
 
 
 # Which outputs take which metadata (the rest is dropped, with a note).
@@ -68,7 +69,7 @@ def reset_xmp_orientation(xmp: bytes) -> bytes:
 
 def embed_metadata(data: bytes, fmt: str, meta: Metadata) -> bytes:
     """Return encoded bytes with ``meta`` spliced in where the format has a place for it."""
-    if meta.exif is None and meta.icc is None and meta.xmp is None and meta.iptc is None:
+    if meta.exif is None and meta.icc is None and meta.xmp is None and meta.iptc is None and not meta.png_chunks:
         return data
     if fmt in (".jpg", ".jpeg"):
         return _embed_jpeg(data, meta)
@@ -225,9 +226,20 @@ def _inflate_bounded(blob: bytes) -> bytes:
     return out
 
 
+# PNG chunks describing the colour space: deraining keeps it, so they stay true of the output.
+_PNG_COLOUR_CHUNKS = (b"gAMA", b"cHRM", b"sRGB", b"cICP", b"mDCV", b"cLLI")
+
+
+def _png_chunk_kept(ctype: bytes) -> bool:
+    # Ancillary chunks marked safe-to-copy (lowercase first and fourth letters: text, pHYs, ...) may be
+    # copied into an edited file by the PNG rules; the colour-space chunks are kept because jdnet keeps it.
+    safe_to_copy = ctype[:1].islower() and ctype[3:4].islower()
+    return (safe_to_copy or ctype in _PNG_COLOUR_CHUNKS) and ctype not in (b"eXIf", b"iCCP")
+
+
 def _read_png(data: bytes) -> Metadata:
-    meta = Metadata()
-    for ctype, body, _raw in _png_chunks(data):  # XMP may follow the image data, so every chunk is looked at
+    meta, kept = Metadata(), []
+    for ctype, body, raw in _png_chunks(data):  # XMP and text may follow the image data: every chunk is looked at
         if ctype == b"eXIf" and meta.exif is None:
             meta.exif = body[len(EXIF_HEADER) :] if body.startswith(EXIF_HEADER) else body
         elif ctype == b"iCCP" and meta.icc is None:
@@ -235,6 +247,9 @@ def _read_png(data: bytes) -> Metadata:
             meta.icc = _inflate_bounded(body[name_end + 2 :])
         elif ctype == b"iTXt" and meta.xmp is None and body.startswith(XMP_PNG_KEYWORD + b"\x00"):
             meta.xmp = _read_itxt_text(body[len(XMP_PNG_KEYWORD) + 1 :])
+        elif _png_chunk_kept(ctype):
+            kept.append(raw)
+    meta.png_chunks = tuple(kept)
     return meta
 
 
@@ -253,14 +268,17 @@ def png_chunk(ctype: bytes, body: bytes) -> bytes:
 
 def _embed_png(data: bytes, meta: Metadata) -> bytes:
     out = [data[:8]]
+    carried = {raw[4:8] for raw in meta.png_chunks}
     for ctype, _body, raw in _png_chunks(data):
         # An iCCP and an sRGB/iCCP of the encoder's own would contradict each other.
         if meta.icc and ctype in (b"sRGB", b"iCCP"):
             continue
-        if meta.exif and ctype == b"eXIf":
+        if (meta.exif and ctype == b"eXIf") or ctype in carried:
             continue
         out.append(raw)
         if ctype == b"IHDR":
+            # Before PLTE and IDAT, where pHYs and the colour chunks must be; text may go anywhere.
+            out.extend(raw for raw in meta.png_chunks if not (meta.icc and raw[4:8] == b"sRGB"))
             if meta.icc:
                 out.append(png_chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(meta.icc, 9)))
             if meta.exif:

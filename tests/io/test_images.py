@@ -305,6 +305,29 @@ def test_jpeg_output_keeps_a_jpeg_inputs_chroma_subsampling(name, orientation, e
     assert gray.jpeg_sampling is None and jpeg_sampling(encode_image(gray, ".jpg")) is None  # one component
 
 
+def test_png_text_dpi_and_gamma_are_carried_to_png_outputs(tiny):
+    from PIL import Image as PILImage, PngImagePlugin
+    import io
+
+    arr = np.random.default_rng(9).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Author", "J. Photographer")
+    info.add_text("Description", "rainy street " * 40, zip=True)  # zTXt
+    info.add(b"gAMA", struct.pack(">I", 45455))
+    info.add(b"tIME", bytes(7))  # "last modified": not true of the output, so not carried
+    buf = io.BytesIO()
+    PILImage.fromarray(arr).save(buf, "PNG", pnginfo=info, dpi=(300, 300))
+    img = decode_image(buf.getvalue(), "scan.png")
+    out = encode_image(derain_image(tiny, img), ".png")
+    written = PILImage.open(io.BytesIO(out))
+    assert written.info["dpi"] == pytest.approx((300, 300), abs=0.01) and written.info["gamma"] == pytest.approx(0.45455)
+    assert written.text == {"Author": "J. Photographer", "Description": "rainy street " * 40}
+    chunks = [out[i + 4 : i + 8] for i in range(8, len(out) - 4) if out[i + 4 : i + 8] in (b"tIME", b"IDAT", b"pHYs", b"gAMA")]
+    assert chunks.index(b"pHYs") < chunks.index(b"IDAT") and chunks.index(b"gAMA") < chunks.index(b"IDAT")
+    assert b"tIME" not in chunks and cv2.imdecode(np.frombuffer(out, np.uint8), cv2.IMREAD_UNCHANGED).shape == (12, 16, 3)
+    assert b"Author" not in encode_image(img, ".jpg")  # PNG chunks go to PNG outputs only
+
+
 def test_webp_with_alpha_keeps_alpha_when_metadata_is_added():
     arr = np.random.default_rng(2).integers(0, 256, (10, 12, 4), dtype=np.uint8)
     out = embed_metadata(_encode(arr, ".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]), ".webp", Metadata(exif=_exif(1)))
