@@ -436,21 +436,18 @@ class StreamCopy:
 # What a container gets when it cannot take the source's audio or subtitles as they are: its own audio
 # codec at a bit rate that is transparent for most listeners, and its own text subtitle format (bitmap
 # subtitles cannot be converted to text, so those still fail). Matroska takes every audio codec.
+_AAC = (("-c:a", "aac", "-b:a", "192k"), "AAC 192 kb/s")
+_MP2 = (("-c:a", "mp2", "-b:a", "192k"), "MPEG audio layer 2 192 kb/s")
+_TIMED_TEXT = (("-c:s", "mov_text"), "MP4 timed text")
 _AUDIO_CONVERSIONS = {
     "webm": (("-c:a", "libopus", "-b:a", "160k"), "Opus 160 kb/s"),
-    "mp4": (("-c:a", "aac", "-b:a", "192k"), "AAC 192 kb/s"),
-    "m4v": (("-c:a", "aac", "-b:a", "192k"), "AAC 192 kb/s"),
-    "mov": (("-c:a", "aac", "-b:a", "192k"), "AAC 192 kb/s"),
-    "3gp": (("-c:a", "aac", "-b:a", "128k"), "AAC 128 kb/s"),
+    "mp4": _AAC, "m4v": _AAC, "mov": _AAC, "3gp": _AAC,
     "avi": (("-c:a", "libmp3lame", "-b:a", "192k"), "MP3 192 kb/s"),
-    "mpg": (("-c:a", "mp2", "-b:a", "192k"), "MPEG audio layer 2 192 kb/s"),
-    "mpeg": (("-c:a", "mp2", "-b:a", "192k"), "MPEG audio layer 2 192 kb/s"),
+    "mpg": _MP2, "mpeg": _MP2,
 }
 _SUBTITLE_CONVERSIONS = {
     "webm": (("-c:s", "webvtt"), "WebVTT"),
-    "mp4": (("-c:s", "mov_text"), "MP4 timed text"),
-    "m4v": (("-c:s", "mov_text"), "MP4 timed text"),
-    "mov": (("-c:s", "mov_text"), "MP4 timed text"),
+    "mp4": _TIMED_TEXT, "m4v": _TIMED_TEXT, "mov": _TIMED_TEXT,
     "mkv": (("-c:s", "srt"), "SubRip"),
 }
 
