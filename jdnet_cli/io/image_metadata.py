@@ -42,6 +42,7 @@ class Metadata:
     xmp_dropped: bool = False  # the input's XMP described data after the main image, so it is not carried
     tiff_exif: bool = False  # a TIFF input had EXIF (a sub-IFD), which is not read
     png_chunks: tuple[bytes, ...] = ()  # a PNG input's other chunks worth keeping (text, DPI, colour), raw
+    jfif_density: bytes | None = None  # a JPEG input's JFIF resolution (units, X, Y: 5 bytes) when it states one
 
 
 # Which outputs take which metadata (the rest is dropped, with a note).
@@ -69,7 +70,7 @@ def reset_xmp_orientation(xmp: bytes) -> bytes:
 
 def embed_metadata(data: bytes, fmt: str, meta: Metadata) -> bytes:
     """Return encoded bytes with ``meta`` spliced in where the format has a place for it."""
-    if meta.exif is None and meta.icc is None and meta.xmp is None and meta.iptc is None and not meta.png_chunks:
+    if not (meta.exif or meta.icc or meta.xmp or meta.iptc or meta.png_chunks or meta.jfif_density):
         return data
     if fmt in (".jpg", ".jpeg"):
         return _embed_jpeg(data, meta)
@@ -163,12 +164,17 @@ def apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
 # --- JPEG -------------------------------------------------------------------------------------
 
 
+_JFIF = b"JFIF\x00"
+
+
 def _read_jpeg(data: bytes) -> Metadata:
-    exif = xmp = iptc = None
+    exif = xmp = iptc = density = None
     icc_parts: dict[int, bytes] = {}
     for marker, start, end in jpeg_segments(data):
         payload = data[start:end]
-        if marker == 0xE1 and exif is None and payload.startswith(EXIF_HEADER):
+        if marker == 0xE0 and payload.startswith(_JFIF) and len(payload) >= 12 and payload[7] in (1, 2):
+            density = payload[7:12]  # units (1: per inch, 2: per cm), X and Y density; 0 means aspect ratio only
+        elif marker == 0xE1 and exif is None and payload.startswith(EXIF_HEADER):
             exif = payload[len(EXIF_HEADER) :]
         elif marker == 0xE1 and xmp is None and payload.startswith(XMP_HEADER):
             xmp = payload[len(XMP_HEADER) :]
@@ -177,7 +183,7 @@ def _read_jpeg(data: bytes) -> Metadata:
         elif marker == 0xED and iptc is None and payload.startswith(IPTC_HEADER):
             iptc = payload
     icc = b"".join(icc_parts[k] for k in sorted(icc_parts)) if icc_parts else None
-    return Metadata(exif or None, icc or None, xmp or None, iptc)
+    return Metadata(exif or None, icc or None, xmp or None, iptc, jfif_density=density)
 
 
 def _jpeg_segment(marker: int, payload: bytes) -> bytes:
@@ -189,6 +195,8 @@ def _embed_jpeg(data: bytes, meta: Metadata) -> bytes:
     pos = 2
     if data[2:4] == b"\xff\xe0":
         pos = 4 + struct.unpack(">H", data[4:6])[0]
+        if meta.jfif_density and data[6:11] == _JFIF and pos >= 18:
+            data = data[:13] + meta.jfif_density + data[18:]  # the encoder wrote "no units, 1:1"
     extra = b""
     if meta.exif and len(EXIF_HEADER) + len(meta.exif) <= _JPEG_SEGMENT_MAX:
         extra += _jpeg_segment(0xE1, EXIF_HEADER + meta.exif)

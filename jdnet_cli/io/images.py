@@ -78,6 +78,8 @@ def decode_image(data: bytes, name: str = "<image>", max_pixels: int = DEFAULT_M
         meta.exif = reset_orientation(meta.exif)
         if meta.xmp is not None:
             meta.xmp = reset_xmp_orientation(meta.xmp)
+        if meta.jfif_density and orientation >= 5:  # turned by 90 degrees: X and Y swap
+            meta.jfif_density = meta.jfif_density[:1] + meta.jfif_density[3:5] + meta.jfif_density[1:3]
     img = _from_array(arr, name, max_pixels)
     if _is_png_gray_alpha(data, fmt) and img.alpha is not None:
         img.grayscale = True  # OpenCV expands grey+alpha to BGRA; remember it to write grey+alpha back

@@ -328,6 +328,20 @@ def test_png_text_dpi_and_gamma_are_carried_to_png_outputs(tiny):
     assert b"Author" not in encode_image(img, ".jpg")  # PNG chunks go to PNG outputs only
 
 
+@pytest.mark.parametrize("orientation, expected", [(1, (300, 150)), (6, (150, 300))])  # 6: turned, so X and Y swap
+def test_jpeg_resolution_is_carried_to_jpeg_outputs(orientation, expected, tiny):
+    from PIL import Image as PILImage
+    import io
+
+    arr = np.random.default_rng(10).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    PILImage.fromarray(arr).save(buf, "JPEG", dpi=(300, 150), exif=(b"Exif\x00\x00" + _exif(orientation)))
+    img = decode_image(buf.getvalue(), "scan.jpg")
+    out = encode_image(derain_image(tiny, img), ".jpg")
+    assert PILImage.open(io.BytesIO(out)).info["dpi"] == expected  # the encoder alone says "no units, 1:1"
+    assert "dpi" not in PILImage.open(io.BytesIO(encode_image(decode_image(_encode(arr, ".png"), "p.png"), ".jpg"))).info
+
+
 def test_webp_with_alpha_keeps_alpha_when_metadata_is_added():
     arr = np.random.default_rng(2).integers(0, 256, (10, 12, 4), dtype=np.uint8)
     out = embed_metadata(_encode(arr, ".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]), ".webp", Metadata(exif=_exif(1)))
