@@ -206,6 +206,20 @@ def jpeg_sampling(data: bytes) -> int | None:
     return None
 
 
+def webp_is_lossless(data: bytes) -> bool:
+    """True when a WebP's (first) image is VP8L, the lossless coding."""
+    pos, end = 12, len(data)
+    while pos + 8 <= end:
+        ctype, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
+        if ctype in (b"VP8 ", b"VP8L"):
+            return ctype == b"VP8L"
+        if ctype == b"ANMF":  # the first animation frame: its image chunks follow a 16-byte frame header
+            pos, end = pos + 24, min(end, pos + 8 + size)
+            continue
+        pos += 8 + size + (size & 1)
+    return False
+
+
 def _check_jpeg(data: bytes) -> None:
     sos_end = None
     try:

@@ -12,7 +12,8 @@ import numpy as np
 
 from ..errors import JDNetError
 from .atomic import atomic_path
-from .image_headers import check_complete, describe_unsupported, frame_count, header_size, jpeg_sampling, sniff_format
+from .image_headers import (check_complete, describe_unsupported, frame_count, header_size, jpeg_sampling, sniff_format,
+                            webp_is_lossless)
 from .image_metadata import (Metadata, apply_orientation, embed_metadata, exif_orientation, png_chunk, read_metadata,
                              reset_orientation, reset_xmp_orientation, unwritten_metadata)
 from .native_stderr import call_capturing
@@ -33,6 +34,7 @@ class Image:
     alpha: np.ndarray | None = None  # untouched original alpha channel (native dtype)
     grayscale: bool = False
     jpeg_sampling: int | None = None  # a JPEG input's chroma subsampling, kept when the output is JPEG too
+    webp_lossless: bool = False  # a lossless WebP input, written losslessly to WebP unless a quality is given
     metadata: Metadata = field(default_factory=Metadata)  # EXIF and XMP (orientation already applied: 1), ICC, IPTC
     format: str | None = None  # extension of the format the bytes were in, e.g. '.jpg'
     frames: int = 1  # frames or pages in the file (animated WebP/PNG, multi-page TIFF); only the first is read
@@ -89,6 +91,7 @@ def decode_image(data: bytes, name: str = "<image>", max_pixels: int = DEFAULT_M
         # Rotated by 90 degrees: horizontal subsampling (4:2:2) became vertical (4:4:0).
         sampling = int.from_bytes(bytes((b & 0xF) << 4 | b >> 4 for b in sampling.to_bytes(3, "big")), "big")
     img.jpeg_sampling = sampling
+    img.webp_lossless = fmt == ".webp" and webp_is_lossless(data)
     return img
 
 
@@ -239,18 +242,24 @@ _JPEG_SAMPLINGS = {cv2.IMWRITE_JPEG_SAMPLING_FACTOR_411, cv2.IMWRITE_JPEG_SAMPLI
                    cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444}
 
 
-def _encode_params(img: Image, ext: str, quality: int) -> list[int]:
+DEFAULT_QUALITY = 95
+
+
+def _encode_params(img: Image, ext: str, quality: int | None) -> list[int]:
     if ext in (".jpg", ".jpeg"):
         # A 4:4:4 input (high-quality exports) keeps its full-resolution colour instead of 4:2:0's quarter.
         sampling = [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, img.jpeg_sampling] if img.jpeg_sampling in _JPEG_SAMPLINGS else []
-        return [cv2.IMWRITE_JPEG_QUALITY, quality, *sampling]
+        return [cv2.IMWRITE_JPEG_QUALITY, quality or DEFAULT_QUALITY, *sampling]
     if ext == ".webp":
-        return [cv2.IMWRITE_WEBP_QUALITY, min(quality, 100) if quality < 100 else 101]
+        # Unless a quality is asked for, a lossless WebP stays lossless (OpenCV's quality above 100).
+        if quality is None:
+            quality = 100 if img.webp_lossless else DEFAULT_QUALITY
+        return [cv2.IMWRITE_WEBP_QUALITY, quality if quality < 100 else 101]
     return []
 
 
-def encode_image(img: Image, ext: str, quality: int = 95) -> bytes:
-    """Encode to bytes in the format named by ``ext`` (e.g. '.png')."""
+def encode_image(img: Image, ext: str, quality: int | None = None) -> bytes:
+    """Encode to bytes in the format named by ``ext`` (e.g. '.png'); ``quality`` None: 95, or lossless for lossless WebP."""
     ext = ext.lower() if ext.startswith(".") else "." + ext.lower()
     if ext not in IMAGE_EXTENSIONS:
         raise JDNetError(f"unsupported output format {ext!r} (use one of {', '.join(IMAGE_EXTENSIONS)})")
@@ -276,7 +285,7 @@ def _encode_png_gray_alpha(arr: np.ndarray) -> bytes:
             + png_chunk(b"IEND", b""))
 
 
-def write_image(path: str | Path, img: Image, quality: int = 95) -> str | None:
+def write_image(path: str | Path, img: Image, quality: int | None = None) -> str | None:
     """Encode and write atomically (temp file in the same directory, then rename); returns conversion_losses."""
     path = Path(path)
     data = encode_image(img, path.suffix, quality)

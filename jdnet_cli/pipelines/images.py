@@ -21,13 +21,13 @@ def derain_image(derainer: Derainer, img: Image) -> Image:
     return replace(img, rgb=out)
 
 
-def derain_file(derainer: Derainer, src: Path, dest: Path, max_pixels: int = DEFAULT_MAX_PIXELS, quality: int = 95) -> str | None:
+def derain_file(derainer: Derainer, src: Path, dest: Path, max_pixels: int = DEFAULT_MAX_PIXELS, quality: int | None = None) -> str | None:
     """Read ``src``, derain it, and write ``dest`` atomically; returns what the output format could not keep."""
     return write_image(dest, derain_image(derainer, read_image(src, max_pixels)), quality)
 
 
 def derain_bytes(
-    derainer: Derainer, data: bytes, ext: str | None = None, name: str = "-", max_pixels: int = DEFAULT_MAX_PIXELS, quality: int = 95
+    derainer: Derainer, data: bytes, ext: str | None = None, name: str = "-", max_pixels: int = DEFAULT_MAX_PIXELS, quality: int | None = None
 ) -> tuple[bytes, str | None]:
     """Derain encoded image bytes (format sniffed), encoded as ``ext`` (default: the input's format), and what it lost."""
     img = derain_image(derainer, decode_image(data, name, max_pixels))
@@ -36,7 +36,7 @@ def derain_bytes(
 
 
 def image_processor(
-    derainer: Derainer, ext: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, quality: int = 95
+    derainer: Derainer, ext: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, quality: int | None = None
 ) -> Callable[[Path, Path], str | None]:
     """A job function ``process(src, dest) -> losses`` for the runner: files, or ``STDIO`` for stdin/stdout."""
 

@@ -342,6 +342,24 @@ def test_jpeg_resolution_is_carried_to_jpeg_outputs(orientation, expected, tiny)
     assert "dpi" not in PILImage.open(io.BytesIO(encode_image(decode_image(_encode(arr, ".png"), "p.png"), ".jpg"))).info
 
 
+def test_a_lossless_webp_stays_lossless_unless_a_quality_is_given(tiny):
+    from jdnet_cli.io.image_headers import webp_is_lossless
+
+    arr = np.random.default_rng(11).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    lossless = decode_image(_encode(arr, ".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]), "l.webp")
+    lossy = decode_image(_encode(arr, ".webp", [cv2.IMWRITE_WEBP_QUALITY, 90]), "y.webp")
+    assert (lossless.webp_lossless, lossy.webp_lossless) == (True, False)
+    derained = derain_image(tiny, lossless)
+    out = encode_image(derained, ".webp")
+    assert webp_is_lossless(out)  # was lossy at quality 95
+    expected = np.round(np.clip(derained.rgb, 0, 1) * 255).astype(np.uint8)[..., ::-1]
+    assert np.array_equal(cv2.imdecode(np.frombuffer(out, np.uint8), cv2.IMREAD_UNCHANGED), expected)
+    assert not webp_is_lossless(encode_image(derained, ".webp", quality=80))  # asked for: as asked
+    assert not webp_is_lossless(encode_image(lossy, ".webp")) and webp_is_lossless(encode_image(lossy, ".webp", 100))
+    png = decode_image(_encode(arr, ".png"), "p.png")
+    assert not webp_is_lossless(encode_image(png, ".webp"))  # --ext webp from PNG: lossy at 95, for size
+
+
 def test_webp_with_alpha_keeps_alpha_when_metadata_is_added():
     arr = np.random.default_rng(2).integers(0, 256, (10, 12, 4), dtype=np.uint8)
     out = embed_metadata(_encode(arr, ".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]), ".webp", Metadata(exif=_exif(1)))
