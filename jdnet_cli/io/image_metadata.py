@@ -142,6 +142,17 @@ def reset_orientation(exif: bytes) -> bytes:
     return bytes(out)
 
 
+def turned_upright(meta: Metadata, orientation: int) -> None:
+    """Update ``meta`` for pixels turned upright from EXIF ``orientation``: both orientation tags say 1, and
+    a quarter turn (5-8) swaps the JFIF resolution's X and Y."""
+    if meta.exif is not None:
+        meta.exif = reset_orientation(meta.exif)
+    if meta.xmp is not None:
+        meta.xmp = reset_xmp_orientation(meta.xmp)
+    if meta.jfif_density and orientation >= 5:
+        meta.jfif_density = meta.jfif_density[:1] + meta.jfif_density[3:5] + meta.jfif_density[1:3]
+
+
 def apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
     """Rotate/flip an H x W (x C) array so that it displays upright for an EXIF orientation."""
     if orientation == 2:

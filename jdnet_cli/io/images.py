@@ -15,7 +15,7 @@ from .atomic import atomic_path
 from .image_headers import (check_complete, describe_unsupported, frame_count, header_size, jpeg_sampling, sniff_format,
                             webp_is_lossless)
 from .image_metadata import (Metadata, apply_orientation, embed_metadata, exif_orientation, png_chunk, read_metadata,
-                             reset_orientation, reset_xmp_orientation, unwritten_metadata)
+                             turned_upright, unwritten_metadata)
 from .native_stderr import call_capturing
 
 # OpenCV logs decoder warnings to stderr on its own; we report each bad file in one line instead.
@@ -77,11 +77,7 @@ def decode_image(data: bytes, name: str = "<image>", max_pixels: int = DEFAULT_M
     orientation = exif_orientation(meta.exif)
     if orientation != 1:
         arr = apply_orientation(arr, orientation)
-        meta.exif = reset_orientation(meta.exif)
-        if meta.xmp is not None:
-            meta.xmp = reset_xmp_orientation(meta.xmp)
-        if meta.jfif_density and orientation >= 5:  # turned by 90 degrees: X and Y swap
-            meta.jfif_density = meta.jfif_density[:1] + meta.jfif_density[3:5] + meta.jfif_density[1:3]
+        turned_upright(meta, orientation)
     img = _from_array(arr, name, max_pixels)
     if _is_png_gray_alpha(data, fmt) and img.alpha is not None:
         img.grayscale = True  # OpenCV expands grey+alpha to BGRA; remember it to write grey+alpha back
@@ -236,13 +232,11 @@ def _convert_alpha(alpha: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.round(alpha.astype(np.float64) * dst / src).astype(dtype)
 
 
+DEFAULT_QUALITY = 95
 # What OpenCV's JPEG writer can do; other layouts (rare) get its default, 4:2:0.
 _JPEG_SAMPLINGS = {cv2.IMWRITE_JPEG_SAMPLING_FACTOR_411, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420,
                    cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_440,
                    cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444}
-
-
-DEFAULT_QUALITY = 95
 
 
 def _encode_params(img: Image, ext: str, quality: int | None) -> list[int]:
