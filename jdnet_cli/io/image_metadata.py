@@ -59,7 +59,24 @@ def read_metadata(data: bytes, fmt: str) -> Metadata:
         return Metadata()
     if meta.xmp is not None and _TRAILER_XMP.search(meta.xmp):
         meta.xmp, meta.xmp_dropped = None, True
+    if meta.exif is not None:
+        meta.exif = drop_thumbnail(meta.exif)
     return meta
+
+
+def drop_thumbnail(exif: bytes) -> bytes:
+    """EXIF without its thumbnail (IFD1): it shows the rainy input, and file browsers would display it."""
+    # Unlinking IFD1 from IFD0 is enough; its bytes stay as unreferenced padding.
+    try:
+        order = "<" if exif[:2] == b"II" else ">"
+        ifd = struct.unpack(order + "I", exif[4:8])[0]
+        count = struct.unpack(order + "H", exif[ifd : ifd + 2])[0]
+        link = ifd + 2 + 12 * count
+        if exif[:2] not in (b"II", b"MM") or link + 4 > len(exif) or exif[link : link + 4] == b"\x00" * 4:
+            return exif
+    except (struct.error, IndexError):
+        return exif
+    return exif[:link] + b"\x00" * 4 + exif[link + 4 :]
 
 
 def reset_xmp_orientation(xmp: bytes) -> bytes:

@@ -360,6 +360,34 @@ def test_a_lossless_webp_stays_lossless_unless_a_quality_is_given(tiny):
     assert not webp_is_lossless(encode_image(png, ".webp"))  # --ext webp from PNG: lossy at 95, for size
 
 
+def _exif_with_thumbnail(thumbnail: bytes) -> bytes:
+    """Big-endian EXIF: IFD0 with Make, then IFD1 pointing at a JPEG thumbnail, as cameras write it."""
+    make = b"jdnet-camera\x00"
+    ifd0 = 8
+    ifd1 = ifd0 + 2 + 12 + 4
+    make_at = ifd1 + 2 + 24 + 4
+    thumb_at = make_at + len(make)
+    out = b"MM\x00*" + struct.pack(">I", ifd0)
+    out += struct.pack(">H", 1) + struct.pack(">HHII", 0x010F, 2, len(make), make_at) + struct.pack(">I", ifd1)
+    out += struct.pack(">H", 2) + struct.pack(">HHII", 0x0201, 4, 1, thumb_at) + struct.pack(">HHII", 0x0202, 4, 1, len(thumbnail))
+    return out + struct.pack(">I", 0) + make + thumbnail
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png", ".webp"])
+def test_the_exif_thumbnail_of_the_rainy_input_is_not_carried(ext, tiny):
+    from PIL import Image as PILImage, ExifTags
+    import io
+
+    arr = np.random.default_rng(12).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    exif = _exif_with_thumbnail(_encode(arr[::4, ::4], ".jpg"))
+    data = embed_metadata(_encode(arr, ".jpg"), ".jpg", Metadata(exif=exif))
+    assert PILImage.open(io.BytesIO(data)).getexif().get_ifd(ExifTags.IFD.IFD1)  # a viewer would show the rainy one
+    out = encode_image(derain_image(tiny, decode_image(data, "t.jpg")), ext)
+    written = PILImage.open(io.BytesIO(out)).getexif()
+    assert written[ExifTags.Base.Make] == "jdnet-camera" and written.get_ifd(ExifTags.IFD.IFD1) == {}
+    assert read_metadata(out, ext).exif == exif[:22] + bytes(4) + exif[26:]  # only the link to IFD1 changed
+
+
 def test_webp_with_alpha_keeps_alpha_when_metadata_is_added():
     arr = np.random.default_rng(2).integers(0, 256, (10, 12, 4), dtype=np.uint8)
     out = embed_metadata(_encode(arr, ".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]), ".webp", Metadata(exif=_exif(1)))
