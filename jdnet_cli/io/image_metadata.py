@@ -282,7 +282,10 @@ def _read_png(data: bytes) -> Metadata:
             name_end = body.index(b"\x00")
             meta.icc = _inflate_bounded(body[name_end + 2 :])
         elif ctype == b"iTXt" and meta.xmp is None and body.startswith(XMP_PNG_KEYWORD + b"\x00"):
-            meta.xmp = _read_itxt_text(body[len(XMP_PNG_KEYWORD) + 1 :])
+            try:  # a malformed XMP chunk is skipped; the EXIF and ICC beside it still count
+                meta.xmp = _read_itxt_text(body[len(XMP_PNG_KEYWORD) + 1 :])
+            except (ValueError, IndexError, zlib.error):
+                pass
         elif _png_chunk_kept(ctype):
             kept.append(raw)
     meta.png_chunks = tuple(kept)
@@ -384,10 +387,15 @@ def _read_tiff(data: bytes) -> Metadata:
     order, _ifd, entries = tiff_ifd0(data)
     meta, rotated = Metadata(), False
     for tag, typ, count, field in entries:
-        if tag == _TIFF_ICC:
-            meta.icc = tiff_value(data, order, typ, count, field)
-        elif tag == _TIFF_XMP:
-            meta.xmp = tiff_value(data, order, typ, count, field)
+        if tag in (_TIFF_ICC, _TIFF_XMP):
+            try:  # a value past the end of the file is skipped, not fatal to the other tag
+                value = tiff_value(data, order, typ, count, field)
+            except ValueError:
+                continue
+            if tag == _TIFF_ICC:
+                meta.icc = value
+            else:
+                meta.xmp = value
         elif tag in (_TIFF_EXIF_IFD, _TIFF_GPS_IFD):
             meta.tiff_exif = True
         elif tag == _TIFF_ORIENTATION and typ == 3:

@@ -13,7 +13,7 @@ import torch
 from jdnet_cli.errors import JDNetError
 from jdnet_cli.inference.derainer import Derainer
 from jdnet_cli.io.image_headers import frame_count, header_size, sniff_format
-from jdnet_cli.io.image_metadata import Metadata, embed_metadata, exif_orientation, read_metadata
+from jdnet_cli.io.image_metadata import XMP_PNG_KEYWORD, Metadata, embed_metadata, exif_orientation, read_metadata
 from jdnet_cli.io.images import Image, conversion_losses, decode_image, encode_image, read_image
 from jdnet_cli.pipelines.images import derain_image
 
@@ -215,6 +215,16 @@ def test_xmp_keywords_and_rating_are_carried_across_formats(src_ext, dst_ext, ti
     assert read_metadata(out, dst_ext).xmp == xmp == _pillow_xmp(out)
     assert exif_orientation(read_metadata(out, dst_ext).exif) == 1 and conversion_losses(img, dst_ext) is None
     assert cv2.imdecode(np.frombuffer(out, np.uint8), cv2.IMREAD_UNCHANGED).shape == (20, 30, 3)
+
+
+def test_a_malformed_xmp_chunk_costs_only_the_xmp():
+    arr = np.random.default_rng(13).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    from jdnet_cli.io.images import png_chunk
+
+    good = embed_metadata(_encode(arr, ".png"), ".png", Metadata(exif=_exif(1), icc=_icc(500)))
+    broken = png_chunk(b"iTXt", XMP_PNG_KEYWORD + b"\x00\x01\x00no-terminators")  # "compressed", then cut short
+    data = good[:33] + broken + good[33:]  # after IHDR
+    assert read_metadata(data, ".png") == Metadata(exif=_exif(1), icc=_icc(500))
 
 
 def test_xmp_orientation_is_reset_with_the_exif_one_and_iptc_goes_jpeg_to_jpeg(tiny):
