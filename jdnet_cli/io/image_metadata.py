@@ -42,7 +42,7 @@ class Metadata:
     xmp_dropped: bool = False  # the input's XMP described data after the main image, so it is not carried
     tiff_exif: bool = False  # a TIFF input had EXIF (a sub-IFD), which is not read
     png_chunks: tuple[bytes, ...] = ()  # a PNG input's other chunks worth keeping (text, DPI, colour), raw
-    jfif_density: bytes | None = None  # a JPEG input's JFIF resolution (units, X, Y: 5 bytes) when it states one
+    dpi: tuple[float, float] | None = None  # resolution (X, Y dots per inch) when the input states one
 
 
 # Which outputs take which metadata (the rest is dropped, with a note).
@@ -87,7 +87,7 @@ def reset_xmp_orientation(xmp: bytes) -> bytes:
 
 def embed_metadata(data: bytes, fmt: str, meta: Metadata) -> bytes:
     """Return encoded bytes with ``meta`` spliced in where the format has a place for it."""
-    if not (meta.exif or meta.icc or meta.xmp or meta.iptc or meta.png_chunks or meta.jfif_density):
+    if not (meta.exif or meta.icc or meta.xmp or meta.iptc or meta.png_chunks or meta.dpi):
         return data
     if fmt in (".jpg", ".jpeg"):
         return _embed_jpeg(data, meta)
@@ -95,7 +95,7 @@ def embed_metadata(data: bytes, fmt: str, meta: Metadata) -> bytes:
         return _embed_png(data, meta)
     if fmt == ".webp":
         return _embed_webp(data, meta)
-    if fmt in (".tif", ".tiff") and (meta.icc or meta.xmp):
+    if fmt in (".tif", ".tiff") and (meta.icc or meta.xmp or meta.dpi):
         return _embed_tiff(data, meta)
     return data
 
@@ -161,13 +161,13 @@ def reset_orientation(exif: bytes) -> bytes:
 
 def turned_upright(meta: Metadata, orientation: int) -> None:
     """Update ``meta`` for pixels turned upright from EXIF ``orientation``: both orientation tags say 1, and
-    a quarter turn (5-8) swaps the JFIF resolution's X and Y."""
+    a quarter turn (5-8) swaps the resolution's X and Y."""
     if meta.exif is not None:
         meta.exif = reset_orientation(meta.exif)
     if meta.xmp is not None:
         meta.xmp = reset_xmp_orientation(meta.xmp)
-    if meta.jfif_density and orientation >= 5:
-        meta.jfif_density = meta.jfif_density[:1] + meta.jfif_density[3:5] + meta.jfif_density[1:3]
+    if meta.dpi and orientation >= 5:
+        meta.dpi = meta.dpi[::-1]
 
 
 def apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
@@ -196,12 +196,15 @@ _JFIF = b"JFIF\x00"
 
 
 def _read_jpeg(data: bytes) -> Metadata:
-    exif = xmp = iptc = density = None
+    exif = xmp = iptc = dpi = None
     icc_parts: dict[int, bytes] = {}
     for marker, start, end in jpeg_segments(data):
         payload = data[start:end]
         if marker == 0xE0 and payload.startswith(_JFIF) and len(payload) >= 12 and payload[7] in (1, 2):
-            density = payload[7:12]  # units (1: per inch, 2: per cm), X and Y density; 0 means aspect ratio only
+            # Units 1: per inch, 2: per cm; 0 (what OpenCV writes) states an aspect ratio only.
+            x, y = struct.unpack(">HH", payload[8:12])
+            scale = 1.0 if payload[7] == 1 else 2.54
+            dpi = (x * scale, y * scale) if x and y else None
         elif marker == 0xE1 and exif is None and payload.startswith(EXIF_HEADER):
             exif = payload[len(EXIF_HEADER) :]
         elif marker == 0xE1 and xmp is None and payload.startswith(XMP_HEADER):
@@ -211,7 +214,7 @@ def _read_jpeg(data: bytes) -> Metadata:
         elif marker == 0xED and iptc is None and payload.startswith(IPTC_HEADER):
             iptc = payload
     icc = b"".join(icc_parts[k] for k in sorted(icc_parts)) if icc_parts else None
-    return Metadata(exif or None, icc or None, xmp or None, iptc, jfif_density=density)
+    return Metadata(exif or None, icc or None, xmp or None, iptc, dpi=dpi)
 
 
 def _jpeg_segment(marker: int, payload: bytes) -> bytes:
@@ -223,8 +226,9 @@ def _embed_jpeg(data: bytes, meta: Metadata) -> bytes:
     pos = 2
     if data[2:4] == b"\xff\xe0":
         pos = 4 + struct.unpack(">H", data[4:6])[0]
-        if meta.jfif_density and data[6:11] == _JFIF and pos >= 18:
-            data = data[:13] + meta.jfif_density + data[18:]  # the encoder wrote "no units, 1:1"
+        if meta.dpi and data[6:11] == _JFIF and pos >= 18:  # the encoder wrote "no units, 1:1"
+            density = (min(max(round(v), 1), 65535) for v in meta.dpi)
+            data = data[:13] + struct.pack(">BHH", 1, *density) + data[18:]
     extra = b""
     if meta.exif and len(EXIF_HEADER) + len(meta.exif) <= _JPEG_SEGMENT_MAX:
         extra += _jpeg_segment(0xE1, EXIF_HEADER + meta.exif)
@@ -267,7 +271,7 @@ _PNG_COLOUR_CHUNKS = (b"gAMA", b"cHRM", b"sRGB", b"cICP", b"mDCV", b"cLLI")
 
 
 def _png_chunk_kept(ctype: bytes) -> bool:
-    # Ancillary chunks marked safe-to-copy (lowercase first and fourth letters: text, pHYs, ...) may be
+    # Ancillary chunks marked safe-to-copy (lowercase first and fourth letters: tEXt, zTXt, iTXt, ...) may be
     # copied into an edited file by the PNG rules; the colour-space chunks are kept because jdnet keeps it.
     safe_to_copy = ctype[:1].islower() and ctype[3:4].islower()
     return (safe_to_copy or ctype in _PNG_COLOUR_CHUNKS) and ctype not in (b"eXIf", b"iCCP")
@@ -286,6 +290,9 @@ def _read_png(data: bytes) -> Metadata:
                 meta.xmp = _read_itxt_text(body[len(XMP_PNG_KEYWORD) + 1 :])
             except (ValueError, IndexError, zlib.error):
                 pass
+        elif ctype == b"pHYs":  # written back from meta.dpi, which a rotation may have swapped
+            x, y, unit = struct.unpack(">IIB", body[:9])
+            meta.dpi = (x * 0.0254, y * 0.0254) if unit == 1 and x and y else None  # unit 0: aspect ratio only
         elif _png_chunk_kept(ctype):
             kept.append(raw)
     meta.png_chunks = tuple(kept)
@@ -312,7 +319,7 @@ def _embed_png(data: bytes, meta: Metadata) -> bytes:
         # An iCCP and an sRGB/iCCP of the encoder's own would contradict each other.
         if meta.icc and ctype in (b"sRGB", b"iCCP"):
             continue
-        if (meta.exif and ctype == b"eXIf") or ctype in carried:
+        if (meta.exif and ctype == b"eXIf") or (meta.dpi and ctype == b"pHYs") or ctype in carried:
             continue
         out.append(raw)
         if ctype == b"IHDR":
@@ -324,6 +331,8 @@ def _embed_png(data: bytes, meta: Metadata) -> bytes:
                 out.append(png_chunk(b"eXIf", meta.exif))
             if meta.xmp:
                 out.append(png_chunk(b"iTXt", XMP_PNG_KEYWORD + b"\x00\x00\x00\x00\x00" + meta.xmp))
+            if meta.dpi:
+                out.append(png_chunk(b"pHYs", struct.pack(">IIB", *(round(v / 0.0254) for v in meta.dpi), 1)))
     return b"".join(out)
 
 
@@ -381,27 +390,32 @@ def _embed_webp(data: bytes, meta: Metadata) -> bytes:
 # --- TIFF -------------------------------------------------------------------------------------
 
 _TIFF_ICC, _TIFF_XMP, _TIFF_EXIF_IFD, _TIFF_GPS_IFD, _TIFF_ORIENTATION = 34675, 700, 34665, 34853, 274
+_TIFF_XRES, _TIFF_YRES, _TIFF_RES_UNIT = 282, 283, 296
 
 
 def _read_tiff(data: bytes) -> Metadata:
     order, _ifd, entries = tiff_ifd0(data)
-    meta, rotated = Metadata(), False
+    meta, orientation, values, unit = Metadata(), 1, {}, 2
     for tag, typ, count, field in entries:
-        if tag in (_TIFF_ICC, _TIFF_XMP):
-            try:  # a value past the end of the file is skipped, not fatal to the other tag
-                value = tiff_value(data, order, typ, count, field)
+        if tag in (_TIFF_ICC, _TIFF_XMP, _TIFF_XRES, _TIFF_YRES):
+            try:  # a value past the end of the file is skipped, not fatal to the other tags
+                values[tag] = tiff_value(data, order, typ, count, field)
             except ValueError:
                 continue
-            if tag == _TIFF_ICC:
-                meta.icc = value
-            else:
-                meta.xmp = value
         elif tag in (_TIFF_EXIF_IFD, _TIFF_GPS_IFD):
             meta.tiff_exif = True
         elif tag == _TIFF_ORIENTATION and typ == 3:
-            rotated = struct.unpack(order + "H", field[:2])[0] not in (0, 1)
-    if rotated and meta.xmp is not None:
-        meta.xmp = reset_xmp_orientation(meta.xmp)  # OpenCV applies a TIFF's Orientation tag when decoding
+            orientation = struct.unpack(order + "H", field[:2])[0]
+        elif tag == _TIFF_RES_UNIT and typ == 3:
+            unit = struct.unpack(order + "H", field[:2])[0]
+    meta.icc, meta.xmp = values.get(_TIFF_ICC), values.get(_TIFF_XMP)
+    resolution = [values.get(t) for t in (_TIFF_XRES, _TIFF_YRES)]
+    if unit in (2, 3) and all(r is not None and len(r) == 8 for r in resolution):
+        ratios = [struct.unpack(order + "II", r) for r in resolution]
+        if all(num and den for num, den in ratios):
+            meta.dpi = tuple(num / den * (2.54 if unit == 3 else 1.0) for num, den in ratios)
+    if 2 <= orientation <= 8:  # OpenCV applies a TIFF's Orientation tag when decoding
+        turned_upright(meta, orientation)
     return meta
 
 
@@ -413,9 +427,13 @@ def _embed_tiff(data: bytes, meta: Metadata) -> bytes:
     order, ifd, entries = tiff_ifd0(data)
     count = len(entries)
     next_ifd = data[ifd + 2 + 12 * count : ifd + 6 + 12 * count]
-    entries = [e for e in entries if e[0] not in (_TIFF_ICC, _TIFF_XMP)]
+    entries = [e for e in entries if e[0] not in (_TIFF_ICC, _TIFF_XMP, _TIFF_XRES, _TIFF_YRES, _TIFF_RES_UNIT)]
     out = bytearray(data)
-    for tag, typ, blob in ((_TIFF_ICC, 7, meta.icc), (_TIFF_XMP, 1, meta.xmp)):
+    rationals = [struct.pack(order + "II", round(v * 100), 100) for v in meta.dpi] if meta.dpi else [None, None]
+    if meta.dpi:
+        entries.append((_TIFF_RES_UNIT, 3, 1, struct.pack(order + "HH", 2, 0)))  # inches
+    for tag, typ, blob in ((_TIFF_ICC, 7, meta.icc), (_TIFF_XMP, 1, meta.xmp), (_TIFF_XRES, 5, rationals[0]),
+                           (_TIFF_YRES, 5, rationals[1])):
         if not blob:
             continue
         if len(blob) <= 4:
@@ -424,7 +442,7 @@ def _embed_tiff(data: bytes, meta: Metadata) -> bytes:
             out += b"\x00" * (len(out) & 1)  # values start on a word boundary
             field = struct.pack(order + "I", len(out))
             out += blob
-        entries.append((tag, typ, len(blob), field))
+        entries.append((tag, typ, 1 if typ == 5 else len(blob), field))
     entries.sort(key=lambda e: e[0])  # TIFF requires ascending tags
     out += b"\x00" * (len(out) & 1)
     new_ifd = len(out)

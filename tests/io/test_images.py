@@ -339,17 +339,24 @@ def test_png_text_dpi_and_gamma_are_carried_to_png_outputs(tiny):
 
 
 @pytest.mark.parametrize("orientation, expected", [(1, (300, 150)), (6, (150, 300))])  # 6: turned, so X and Y swap
-def test_jpeg_resolution_is_carried_to_jpeg_outputs(orientation, expected, tiny):
+@pytest.mark.parametrize("src_ext", [".jpg", ".png", ".tif"])
+@pytest.mark.parametrize("dst_ext", [".jpg", ".png", ".tif"])
+def test_resolution_is_carried_between_jpeg_png_and_tiff(src_ext, dst_ext, orientation, expected, tiny):
     from PIL import Image as PILImage
     import io
 
     arr = np.random.default_rng(10).integers(0, 256, (12, 16, 3), dtype=np.uint8)
     buf = io.BytesIO()
-    PILImage.fromarray(arr).save(buf, "JPEG", dpi=(300, 150), exif=(b"Exif\x00\x00" + _exif(orientation)))
-    img = decode_image(buf.getvalue(), "scan.jpg")
-    out = encode_image(derain_image(tiny, img), ".jpg")
-    assert PILImage.open(io.BytesIO(out)).info["dpi"] == expected  # the encoder alone says "no units, 1:1"
-    assert "dpi" not in PILImage.open(io.BytesIO(encode_image(decode_image(_encode(arr, ".png"), "p.png"), ".jpg"))).info
+    if src_ext == ".tif":  # the TIFF's own Orientation tag, which OpenCV applies
+        PILImage.fromarray(arr).save(buf, "TIFF", dpi=(300, 150), tiffinfo={274: orientation})
+    else:
+        PILImage.fromarray(arr).save(buf, "JPEG" if src_ext == ".jpg" else "PNG", dpi=(300, 150),
+                                     exif=b"Exif\x00\x00" + _exif(orientation))
+    img = decode_image(buf.getvalue(), "scan" + src_ext)
+    assert img.metadata.dpi == pytest.approx(expected, abs=0.02)  # PNG stores whole dots per metre
+    out = encode_image(derain_image(tiny, img), dst_ext)
+    assert PILImage.open(io.BytesIO(out)).info["dpi"] == pytest.approx(expected, abs=0.02)  # OpenCV alone states none
+    assert read_metadata(encode_image(decode_image(_encode(arr, ".bmp"), "b.bmp"), dst_ext), dst_ext).dpi is None
 
 
 def test_a_lossless_webp_stays_lossless_unless_a_quality_is_given(tiny):
