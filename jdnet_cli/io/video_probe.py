@@ -40,6 +40,7 @@ class VideoInfo:
     color_trc: str | None = None
     stream_types: list[str] = field(default_factory=list)  # per input stream: video/audio/subtitle/...
     video_index: int = 0  # among the file's video streams (cover art skipped): the one we process
+    attached_pics: int = 0  # video streams that are cover art (one picture), anywhere in the file
 
     @property
     def high_bit_depth(self) -> bool:
@@ -96,9 +97,14 @@ def parse_ffmpeg_info(stderr: str, path: Path) -> VideoInfo:
     m = re.search(r"start: (-?\d+(?:\.\d+)?)", body)
     if m:
         start = float(m.group(1))
-    types, video, video_index = [], None, 0
-    for m in re.finditer(r"^\s*Stream #0:\d+[^:]*: (\w+): (.*)$", body, re.M):
-        kind, desc = m.group(1).lower(), m.group(2)
+    # ffmpeg lists streams that belong to a "Stream group" (a track reference) under it, out of index
+    # order and sometimes more than once: take each index once, in index order.
+    streams = {}
+    for m in re.finditer(r"^\s*Stream #0:(\d+)[^:]*: (\w+): (.*)$", body, re.M):
+        streams.setdefault(int(m.group(1)), (m.group(2).lower(), m.group(3)))
+    types, video, video_index, pictures = [], None, 0, 0
+    for _index, (kind, desc) in sorted(streams.items()):
+        pictures += kind == "video" and "(attached pic)" in desc
         if kind == "video" and video is None:
             if "(attached pic)" in desc:
                 video_index += 1
@@ -120,7 +126,7 @@ def parse_ffmpeg_info(stderr: str, path: Path) -> VideoInfo:
     if rot and round(abs(float(rot.group(1)))) % 180 == 90:
         width, height = height, width  # ffmpeg auto-rotates when decoding: frames come out upright
     info = VideoInfo(path, width, height, codec, pm.group(1), duration, start, fps, stream_types=types,
-                     video_index=video_index)
+                     video_index=video_index, attached_pics=pictures)
     if pm.group(2):
         _parse_colour(pm.group(2), info)
     return info

@@ -215,7 +215,7 @@ def derain_video(
             raise VideoPartlyDone(f"{src}: {damage}; kept the {encoder.frames_written} derained frames in {final}, "
                                f"{dest} was not written", final, encoder.frames_written)
         errors = [] if sequence else reader.decode_errors
-        notes = [streams.note] if streams.note else []
+        notes = [note for note in (streams.note, None if sequence else _uncopied_streams(info, probe(final))) if note]
         if errors:
             notes.append(f"was made from a stream with decoder errors (first: {errors[0].rstrip('.')}); frames that did "
                          "not decode are missing or damaged")
@@ -229,6 +229,23 @@ def derain_video(
             if tmp is not None:
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
+
+
+def _uncopied_streams(source, output) -> str | None:
+    """What of the input the written output does not hold (other video streams, cover art, data tracks), in words."""
+    def counts(info):
+        return (info.stream_types.count("video") - info.attached_pics, info.attached_pics, info.stream_types.count("data"))
+
+    # Counted in the file as written: a container may re-create some (a timecode track from the timecode tag).
+    videos, pictures, data = (max(0, a - b) for a, b in zip(counts(source), counts(output)))
+    parts = []
+    if videos:
+        parts.append(f"{videos} other video stream{'s' * (videos > 1)} (jdnet derains the first)")
+    if pictures:
+        parts.append("its cover art" if pictures == 1 else f"{pictures} cover pictures")
+    if data:
+        parts.append(f"{data} data stream{'s' * (data > 1)} (such as camera metadata or timecode tracks)")
+    return f"drops the input's {', '.join(parts)}" if parts else None
 
 
 def _keep_encoded_video(video_tmp: Path, final: Path) -> Path | None:

@@ -331,6 +331,38 @@ def test_mpeg_program_stream_output_gets_mp2_audio(tmp_path, clip, derainer):
     assert stream_kinds(res.output) == ["Video: h264", "Audio: mp2"] and len(frame_times(res.output)) == 5
 
 
+def test_streams_jdnet_does_not_carry_are_named_in_a_note(tmp_path, clip, derainer):
+    cover = tmp_path / "cover.png"
+    cv2.imwrite(str(cover), np.zeros((16, 16, 3), np.uint8))
+    src = tmp_path / "camera.mp4"  # a second camera angle, cover art and timecode tracks beside the clip
+    ff("-i", str(clip), "-f", "lavfi", "-i", f"testsrc=size={W}x{H}:rate=25", "-i", str(cover), "-t", "0.2",
+       "-map", "0:v", "-map", "0:a", "-map", "1:v", "-map", "2", "-c:v", "libx264", "-c:a", "copy", "-c:v:2", "png",
+       "-disposition:v:2", "attached_pic", "-timecode", "01:00:00:00", str(src))
+    info = probe(src)
+    assert (info.stream_types.count("video"), info.attached_pics, info.stream_types.count("data")) == (3, 1, 3)  # a tmcd per video
+    res = derain_video(derainer, src, tmp_path / "out.mp4")
+    out = probe(res.output)  # mp4 re-creates one timecode track from the copied timecode tag
+    assert (out.stream_types, out.attached_pics, res.frames) == (["video", "audio", "data"], 0, 5)
+    assert res.note == ("drops the input's 1 other video stream (jdnet derains the first), its cover art, "
+                        "2 data streams (such as camera metadata or timecode tracks)")
+
+
+def test_probe_takes_each_stream_once_when_ffmpeg_lists_stream_groups():
+    text = """Input #0, mov,mp4,m4a,3gp,3g2,mj2, from 'x.mov':
+  Duration: 00:00:00.20, start: 0.000000, bitrate: 300 kb/s
+  Stream group #0:0[0x4]: Track Reference:
+    Stream #0:0[0x1]: Video: h264 (High), yuv420p(progressive), 32x18, 25 fps, 25 tbr, 12800 tbn (default)
+    Stream #0:3[0x4](eng): Data: none (tmcd / 0x64636D74), 0 kb/s
+  Stream group #0:1[0x5]: Track Reference:
+    Stream #0:0[0x1]: Video: h264 (High), yuv420p(progressive), 32x18, 25 fps, 25 tbr, 12800 tbn (default)
+    Stream #0:4[0x5](eng): Data: none (tmcd / 0x64636D74), 0 kb/s
+  Stream #0:1[0x2]: Audio: aac (LC), 48000 Hz, mono, fltp, 101 kb/s (default)
+  Stream #0:2[0x3]: Video: png, rgb24(pc), 16x16, 90k tbr, 90k tbn (attached pic)
+"""
+    info = parse_ffmpeg_info(text, Path("x.mov"))
+    assert info.stream_types == ["video", "audio", "video", "data", "data"] and info.attached_pics == 1
+
+
 def test_streams_no_conversion_fits_fail_before_any_frame_is_derained(tmp_path, subtitled_clip, derainer, monkeypatch):
     calls = []
     monkeypatch.setattr(derainer, "derain_frames", lambda frames: calls.append(frames))  # must never be reached
