@@ -290,8 +290,8 @@ def _read_png(data: bytes) -> Metadata:
                 meta.xmp = _read_itxt_text(body[len(XMP_PNG_KEYWORD) + 1 :])
             except (ValueError, IndexError, zlib.error):
                 pass
-        elif ctype == b"pHYs":  # written back from meta.dpi, which a rotation may have swapped
-            x, y, unit = struct.unpack(">IIB", body[:9])
+        elif ctype == b"pHYs" and len(body) == 9:  # written back from meta.dpi, which a rotation may have swapped
+            x, y, unit = struct.unpack(">IIB", body)
             meta.dpi = (x * 0.0254, y * 0.0254) if unit == 1 and x and y else None  # unit 0: aspect ratio only
         elif _png_chunk_kept(ctype):
             kept.append(raw)
