@@ -30,13 +30,33 @@ _UNSUPPORTED_MAGIC = (
 
 
 def sniff_format(data: bytes) -> str | None:
-    """The extension ('.png', '.jpg', '.bmp', '.tif', '.webp') the bytes are encoded in, or None."""
+    """The extension ('.png', '.jpg', '.bmp', '.tif', '.webp', '.heic') the bytes are encoded in, or None."""
     for magic, ext in _MAGIC:
         if data.startswith(magic):
             return ext
     if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return ".webp"
+    brands = set(ftyp_brands(data))
+    if brands & (_HEVC_BRANDS | _GENERIC_HEIF_BRANDS) and not brands & _AVIF_BRANDS:
+        return ".heic"
     return None
+
+
+# ftyp brands of HEIF still images coded with HEVC (ISO/IEC 23008-12). 'mif1'/'msf1' are generic HEIF
+# brands that AVIF files carry too, so an 'avif'/'avis' brand anywhere in the box makes it AVIF.
+_HEVC_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"})
+_GENERIC_HEIF_BRANDS = frozenset({b"mif1", b"msf1", b"mif2"})
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+
+
+def ftyp_brands(data: bytes) -> list[bytes]:
+    """The major and compatible brands of an ISO media file's leading ftyp box; [] when there is none."""
+    if len(data) < 16 or data[4:8] != b"ftyp":
+        return []
+    size = struct.unpack(">I", data[:4])[0]
+    end = min(size, len(data)) if size >= 16 else 16
+    # The major brand, a 4-byte minor version, then the compatible brands.
+    return [data[8:12]] + [data[i : i + 4] for i in range(16, end - 3, 4)]
 
 
 def describe_unsupported(data: bytes) -> str:
@@ -44,9 +64,11 @@ def describe_unsupported(data: bytes) -> str:
     for magic, name in _UNSUPPORTED_MAGIC:
         if data.startswith(magic):
             return f"unsupported format ({name})"
+    if set(ftyp_brands(data)) & _AVIF_BRANDS:
+        return "unsupported format (AVIF)"
     if len(data) >= 12 and data[4:8] == b"ftyp":
         brand = data[8:12].decode("ascii", "replace").strip()
-        return f"unsupported format (ISO media, brand {brand!r}: HEIC/AVIF/video)"
+        return f"unsupported format (ISO media, brand {brand!r}: a video? jdnet video reads those)"
     return "not an image (unknown format)"
 
 

@@ -46,7 +46,7 @@ class Metadata:
 
 
 # Which outputs take which metadata (the rest is dropped, with a note).
-WRITES_EXIF = (".jpg", ".jpeg", ".png", ".webp")
+WRITES_EXIF = (".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif")
 WRITES_ICC_XMP = WRITES_EXIF + (".tif", ".tiff")
 
 
@@ -57,6 +57,11 @@ def read_metadata(data: bytes, fmt: str) -> Metadata:
         meta = readers[fmt](data) if fmt in readers else Metadata()
     except (struct.error, ValueError, IndexError, zlib.error):
         return Metadata()
+    return finish_metadata(meta)
+
+
+def finish_metadata(meta: Metadata) -> Metadata:
+    """Drop what must not travel with derained pixels: XMP about data after the image, the EXIF thumbnail."""
     if meta.xmp is not None and _TRAILER_XMP.search(meta.xmp):
         meta.xmp, meta.xmp_dropped = None, True
     if meta.exif is not None:

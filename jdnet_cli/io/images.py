@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import JDNetError
 from .atomic import atomic_path
+from .heif import HEIF_EXTENSIONS, decode_heif, encode_heif, heif_size
 from .image_headers import (check_complete, describe_unsupported, frame_count, header_size, jpeg_sampling, sniff_format,
                             webp_is_lossless)
 from .image_metadata import (Metadata, apply_orientation, embed_metadata, exif_orientation, png_chunk, read_metadata,
@@ -21,7 +22,7 @@ from .native_stderr import call_capturing
 # OpenCV logs decoder warnings to stderr on its own; we report each bad file in one line instead.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp") + HEIF_EXTENSIONS
 DEFAULT_MAX_PIXELS = 100_000_000
 
 
@@ -35,6 +36,7 @@ class Image:
     grayscale: bool = False
     jpeg_sampling: int | None = None  # a JPEG input's chroma subsampling, kept when the output is JPEG too
     webp_lossless: bool = False  # a lossless WebP input, written losslessly to WebP unless a quality is given
+    heif_chroma: int | None = None  # a HEIC input's chroma subsampling (420, 422, 444), kept when the output is HEIC
     metadata: Metadata = field(default_factory=Metadata)  # EXIF and XMP (orientation already applied: 1), ICC, IPTC
     format: str | None = None  # extension of the format the bytes were in, e.g. '.jpg'
     frames: int = 1  # frames or pages in the file (animated WebP/PNG, multi-page TIFF); only the first is read
@@ -55,6 +57,8 @@ def decode_image(data: bytes, name: str = "<image>", max_pixels: int = DEFAULT_M
     fmt = sniff_format(data)
     if fmt is None:
         raise JDNetError(f"{name}: {describe_unsupported(data)}")
+    if fmt == ".heic":
+        return _decode_heif(data, name, max_pixels)
     size = header_size(data, fmt)
     if size is None:
         raise JDNetError(f"{name}: corrupt {fmt[1:].upper()} header")
@@ -88,6 +92,20 @@ def decode_image(data: bytes, name: str = "<image>", max_pixels: int = DEFAULT_M
         sampling = int.from_bytes(bytes((b & 0xF) << 4 | b >> 4 for b in sampling.to_bytes(3, "big")), "big")
     img.jpeg_sampling = sampling
     img.webp_lossless = fmt == ".webp" and webp_is_lossless(data)
+    return img
+
+
+def _decode_heif(data: bytes, name: str, max_pixels: int) -> Image:
+    try:
+        width, height = heif_size(data)
+        if width * height > max_pixels:
+            raise JDNetError(f"{width}x{height} exceeds --max-pixels {max_pixels} (possible decompression bomb)")
+        picture = decode_heif(data)
+    except JDNetError as err:
+        raise JDNetError(f"{name}: {err}") from None
+    img = _from_array(picture.pixels, name, max_pixels)
+    img.bit_depth = picture.bit_depth  # 10 or 12 bits travel in uint16 but are not 16-bit precision
+    img.metadata, img.format, img.frames, img.heif_chroma = picture.metadata, ".heic", picture.images, picture.chroma
     return img
 
 
@@ -159,15 +177,17 @@ def read_rgb(path: str | Path) -> np.ndarray:
 
 def _written_depth(img: Image, ext: str) -> int:
     """Bits per channel ``img`` is written with as ``ext``: its own where the format holds them, else 8."""
-    if img.bit_depth == 16 and ext not in (".png", ".tif", ".tiff"):
+    if img.bit_depth == 8:
         return 8
-    if img.bit_depth == 32 and ext not in (".tif", ".tiff"):
-        return 8
-    return img.bit_depth
+    if ext in HEIF_EXTENSIONS:
+        return 10  # what the HEIC encoder writes above 8 bits
+    if img.bit_depth == 32:
+        return 32 if ext in (".tif", ".tiff") else 8
+    return 16 if ext in (".png", ".tif", ".tiff") else 8  # 10, 12 and 16 bits
 
 
 def _keeps_alpha(ext: str) -> bool:
-    return ext in (".png", ".tif", ".tiff", ".webp")
+    return ext in (".png", ".tif", ".tiff", ".webp") + HEIF_EXTENSIONS
 
 
 def conversion_losses(img: Image, ext: str) -> str | None:
@@ -191,7 +211,7 @@ def conversion_losses(img: Image, ext: str) -> str | None:
     if img.metadata.xmp_dropped:
         notes.append("drops the input's XMP metadata, which describes data stored after the main image (an HDR gain "
                      "map or a motion photo's video) that jdnet does not keep")
-    if img.frames > 1 and img.format == ".jpg":
+    if img.frames > 1 and img.format in (".jpg", ".heic"):
         notes.append(f"holds only the first of the input's {img.frames} images (the others, such as an HDR gain map, "
                      "depth map or second view, are dropped)")
     elif img.frames > 1:
@@ -206,7 +226,7 @@ def _to_array(img: Image, ext: str) -> np.ndarray:
     rgb = np.clip(img.rgb, 0.0, 1.0)
     if depth == 8:
         arr = np.round(rgb * 255.0).astype(np.uint8)
-    elif depth == 16:
+    elif depth in (10, 16):
         arr = np.round(rgb * 65535.0).astype(np.uint16)
     else:
         arr = rgb.astype(np.float32)
@@ -258,6 +278,9 @@ def encode_image(img: Image, ext: str, quality: int | None = None) -> bytes:
     if ext not in IMAGE_EXTENSIONS:
         raise JDNetError(f"unsupported output format {ext!r} (use one of {', '.join(IMAGE_EXTENSIONS)})")
     arr = _to_array(img, ext)
+    if ext in HEIF_EXTENSIONS:
+        chroma = img.heif_chroma if img.format == ".heic" else None
+        return encode_heif(arr, img.metadata, quality or DEFAULT_QUALITY, chroma)
     if arr.ndim == 3 and arr.shape[2] == 2:
         data = _encode_png_gray_alpha(arr)
     else:
