@@ -7,6 +7,7 @@ would otherwise pad with grey.
 from __future__ import annotations
 
 import struct
+import zlib
 
 from ..errors import JDNetError
 
@@ -158,6 +159,8 @@ def check_complete(data: bytes, fmt: str) -> None:
         size = struct.unpack("<I", data[4:8])[0] + 8
         if len(data) < size:
             raise JDNetError(f"truncated WebP file ({len(data)} of {size} bytes)")
+    elif fmt == ".tif":
+        _check_tiff(data)
 
 
 def _png_size(data: bytes) -> tuple[int, int] | None:
@@ -293,6 +296,43 @@ def tiff_value(data: bytes, order: str, typ: int, count: int, field: bytes) -> b
     if start + size > len(data):
         raise ValueError("TIFF value past the end of the file")
     return data[start : start + size]
+
+
+# Deflate-compressed TIFF (Adobe's code and the old one): libtiff decodes a damaged stream into garbage
+# rows without a word, but zlib's own checks (and the Adler-32 at the end) catch it.
+_TIFF_DEFLATE = (8, 32946)
+
+
+def _check_tiff(data: bytes) -> None:
+    """Refuse a TIFF whose first image's strips or tiles run past the end, or whose deflate data is damaged."""
+    try:
+        order, _ifd, entries = tiff_ifd0(data)
+        fields = {tag: (typ, n, field) for tag, typ, n, field in entries}
+        offsets_tag, counts_tag = (324, 325) if 324 in fields else (273, 279)
+        if offsets_tag not in fields or counts_tag not in fields:
+            return  # not ours to judge: the decoder says what is missing
+        offsets, counts = (_tiff_numbers(data, order, *fields[tag]) for tag in (offsets_tag, counts_tag))
+        compression = _tiff_numbers(data, order, *fields[259])[0] if 259 in fields else 1
+    except (struct.error, ValueError, IndexError):
+        raise JDNetError("truncated or corrupt TIFF file (its image directory is damaged)") from None
+    for start, size in zip(offsets, counts):
+        if start + size > len(data):
+            raise JDNetError(f"truncated TIFF file (image data runs to byte {start + size} of {len(data)})")
+    if compression in _TIFF_DEFLATE:
+        for start, size in zip(offsets, counts):
+            stream = zlib.decompressobj()
+            try:
+                stream.decompress(data[start : start + size])
+            except zlib.error as err:
+                raise JDNetError(f"corrupt TIFF data (deflate: {err})") from None
+            if not stream.eof:
+                raise JDNetError("corrupt TIFF data (a deflate stream ends early)")
+
+
+def _tiff_numbers(data: bytes, order: str, typ: int, count: int, field: bytes) -> tuple[int, ...]:
+    if typ not in (3, 4):
+        raise ValueError("TIFF offsets or counts of an unexpected type")
+    return struct.unpack(f"{order}{count}{'H' if typ == 3 else 'I'}", tiff_value(data, order, typ, count, field))
 
 
 def _tiff_size(data: bytes) -> tuple[int, int] | None:

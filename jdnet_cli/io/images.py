@@ -1,6 +1,7 @@
 """Reading and writing still images as float RGB arrays, with formats, bit depth and atomic writes."""
 from __future__ import annotations
 
+import re
 import stat
 import struct
 import zlib
@@ -19,8 +20,12 @@ from .image_metadata import (Metadata, apply_orientation, embed_metadata, exif_o
                              turned_upright, unwritten_metadata)
 from .native_stderr import call_capturing
 
-# OpenCV logs decoder warnings to stderr on its own; we report each bad file in one line instead.
-cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+# OpenCV logs libtiff's errors and warnings (a damaged LZW strip, a cut-off JPEG-in-TIFF) and decodes
+# on regardless. Decoding and encoding run with fd 2 captured, so that text becomes the reason in our one
+# line per bad file instead of stray output.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_WARNING)
+# What libjpeg and libtiff say about data they decode anyway (filling the rest with grey or garbage).
+_DAMAGE_SIGNS = ("Corrupt JPEG", "Premature end", "TIFF_Error")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp") + HEIF_EXTENSIONS
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -72,12 +77,13 @@ def decode_image(data: bytes, name: str = "<image>", max_pixels: int = DEFAULT_M
     buf = np.frombuffer(data, np.uint8)
     arr, said = call_capturing(lambda: cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION))
     library_says = _first_line(said)
-    kind = fmt[1:].upper()
+    kind = {".jpg": "JPEG", ".tif": "TIFF"}.get(fmt, fmt[1:].upper())
     if arr is None:
         raise JDNetError(f"{name}: corrupt or unsupported {kind} data" + (f" ({library_says})" if library_says else ""))
     # libjpeg only warns on damaged scan data and fills the rest with grey: treat it as the error it is.
-    if fmt == ".jpg" and ("Corrupt JPEG" in library_says or "Premature end" in library_says):
-        raise JDNetError(f"{name}: corrupt JPEG data ({library_says})")
+    damage = next((line for line in said.splitlines() if any(sign in line for sign in _DAMAGE_SIGNS)), None)
+    if fmt in (".jpg", ".tif") and damage:
+        raise JDNetError(f"{name}: corrupt {kind} data ({_library_text(damage)})")
     orientation = exif_orientation(meta.exif)
     if orientation != 1:
         arr = apply_orientation(arr, orientation)
@@ -116,7 +122,13 @@ def _is_png_gray_alpha(data: bytes, fmt: str) -> bool:
 
 def _first_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[0][:200] if lines else ""
+    return _library_text(lines[0]) if lines else ""
+
+
+def _library_text(line: str) -> str:
+    """A library's message without OpenCV's log prefix ('[ERROR:0@0.014] global grfmt_tiff.cpp:117 ')."""
+    line = re.sub(r"^\[\s*\w+:[\d@.]+\]\s+global\s+\S+:\d+\s+", "", line.strip())
+    return line[:200]
 
 
 def _from_array(arr: np.ndarray, name: str, max_pixels: int) -> Image:
@@ -284,9 +296,9 @@ def encode_image(img: Image, ext: str, quality: int | None = None) -> bytes:
     if arr.ndim == 3 and arr.shape[2] == 2:
         data = _encode_png_gray_alpha(arr)
     else:
-        ok, buf = cv2.imencode(ext, arr, _encode_params(img, ext, quality))
+        (ok, buf), said = call_capturing(lambda: cv2.imencode(ext, arr, _encode_params(img, ext, quality)))
         if not ok:
-            raise JDNetError(f"could not encode image as {ext}")
+            raise JDNetError(f"could not encode image as {ext}" + (f" ({_first_line(said)})" if said.strip() else ""))
         data = buf.tobytes()
     return embed_metadata(data, ".jpg" if ext == ".jpeg" else ext, img.metadata)
 

@@ -12,7 +12,7 @@ import torch
 
 from jdnet_cli.errors import JDNetError
 from jdnet_cli.inference.derainer import Derainer
-from jdnet_cli.io.image_headers import frame_count, header_size, sniff_format
+from jdnet_cli.io.image_headers import frame_count, header_size, sniff_format, tiff_ifd0
 from jdnet_cli.io.image_metadata import XMP_PNG_KEYWORD, Metadata, embed_metadata, exif_orientation, read_metadata
 from jdnet_cli.io.images import Image, conversion_losses, decode_image, encode_image, read_image
 from jdnet_cli.pipelines.images import derain_image
@@ -131,6 +131,58 @@ def test_truncated_and_corrupt_files_are_errors():
     damaged[len(jpg) // 2 : len(jpg) // 2 + 300] = b"\x55" * 300
     with pytest.raises(JDNetError, match=r"^c.jpg: corrupt JPEG data \(Corrupt JPEG data: "):
         decode_image(bytes(damaged), "c.jpg")
+
+
+@pytest.mark.parametrize(
+    "compression, reason",
+    [
+        (5, r"corrupt TIFF data \(TIFF_Error LZWDecode: "),  # libtiff's error, which OpenCV only logs
+        (8, r"corrupt TIFF data \(deflate: Error -3 while decompressing data"),  # libtiff says nothing
+        (7, r"corrupt TIFF data \(TIFF_Warning JPEGLib: Corrupt JPEG data"),
+    ],
+)
+def test_damaged_tiff_data_is_an_error_not_a_garbage_image(compression, reason):
+    y, x = np.mgrid[0:48, 0:48]
+    arr = np.dstack([x * 5, y * 5, (x + y) * 2]).astype(np.uint8)
+    tif = bytearray(_encode(arr, ".tif", [cv2.IMWRITE_TIFF_COMPRESSION, compression]))
+    order, _, entries = tiff_ifd0(bytes(tif))
+    fields = {tag: (typ, n, field) for tag, typ, n, field in entries}
+    assert fields[273][:2] == fields[279][:2] == (4, 1)  # one strip: its offset and size held inline as LONGs
+    start, size = (struct.unpack(order + "I", fields[tag][2])[0] for tag in (273, 279))
+    tif[start + size // 2 : start + size // 2 + 32] = bytes(32)  # damage the middle of the pixel data
+    with pytest.raises(JDNetError, match=r"^d.tif: " + reason) as err:
+        decode_image(bytes(tif), "d.tif")
+    assert "\n" not in str(err.value) and "grfmt_tiff" not in str(err.value)  # OpenCV's log prefix is cut
+    decode_image(_encode(arr, ".tif", [cv2.IMWRITE_TIFF_COMPRESSION, compression]), "whole.tif")
+
+
+def test_a_tiff_cut_off_inside_its_image_data_is_truncated():
+    arr = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    tif = _encode(arr, ".tif", [cv2.IMWRITE_TIFF_COMPRESSION, 1])
+    with pytest.raises(JDNetError, match=r"^t.tif: truncated TIFF file \(image data runs to byte \d+ of \d+\)$"):
+        decode_image(_cut_strips(tif, 3000), "t.tif")
+
+
+def _cut_strips(tif: bytes, keep: int) -> bytes:
+    """The TIFF with its last strip bytes removed from ``keep`` on and the directory moved up to stay whole."""
+    order, ifd, _ = tiff_ifd0(tif)
+    assert ifd > keep  # OpenCV writes pixel data first and the directory after it
+    tail = tif[ifd:]
+    # IFD entries with values outside (offsets > ifd) must shift back by the removed bytes.
+    shift = ifd - keep
+    count = struct.unpack(order + "H", tail[:2])[0]
+    out = bytearray(tail)
+    for i in range(count):
+        entry = 2 + 12 * i
+        tag, typ, n = struct.unpack(order + "HHI", tail[entry : entry + 8])
+        size = {3: 2, 4: 4, 5: 8}.get(typ, 1) * n
+        if size > 4:
+            value = struct.unpack(order + "I", tail[entry + 8 : entry + 12])[0]
+            if value >= ifd:
+                out[entry + 8 : entry + 12] = struct.pack(order + "I", value - shift)
+    header = bytearray(tif[:8])
+    header[4:8] = struct.pack(order + "I", keep)
+    return bytes(header) + tif[8:keep] + bytes(out)
 
 
 def test_missing_and_directory_paths(tmp_path):
