@@ -105,6 +105,13 @@ def embed_metadata(data: bytes, fmt: str, meta: Metadata) -> bytes:
     return data
 
 
+def icc_colour_space(icc: bytes | None) -> str | None:
+    """The colour space an ICC profile describes ('RGB', 'GRAY', 'CMYK', ...), from its header; None without one."""
+    if not icc or len(icc) < 20:
+        return None
+    return icc[16:20].decode("latin-1").strip() or None
+
+
 def unwritten_metadata(meta: Metadata, ext: str) -> list[str]:
     """The kinds of the input's metadata that an ``ext`` output will not carry, e.g. ['EXIF', 'ICC profile']."""
     lost = []

@@ -5,7 +5,7 @@ import re
 import stat
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -16,8 +16,8 @@ from .atomic import atomic_path
 from .heif import HEIF_EXTENSIONS, decode_heif, encode_heif, heif_size
 from .image_headers import (check_complete, describe_unsupported, frame_count, header_size, jpeg_sampling, sniff_format,
                             webp_is_lossless)
-from .image_metadata import (Metadata, apply_orientation, embed_metadata, exif_orientation, png_chunk, read_metadata,
-                             turned_upright, unwritten_metadata)
+from .image_metadata import (Metadata, apply_orientation, embed_metadata, exif_orientation, icc_colour_space, png_chunk,
+                             read_metadata, turned_upright, unwritten_metadata)
 from .native_stderr import call_capturing
 
 # OpenCV logs libtiff's errors and warnings (a damaged LZW strip, a cut-off JPEG-in-TIFF) and decodes
@@ -202,6 +202,28 @@ def _keeps_alpha(ext: str) -> bool:
     return ext in (".png", ".tif", ".tiff", ".webp") + HEIF_EXTENSIONS
 
 
+def _written_grey(img: Image, ext: str) -> bool:
+    """Whether ``img`` is written as grey (with or without alpha) rather than colour in ``ext``; see _to_array."""
+    if not img.grayscale or ext == ".webp":  # WebP has no grey: OpenCV stores it as colour
+        return False
+    if ext in HEIF_EXTENSIONS and _written_depth(img, ext) > 8:
+        return False  # the encoder has no high-depth grey mode (encode_heif)
+    return img.alpha is None or not _keeps_alpha(ext) or ext == ".png"
+
+
+def _foreign_icc(img: Image, ext: str) -> str | None:
+    """The colour space of an input ICC profile that does not describe the pixels written as ``ext`` (e.g.
+    'CMYK': OpenCV hands a CMYK JPEG over as RGB), else None. Such a profile would make viewers misread them."""
+    space = icc_colour_space(img.metadata.icc)
+    if space is None:
+        return None
+    return None if space == ("GRAY" if _written_grey(img, ext) else "RGB") else space
+
+
+def _carried_metadata(img: Image, ext: str) -> Metadata:
+    return replace(img.metadata, icc=None) if _foreign_icc(img, ext) else img.metadata
+
+
 def conversion_losses(img: Image, ext: str) -> str | None:
     """What writing ``img`` as ``ext`` cannot keep (alpha, bit depth, metadata, later frames), in words; None when nothing is lost."""
     ext = ext.lower() if ext.startswith(".") else "." + ext.lower()
@@ -216,7 +238,11 @@ def conversion_losses(img: Image, ext: str) -> str | None:
         keeper = "tif" if img.bit_depth == 32 else "png"
         notes.append(f"drops {' and '.join(lost)}: {ext[1:]} cannot hold {'them' if len(lost) > 1 else 'it'}; "
                      f"--ext {keeper} keeps everything")
-    unwritten = unwritten_metadata(img.metadata, ext)
+    foreign = _foreign_icc(img, ext)
+    if foreign:
+        written = "grey" if _written_grey(img, ext) else "RGB"
+        notes.append(f"drops the input's ICC profile: it describes {foreign} colours and the output is {written}")
+    unwritten = unwritten_metadata(_carried_metadata(img, ext), ext)
     if unwritten:
         notes.append(f"drops the input's {' and '.join(unwritten)}: jdnet does not write "
                      f"{'them' if len(unwritten) > 1 else 'it'} into {ext[1:]} files")
@@ -292,7 +318,7 @@ def encode_image(img: Image, ext: str, quality: int | None = None) -> bytes:
     arr = _to_array(img, ext)
     if ext in HEIF_EXTENSIONS:
         chroma = img.heif_chroma if img.format == ".heic" else None
-        return encode_heif(arr, img.metadata, quality or DEFAULT_QUALITY, chroma)
+        return encode_heif(arr, _carried_metadata(img, ext), quality or DEFAULT_QUALITY, chroma)
     if arr.ndim == 3 and arr.shape[2] == 2:
         data = _encode_png_gray_alpha(arr)
     else:
@@ -300,7 +326,7 @@ def encode_image(img: Image, ext: str, quality: int | None = None) -> bytes:
         if not ok:
             raise JDNetError(f"could not encode image as {ext}" + (f" ({_first_line(said)})" if said.strip() else ""))
         data = buf.tobytes()
-    return embed_metadata(data, ".jpg" if ext == ".jpeg" else ext, img.metadata)
+    return embed_metadata(data, ".jpg" if ext == ".jpeg" else ext, _carried_metadata(img, ext))
 
 
 def _encode_png_gray_alpha(arr: np.ndarray) -> bytes:

@@ -36,10 +36,11 @@ def _exif(orientation: int, little_endian: bool = False) -> bytes:
     return head + struct.pack(o + "H", 2) + entries + struct.pack(o + "I", 0) + software
 
 
-def _icc(size: int = 70_000) -> bytes:
+def _icc(size: int = 70_000, space: bytes = b"RGB ") -> bytes:
     """Profile-shaped bytes (size field, 'acsp' signature) larger than one JPEG APP2 segment."""
     body = bytearray(np.random.default_rng(5).integers(0, 256, size, dtype=np.uint8).tobytes())
     body[0:4] = struct.pack(">I", size)
+    body[16:20] = space  # the colour space: the pixels' own
     body[36:40] = b"acsp"
     return bytes(body)
 
@@ -522,7 +523,7 @@ def test_gray_alpha_png_comes_out_gray_alpha_with_alpha_bit_exact(dtype, tiny):
     ga = np.random.default_rng(8).integers(0, hi + 1, (13, 18, 2)).astype(dtype)
     img = decode_image(_png_gray_alpha(ga), "ga.png")
     assert img.grayscale and img.alpha is not None
-    meta = Metadata(exif=_exif(1), icc=_icc())
+    meta = Metadata(exif=_exif(1), icc=_icc(space=b"GRAY"))
     img.metadata = meta
     data = encode_image(derain_image(tiny, img), ".png")
     assert data[25] == 4 and data[24] == (16 if dtype == np.uint16 else 8)  # IHDR: grey+alpha, same depth
@@ -640,3 +641,32 @@ def test_frame_count_finds_animations_and_pages_but_not_thumbnails():
     # decode_image reads the first frame and remembers how many there were.
     img = decode_image(saved("WEBP", save_all=True, append_images=frames[1:], lossless=True))
     assert img.frames == 3 and img.format == ".webp" and np.allclose(img.rgb, 10 / 255)
+
+
+def _icc_for(space: bytes) -> bytes:
+    """A 128-byte ICC header claiming ``space`` (bytes 16-20), enough for jdnet's colour-space check."""
+    header = bytearray(128)
+    header[0:4] = (128).to_bytes(4, "big")
+    header[12:16], header[16:20], header[20:24], header[36:40] = b"mntr", space, b"XYZ ", b"acsp"
+    return bytes(header)
+
+
+def test_an_icc_profile_for_other_colours_than_the_output_holds_is_dropped_with_a_note():
+    rgb = np.random.default_rng(2).random((16, 16, 3), dtype=np.float32)
+    # OpenCV hands a CMYK JPEG over as RGB: its CMYK profile would make viewers misread the output.
+    cmyk = Image(rgb=rgb, metadata=Metadata(icc=_icc_for(b"CMYK"), xmp=b"<x/>"))
+    for ext in (".jpg", ".png", ".webp", ".tif"):
+        out = read_metadata(encode_image(cmyk, ext), ext if ext != ".tif" else ".tif")
+        assert out.icc is None and out.xmp == b"<x/>", ext
+        assert conversion_losses(cmyk, ext) == "drops the input's ICC profile: it describes CMYK colours and the output is RGB"
+    # A grey profile stays with grey pixels and goes where they are written as colour (WebP has no grey).
+    grey = Image(rgb=np.repeat(rgb[..., :1], 3, axis=2), grayscale=True, metadata=Metadata(icc=_icc_for(b"GRAY")))
+    assert read_metadata(encode_image(grey, ".png"), ".png").icc == _icc_for(b"GRAY")
+    assert read_metadata(encode_image(grey, ".jpg"), ".jpg").icc == _icc_for(b"GRAY")
+    assert conversion_losses(grey, ".png") is None
+    assert read_metadata(encode_image(grey, ".webp"), ".webp").icc is None
+    assert conversion_losses(grey, ".webp") == "drops the input's ICC profile: it describes GRAY colours and the output is RGB"
+    # The usual case is untouched.
+    srgb = Image(rgb=rgb, metadata=Metadata(icc=_icc_for(b"RGB ")))
+    assert read_metadata(encode_image(srgb, ".jpg"), ".jpg").icc == _icc_for(b"RGB ")
+    assert conversion_losses(srgb, ".jpg") is None
