@@ -38,7 +38,8 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
     dest.parent.mkdir(parents=True, exist_ok=True)
     # Same directory so the rename never crosses a filesystem; the real suffix so encoders that
     # pick a format from the name still work.
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part" + (suffix or dest.suffix), dir=dest.parent)
+    suffix = ".part" + (suffix or dest.suffix)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(dest, suffix), suffix=suffix, dir=dest.parent)
     # mkstemp makes 0600 files; give the output the permissions a plain open() would (umask).
     os.fchmod(fd, new_file_mode())
     tmp_path = Path(tmp)
@@ -46,7 +47,13 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
         _in_flight.add(tmp_path)
     try:
         os.close(fd)
-        yield tmp_path
+        try:
+            yield tmp_path
+        except OSError as err:
+            if err.filename is None:
+                # A failed write() (disk full, quota, I/O error) names no file: it was this one's.
+                raise OSError(err.errno, err.strerror or str(err), str(tmp_path)) from err
+            raise
         os.replace(tmp_path, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -55,6 +62,33 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
     finally:
         with _in_flight_lock:
             _in_flight.discard(tmp_path)
+
+
+# Random part mkstemp adds between prefix and suffix.
+_RANDOM_CHARS = 8
+
+
+def _temp_prefix(dest: Path, suffix: str) -> str:
+    """'.NAME.' for the temp file, NAME shortened so the whole name fits the folder's limit (255 bytes)."""
+    try:
+        limit = os.pathconf(dest.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    room = limit - len(os.fsencode(suffix)) - _RANDOM_CHARS - 2  # the leading and trailing dots
+    full = os.fsencode(dest.name)
+    name = full[: max(room, 1)]
+    if _decodes(full):
+        while name and not _decodes(name):  # do not leave half a UTF-8 character behind
+            name = name[:-1]
+    return "." + os.fsdecode(name) + "."
+
+
+def _decodes(name: bytes) -> bool:
+    try:
+        name.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def remove_in_flight() -> int:

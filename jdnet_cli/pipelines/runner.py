@@ -1,6 +1,7 @@
 """Running planned jobs: one at a time or on one worker thread per device, a Result per job."""
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -125,8 +126,10 @@ def _os_error_text(err: OSError, job: Job) -> str:
         return reason
     # The output is written through a temp file beside it, after making its folders: name the output
     # the user asked for, not the temp file or a folder, and say that writing (not reading) failed.
-    name = Path(err.filename)
-    if job.output is not None and job.output != STDIO and (name.parent == job.output.parent or name in job.output.parents):
+    # mkstemp names the temp file absolutely while the output may be relative: compare absolute paths.
+    name = Path(os.path.abspath(err.filename))
+    output = Path(os.path.abspath(job.output)) if job.output is not None and job.output != STDIO else None
+    if output is not None and (name.parent == output.parent or name in output.parents):
         return f"cannot write {job.output}: {reason}"
     return f"{err.filename}: {reason}"
 

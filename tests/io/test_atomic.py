@@ -28,3 +28,20 @@ def test_failure_leaves_old_file_and_no_temp(tmp_path):
             raise RuntimeError("boom")
     assert dest.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize("name", ["L" * 250 + ".png", "é" * 125 + ".png", "雨" * 83 + ".tif"])
+def test_names_up_to_the_limit_can_be_written(tmp_path, name):
+    # The temp file's name adds a dot, 8 random characters and '.part.png': it is shortened, the output is not.
+    assert len(name.encode()) <= 255
+    atomic_write_bytes(tmp_path / name, b"data")
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+    assert (tmp_path / name).read_bytes() == b"data"
+
+
+def test_a_write_error_that_names_no_file_is_given_the_temp_file(tmp_path):
+    with pytest.raises(OSError) as err:
+        with atomic_path(tmp_path / "a.png") as tmp:
+            raise OSError(28, "No space left on device")
+    assert err.value.errno == 28 and err.value.filename == str(tmp)
+    assert list(tmp_path.iterdir()) == []

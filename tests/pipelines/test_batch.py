@@ -339,6 +339,25 @@ def test_write_failures_name_the_output_not_the_input_or_a_temp_file(tmp_path, t
         assert f"failed: {tmp_path / 'a.png'}: cannot write - (stdout): No space left on device" in proc.stderr.decode()
 
 
+def test_a_write_failure_names_the_output_when_it_is_relative_or_the_error_names_no_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_png(tmp_path / "a.png", 8, 8)
+    job = Job(Path("a.png"), Path("out") / "o.png")
+
+    def disk_fills(src: Path, dest: Path) -> None:
+        with atomic_path(dest) as tmp:
+            with open(tmp, "wb"):
+                raise OSError(28, "No space left on device")  # what write() raises: no file named
+
+    def folder_in_the_way(src: Path, dest: Path) -> None:
+        with atomic_path(dest) as tmp:
+            raise IsADirectoryError(21, "Is a directory", str(tmp))  # mkstemp's names are absolute
+
+    assert run_one(job, disk_fills).error == "cannot write out/o.png: No space left on device"
+    assert run_one(job, folder_in_the_way).error == "cannot write out/o.png: Is a directory"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []  # no temp file left
+
+
 def test_a_format_that_cannot_hold_alpha_or_depth_gets_a_note_not_silence(tmp_path, tiny_weights):
     write_png(tmp_path / "in" / "rgba.png", 8, 8, channels=4)
     write_png(tmp_path / "in" / "deep.png", 8, 8, dtype=np.uint16)
