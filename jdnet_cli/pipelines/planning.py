@@ -101,15 +101,33 @@ def normalize_ext(ext: str | None) -> str | None:
 
 
 def _walk(root: Path, exclude: Path | None) -> Iterator[Path]:
-    for dirpath, dirnames, filenames in os.walk(root):
+    # Linked folders are followed as 'find -L' does (skipping them dropped their photos from a batch that
+    # exited 0), except a link to a folder it is inside of, which would loop.
+    chains: dict[str, frozenset] = {}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         here = Path(dirpath)
-        if exclude is not None:
-            dirnames[:] = [d for d in dirnames if (here / d).resolve() != exclude]
+        chain = chains.pop(dirpath, None) or frozenset({_folder_id(here)})
+        keep = []
+        for d in dirnames:
+            folder = _folder_id(here / d)
+            if folder is None or folder in chain or (exclude is not None and (here / d).resolve() == exclude):
+                continue
+            chains[os.path.join(dirpath, d)] = chain | {folder}
+            keep.append(d)
+        dirnames[:] = keep
         dirnames.sort()
         for name in sorted(filenames):
             path = here / name
             if (is_image_path(path) or _unread_photo(path)) and not name.startswith("."):
                 yield path
+
+
+def _folder_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def plan_jobs(inputs: Iterable[str], output: str, ext: str | None = None) -> list[Job]:

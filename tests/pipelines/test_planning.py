@@ -113,3 +113,26 @@ def test_tile_errors_are_the_same_in_every_command(tmp_path, tiny_weights, text,
         proc = run_cli(*args, "--tile", text, "--device", "cpu", *(["--weights", str(tiny_weights)] if args[0] != "benchmark" else []))
         assert proc.returncode == 2, (args, proc.stderr)
         assert message in proc.stderr.decode(), (args, proc.stderr)
+
+
+def test_linked_folders_are_followed_once_without_looping(tmp_path):
+    photos, other = tmp_path / "photos", tmp_path / "other"
+    for folder in (photos / "sub", other):
+        folder.mkdir(parents=True)
+    for path in (photos / "top.png", photos / "sub" / "s.png", other / "o.png"):
+        path.write_bytes(b"x")
+    (photos / "linked").symlink_to(other)  # a folder kept elsewhere: its photos belong to the batch
+    (photos / "sub" / "up").symlink_to(photos)  # back up the tree: would loop
+    (photos / "self").symlink_to(".")
+    out = tmp_path / "out"
+    jobs = plan_jobs([str(photos)], str(out))
+    assert [(j.input, j.output) for j in jobs] == [
+        (photos / "top.png", out / "top.png"),
+        (photos / "linked" / "o.png", out / "linked" / "o.png"),
+        (photos / "sub" / "s.png", out / "sub" / "s.png"),
+    ]
+    # The output folder reached through a link inside the input is still left out.
+    (photos / "results").symlink_to(out)
+    (out / "old.png").parent.mkdir(exist_ok=True)
+    (out / "old.png").write_bytes(b"x")
+    assert [j.input for j in plan_jobs([str(photos)], str(out))] == [j.input for j in jobs]
