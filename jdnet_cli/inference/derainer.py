@@ -15,7 +15,7 @@ from .cpu_allocator import keep_freed_memory
 from .devices import device_name, resolve_device, resolve_precision
 from .memory_budget import bytes_per_pixel, choose_batch, choose_tile, device_budget, parse_byte_size
 from .shipped_weights import resolve_weights
-from .tiling import is_out_of_memory, normalise_tile, parse_tile, plan_tiles, run_halving_on_oom, run_tiled
+from .tiling import ALIGN, is_out_of_memory, normalise_tile, parse_tile, plan_tiles, run_halving_on_oom, run_tiled
 
 # The SC-conv average-pools by 4 and the attention reflect-pads by 3, so smaller inputs are
 # replicate-padded up to this size and cropped back.
@@ -195,7 +195,12 @@ class Derainer:
         return run_halving_on_oom(attempt, self.plan_tile(h, w), max(h, w), on_retry=remember)
 
     def _run_tiled(self, x: torch.Tensor, tile: int) -> torch.Tensor:
-        tile, overlap = normalise_tile(tile, self.tile_overlap)
+        overlap = self.tile_overlap
+        if overlap >= tile // ALIGN * ALIGN:
+            # Only the memory budget or an out-of-memory retry picks a tile this small (an explicit --tile
+            # is checked against the overlap up front): blend over half the tile rather than fail the image.
+            overlap = tile // 2 // ALIGN * ALIGN
+        tile, overlap = normalise_tile(tile, overlap)
         grid = plan_tiles(x.shape[-2], x.shape[-1], tile, overlap)
         budget = device_budget(self.device, self.max_memory)
         batch = choose_batch(tile * tile, self.bytes_per_pixel, budget, len(grid))

@@ -230,6 +230,18 @@ def test_derainer_auto_tiles_only_when_the_budget_requires():
         Derainer(model=make_tiny_model(), device="cpu", tile=64, tile_overlap=64)
 
 
+def test_a_budget_that_only_fits_tiles_no_wider_than_the_overlap_still_derains():
+    # --max-memory small enough for 32-px tiles with the default 32-px overlap (and 64 with --tile-overlap 64).
+    x = torch.rand(1, 3, 100, 90)
+    for overlap in (32, 64):
+        tight = Derainer(model=make_tiny_model(), device="cpu", tile_overlap=overlap, max_memory=1)
+        assert tight.plan_tile(100, 90) == 32
+        got = tight._run_image(x)
+        # The same as asking for 32-px tiles blended over 16 px.
+        want = Derainer(model=make_tiny_model(), device="cpu", tile=32, tile_overlap=16)._run_image(x)
+        assert got.shape == x.shape and torch.allclose(got, want, atol=1e-5)  # batched tiles round differently
+
+
 # --- acceptance: tile 128 vs whole on Rain12 ---------------------------------------------------
 
 
