@@ -1,5 +1,5 @@
 """``python -m jdnet_cli`` (also what torchrun launches)."""
-from .cli.app import main
+from .cli.main import main
 
 if __name__ == "__main__":
     main()

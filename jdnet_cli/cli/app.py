@@ -1,8 +1,6 @@
 """The ``jdnet`` command: one small module per subcommand over the library API."""
 from __future__ import annotations
 
-import sys
-
 import typer
 
 from .. import __version__
@@ -58,11 +56,3 @@ app.add_typer(benchmark_app, name="benchmark")
 app.command("train")(train)
 app.command("rain")(rain)
 
-
-def main() -> None:
-    """Console-script entry point."""
-    try:
-        app()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)

@@ -181,3 +181,28 @@ def test_missing_shared_data_fails_when_ci_requires_it(tmp_path):
     failed = subprocess.run(base, capture_output=True, env={**env, "JDNET_REQUIRE_SHARED": "1"}, cwd=REPO)
     assert skipped.returncode == 0 and b"1 skipped" in skipped.stdout
     assert failed.returncode == 1 and b"JDNET_REQUIRE_SHARED=1" in failed.stdout
+
+
+def test_ctrl_c_while_torch_is_still_being_imported_is_a_quiet_exit_130(tmp_path):
+    # The console script's own entry point (pyproject.toml), interrupted where a Ctrl-C in the first
+    # second lands: inside 'import torch', before any subcommand runs.
+    import re
+    import subprocess
+    import sys
+
+    module, function = re.search(r'^jdnet = "([\w.]+):(\w+)"$', (REPO / "pyproject.toml").read_text(), re.M).groups()
+    script = f"""
+import builtins, sys
+real_import = builtins.__import__
+def interrupted_import(name, *args, **kwargs):
+    if name == "torch":
+        raise KeyboardInterrupt
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = interrupted_import
+sys.argv = ["jdnet", "derain", "in.png", "out/"]
+from {module} import {function}
+{function}()
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert (proc.returncode, proc.stderr, proc.stdout) == (130, "interrupted\n", "")
