@@ -2,11 +2,23 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 from ..io.native_stderr import stderr_lock
 from ..pipelines.runner import Result
 from .console import err_console
+
+
+# Characters that would split a message over lines or move the cursor: a file may be named with them.
+_CONTROL = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def one_line(message: str) -> str:
+    """``message`` with control characters (newlines in a file name, say) written as escapes, as ls -b shows them."""
+    return _CONTROL.sub(lambda m: _ESCAPES.get(m.group(), f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256
+                                              else f"\\u{ord(m.group()):04x}"), message)
 
 
 class Reporter:
@@ -24,9 +36,9 @@ class Reporter:
         return sum(self.counts.values())
 
     def say(self, message: str) -> None:
-        """A human message on stderr (kept even with --quiet: it explains an error or an interrupt)."""
+        """A human message on stderr, on one line (kept even with --quiet: it explains an error or an interrupt)."""
         with stderr_lock:
-            self.console.print(message, markup=False)
+            self.console.print(one_line(message), markup=False)
 
     def info(self, message: str) -> None:
         """A human message on stderr, dropped with --quiet."""

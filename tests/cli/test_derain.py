@@ -206,3 +206,12 @@ from {module} import {function}
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert (proc.returncode, proc.stderr, proc.stdout) == (130, "interrupted\n", "")
+
+
+def test_a_file_name_with_a_newline_is_still_one_failure_line(tmp_path, tiny_weights):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "bad\nname.png").write_bytes(b"not an image")
+    res = run_cli("derain", str(tmp_path / "in"), str(tmp_path / "out"), "--weights", str(tiny_weights), "--device",
+                  "cpu", "--quiet")
+    assert res.returncode == 1
+    assert res.stderr.decode() == f"failed: {tmp_path / 'in'}/bad\\nname.png: not an image (unknown format)\n"
