@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import JDNetError
 from .images import read_image
 from .matroska_raw import RawMatroskaWriter
-from .video_probe import VideoInfo, ffmpeg_exe
+from .video_probe import VideoInfo, ffmpeg_exe, ffmpeg_url
 
 _SHOWINFO = re.compile(r"\bn:\s*(\d+)\s+pts:\s*(-?\d+)\s+pts_time:\S+\s+duration:\s*(-?\d+)")
 _TIMEBASE = re.compile(r"config in time_base:\s*(\d+)/(\d+)")
@@ -138,7 +138,7 @@ class FfmpegFrameReader:
         # ffmpeg's default YUV->RGB conversion (what `ffmpeg -i x.mp4 frame%d.png` gives), with the
         # matrix and range made explicit so untagged HD is read as BT.709.
         vf = f"showinfo=checksum=0,scale=in_color_matrix={colour.scale_matrix}:in_range={rng},format={self.pix_fmt}"
-        cmd += ["-i", str(info.path), "-map", f"0:v:{video_index}", "-an", "-sn", "-dn", "-vf", vf,
+        cmd += ["-i", ffmpeg_url(info.path), "-map", f"0:v:{video_index}", "-an", "-sn", "-dn", "-vf", vf,
                 "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", self.pix_fmt, "pipe:1"]
         self.timings: queue.Queue = queue.Queue()
         self.proc = _popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
@@ -380,7 +380,7 @@ class FfmpegEncoder:
                 "-color_range", "pc" if rgb_out else colour.range, "-fps_mode", "passthrough"]
         if time_base is not None and time_base > 0:
             cmd += ["-enc_time_base:v", f"{time_base.numerator}/{time_base.denominator}"]
-        cmd += ["-y", str(dest)]
+        cmd += ["-y", ffmpeg_url(dest)]
         self._err = tempfile.TemporaryFile()
         self.proc = _popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._err)
         self.writer = RawMatroskaWriter(self.proc.stdin, width, height, in_pix_fmt)
@@ -457,8 +457,9 @@ def _trial_mux(source: Path, dest: Path, codec_args: tuple[str, ...]) -> subproc
     trial = temp_path_beside(dest, "check")
     try:
         # -t 0 writes no packet: the muxer takes or refuses each stream as it writes the header.
-        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-i", str(source),
-               *_copied_streams(0, dest.suffix.lower().lstrip(".")), "-c", "copy", *codec_args, "-t", "0", "-y", str(trial)]
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-i", ffmpeg_url(source),
+               *_copied_streams(0, dest.suffix.lower().lstrip(".")), "-c", "copy", *codec_args, "-t", "0", "-y",
+               ffmpeg_url(trial)]
         return subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, process_group=0)
     finally:
         trial.unlink(missing_ok=True)
@@ -492,33 +493,67 @@ def plan_stream_copy(source: Path, dest: Path) -> StreamCopy:
 
 
 def remux(video: Path, source: Path | None, dest: Path, video_offset: float, start: float | None,
-          duration: float | None, limit: float | None, streams: StreamCopy = StreamCopy()) -> None:
+          duration: float | None, limit: float | None, streams: StreamCopy = StreamCopy(),
+          copies_streams: bool = True) -> None:
     """Put the encoded video together with the source's audio, subtitles, attachments and metadata (copied).
 
     ``video_offset``: where the first encoded frame sits on the source's timeline (seconds, including
     ``start``); ``limit``: end of the kept part relative to ``start`` (for a partial file); ``streams``: the
-    conversions ``plan_stream_copy`` chose.
+    conversions ``plan_stream_copy`` chose; ``copies_streams``: whether the source has audio, subtitles or
+    attachments to copy.
     """
+    if not start or source is None:
+        _mux(video, source, dest, video_offset, duration, limit, streams)
+        return
+    # ffmpeg's output-side -ss drops stream-copied packets whose decoding time is before the cut, and a
+    # video with B-frames decodes its first frame before it shows it: the derained video (already just the
+    # kept part) would lose its first keyframe and then every frame up to the next. So only the source's
+    # other streams are cut, in a pass of their own, to the output's container type (which holds them:
+    # plan_stream_copy checked), and the video joins them uncut.
+    if not copies_streams:
+        # Nothing to cut but chapters, which would keep the uncut times: leave them out.
+        _mux(video, source, dest, video_offset - start, None, limit, streams, chapters=False)
+        return
+    cut = temp_path_beside(dest, "cut")
+    try:
+        ext = dest.suffix.lower().lstrip(".")
+        cmd = [*_FFMPEG, "-i", ffmpeg_url(source), *_copied_streams(0, ext), "-c", "copy", *streams.codec_args,
+               "-map_metadata", "0", "-map_chapters", "0", "-ss", f"{start:.6f}"]
+        if duration:
+            cmd += ["-t", f"{duration:.6f}"]
+        _run_ffmpeg([*cmd, "-y", ffmpeg_url(cut)])
+        _mux(video, cut, dest, video_offset - start, None, limit, StreamCopy())
+    finally:
+        cut.unlink(missing_ok=True)
+
+
+_FFMPEG = ("-hide_banner", "-nostdin", "-nostats", "-loglevel", "error")
+
+
+def _run_ffmpeg(args: list[str]) -> None:
+    proc = subprocess.run([ffmpeg_exe(), *args], capture_output=True, stdin=subprocess.DEVNULL, process_group=0)
+    if proc.returncode != 0:
+        raise JDNetError(f"cannot write the output container ({ffmpeg_failure(proc.stderr, proc.returncode)})")
+
+
+def _mux(video: Path, source: Path | None, dest: Path, video_offset: float, duration: float | None,
+         limit: float | None, streams: StreamCopy, chapters: bool = True) -> None:
+    """The encoded video (moved to ``video_offset``) plus ``source``'s other streams and metadata, all copied."""
     ext = dest.suffix.lower().lstrip(".")
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error"]
+    cmd = list(_FFMPEG)
     if video_offset:
         # The encoded video starts at 0; this puts its first frame back where it was in the source.
         cmd += ["-itsoffset", f"{video_offset:.6f}"]
-    cmd += ["-i", str(video), *(["-i", str(source)] if source is not None else []), "-map", "0:v", "-c", "copy"]
+    cmd += ["-i", ffmpeg_url(video), *(["-i", ffmpeg_url(source)] if source is not None else []), "-map", "0:v",
+            "-c", "copy"]
     if source is not None:
-        cmd += [*_copied_streams(1, ext), *streams.codec_args, "-map_metadata", "1", "-map_chapters", "1"]
-    # Output-side -ss/-t cut every stream on the source's own timeline; input-side seeking with
-    # stream copy starts at the previous video keyframe and would shift the audio.
-    if start:
-        cmd += ["-ss", f"{start:.6f}"]
+        cmd += [*_copied_streams(1, ext), *streams.codec_args, "-map_metadata", "1",
+                "-map_chapters", "1" if chapters else "-1"]
     if limit is not None or duration:
         cmd += ["-t", f"{min(limit or duration, duration or limit):.6f}"]
     if ext in ("mp4", "m4v", "mov"):
         cmd += ["-movflags", "+faststart"]
-    cmd += ["-y", str(dest)]
-    proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, process_group=0)
-    if proc.returncode != 0:
-        raise JDNetError(f"cannot write the output container ({ffmpeg_failure(proc.stderr, proc.returncode)})")
+    _run_ffmpeg([*cmd, "-y", ffmpeg_url(dest)])
 
 
 def temp_path_beside(dest: Path, tag: str) -> Path:

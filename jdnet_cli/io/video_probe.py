@@ -22,6 +22,12 @@ def ffmpeg_exe() -> str:
         raise JDNetError(f"ffmpeg is not available ({err}); install imageio-ffmpeg") from None
 
 
+def ffmpeg_url(path: str | Path) -> str:
+    """A local path as ffmpeg must be given it: with 'file:' first, so that a name with a colon in it
+    ('take1:2.mp4') is not taken for a protocol."""
+    return "file:" + str(path)
+
+
 @dataclass
 class VideoInfo:
     """The first real video stream of a file and what the file holds besides it."""
@@ -86,7 +92,7 @@ def parse_ffmpeg_info(stderr: str, path: Path) -> VideoInfo:
         reason = lines[-1] if lines else "ffmpeg could not open it"
         reason = re.sub(r"^\[[^\]]*\]\s*", "", reason)
         reason = re.sub(r"^Error opening input( files?)?:\s*", "", reason)
-        reason = reason.replace(str(path), "").strip(" :") or "ffmpeg could not open it"
+        reason = reason.replace(ffmpeg_url(path), "").replace(str(path), "").strip(" :") or "ffmpeg could not open it"
         raise JDNetError(f"{path}: not a readable video ({reason})")
     body = stderr.split("Input #0", 1)[1]
     body = re.split(r"\n(?:Input #1|Output #0|Stream mapping)", body)[0]
@@ -144,7 +150,7 @@ def probe(path: str | Path) -> VideoInfo:
             pass
     except OSError as err:
         raise JDNetError(f"{path}: cannot read ({err.strerror or err})") from None
-    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)], capture_output=True, timeout=120)
+    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", ffmpeg_url(path)], capture_output=True, timeout=120)
     return parse_ffmpeg_info(proc.stderr.decode("utf-8", "replace"), path)
 
 
@@ -153,7 +159,7 @@ def count_frames(path: str | Path, start: float | None = None, duration: float |
     path = Path(path)
     if path.suffix.lower() not in INDEXED_CONTAINERS:
         return None
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(path),
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", ffmpeg_url(path),
            "-map", "0:v:0", "-c", "copy", "-f", "framecrc", "-"]
     proc = subprocess.run(cmd, capture_output=True, timeout=600)
     if proc.returncode != 0:

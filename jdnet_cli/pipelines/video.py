@@ -172,7 +172,8 @@ def derain_video(
     encoder = None
     try:
         streams = StreamCopy()
-        if info is not None and {"audio", "subtitle", "attachment"} & set(info.stream_types):  # what remux copies
+        copies_streams = info is not None and bool({"audio", "subtitle", "attachment"} & set(info.stream_types))
+        if copies_streams:  # what remux copies
             streams = plan_stream_copy(src, dest)
         if not sequence:
             reader = FfmpegFrameReader(info, info.video_index, start, duration, colour_for(info, info.height))
@@ -197,7 +198,7 @@ def derain_video(
         out_tmp = temp_path_beside(final, "part")
         try:
             remux(video_tmp, None if sequence else src, out_tmp, offset, start, duration,
-                  first + encoder.end_us / 1e6 if interrupted or damage else None, streams)
+                  first + encoder.end_us / 1e6 if interrupted or damage else None, streams, copies_streams)
         except JDNetError as err:
             kept = _keep_encoded_video(video_tmp, final)  # hours of deraining must not go with a failed mux
             if kept is None:
@@ -206,6 +207,8 @@ def derain_video(
                 raise VideoInterrupted(kept, encoder.frames_written) from None
             raise VideoPartlyDone(f"{src}: {err}; kept the {encoder.frames_written} derained frames (video only) in "
                                   f"{kept}, {dest} was not written", kept, encoder.frames_written) from None
+        # Probed before it takes the output's name: a failure here must not leave a file there.
+        uncopied = None if sequence or interrupted or damage else _uncopied_streams(info, probe(out_tmp))
         os.chmod(out_tmp, new_file_mode())  # mkstemp made it private; give it the usual mode of a new file
         os.replace(out_tmp, final)
         out_tmp = None
@@ -215,7 +218,7 @@ def derain_video(
             raise VideoPartlyDone(f"{src}: {damage}; kept the {encoder.frames_written} derained frames in {final}, "
                                f"{dest} was not written", final, encoder.frames_written)
         errors = [] if sequence else reader.decode_errors
-        notes = [note for note in (streams.note, None if sequence else _uncopied_streams(info, probe(final))) if note]
+        notes = [note for note in (streams.note, uncopied) if note]
         if errors:
             notes.append(f"was made from a stream with decoder errors (first: {errors[0].rstrip('.')}); frames that did "
                          "not decode are missing or damaged")

@@ -137,6 +137,30 @@ def test_start_and_duration_select_frames_lossless(tmp_path, clip, derainer, ref
     assert 0 < len(audio_packets(dest)) < len(audio_packets(clip))
 
 
+def test_start_with_the_default_b_frame_encoder_keeps_every_selected_frame(tmp_path, clip, derainer):
+    # x264's B-frames decode the first keyframe before it is shown: cutting the output at --start used to
+    # drop it, then every frame up to the next keyframe, leaving a file with no video at all.
+    silent = tmp_path / "silent.mp4"
+    ff("-i", str(clip), "-an", "-c", "copy", str(silent))
+    for source, dest in ((clip, tmp_path / "a.mp4"), (silent, tmp_path / "b.mp4"), (clip, tmp_path / "c.mkv")):
+        res = derain_video(derainer, source, dest, start=0.08)
+        assert res.frames == 3, dest
+        assert [round(t, 3) for t, _ in frame_times(dest)] == [0.0, 0.04, 0.08], dest
+        assert probe(dest).stream_types == (["video", "audio"] if source == clip else ["video"])
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp files left
+    # The audio is the source's from --start on, packet for packet.
+    kept, whole = audio_packets(tmp_path / "a.mp4"), audio_packets(clip)
+    assert 0 < len(kept) < len(whole) and kept == whole[len(whole) - len(kept) :]
+
+
+def test_names_with_a_colon_are_files_not_protocols(tmp_path, clip, derainer, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("take1:2.mp4").write_bytes(clip.read_bytes())
+    res = derain_video(derainer, Path("take1:2.mp4"), Path("out:1.mp4"), start=0.04)
+    assert res.frames == 4 and probe(Path("out:1.mp4")).stream_types == ["video", "audio"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out:1.mp4", "take1:2.mp4"]
+
+
 def test_interrupt_keeps_a_valid_partial_file(tmp_path, clip, derainer):
     dest = tmp_path / "out.mp4"
 
