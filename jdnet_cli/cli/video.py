@@ -10,7 +10,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from ..errors import JDNetError
 from ..inference.derainer import DEFAULT_OVERLAP, Derainer
-from ..io.video import CODECS, EncodeSettings
+from ..io.video import CODECS, EncodeSettings, check_encoder, container_refusal, settings_for_output
 from ..pipelines.runner import Result
 from ..pipelines.video import VideoInterrupted, derain_video, plan_video_jobs
 from .console import fail, interactive, make_progress
@@ -51,9 +51,12 @@ def video(
         fail(f"invalid --fps {fps!r}")
     if codec != "auto" and codec not in CODECS:
         fail(f"unsupported --codec {codec!r} (use {', '.join(CODECS)})")
+    if duration is not None and duration <= 0:
+        fail("--duration must be more than 0 seconds")
     settings = EncodeSettings(codec, crf, preset, pix_fmt)
     try:
         jobs = plan_video_jobs(inputs, output)
+        check_encoder_options(settings, [job.output for job in jobs if job.output is not None])
         derainer = Derainer(weights=weights, device=device, precision=precision, tile=tile, tile_overlap=tile_overlap,
                             max_memory=max_memory, ensemble=ensemble)
     except JDNetError as err:
@@ -122,3 +125,16 @@ def _run_one(derainer, job, settings, start, duration, batch, seq_fps, reporter:
     finally:
         if "progress" in state:
             state["progress"].stop()
+
+
+def check_encoder_options(settings: EncodeSettings, outputs: list) -> None:
+    """Raise JDNetError (a usage error) when the codec options cannot encode for these outputs' containers."""
+    tried = set()
+    for dest in outputs:
+        suffix = dest.suffix.lower()
+        if container_refusal(suffix):
+            continue  # that one output fails by name; the others still run
+        chosen = settings_for_output(settings, suffix, 16, 16, False)
+        if chosen not in tried:
+            tried.add(chosen)
+            check_encoder(chosen, settings)

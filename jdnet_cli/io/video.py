@@ -297,13 +297,22 @@ def default_pix_fmt(codec: str, high: bool) -> str:
 _NO_CODEC_FITS = {".ogv": "Theora or VP8", ".gif": "the GIF codec"}
 
 
+def container_refusal(suffix: str) -> str | None:
+    """Why jdnet cannot write a video with this suffix (no codec of its own fits the container), or None."""
+    suffix = suffix.lower()
+    # ffmpeg would say only "Unsupported codec id" at the first frame.
+    if suffix in _NO_CODEC_FITS:
+        return (f"a {suffix} output needs {_NO_CODEC_FITS[suffix]}, which jdnet does not encode; "
+                "name the output .mkv, .webm or .mp4")
+    return None
+
+
 def settings_for_output(settings: EncodeSettings, suffix: str, width: int, height: int, high: bool) -> EncodeSettings:
     """The codec and pixel format one output gets: 'auto' picks by container, odd sizes get full chroma."""
     suffix = suffix.lower()
-    # Containers that take none of jdnet's codecs; ffmpeg would say only "Unsupported codec id" at the first frame.
-    if suffix in _NO_CODEC_FITS:
-        raise JDNetError(f"a {suffix} output needs {_NO_CODEC_FITS[suffix]}, which jdnet does not encode; "
-                         "name the output .mkv, .webm or .mp4")
+    refusal = container_refusal(suffix)
+    if refusal:
+        raise JDNetError(refusal)
     codec = settings.codec
     if codec == "auto":
         codec = "libvpx-vp9" if suffix == ".webm" else "libx264"  # WebM takes only VP8/VP9/AV1
@@ -337,6 +346,24 @@ def encoder_args(settings: EncodeSettings, high: bool) -> list[str]:
         args += ["-profile:v", "3"]
     args += ["-pix_fmt", settings.pix_fmt or default_pix_fmt(codec, high)]
     return args
+
+
+def check_encoder(settings: EncodeSettings, asked: EncodeSettings | None = None) -> None:
+    """Raise JDNetError with ffmpeg's reason when ``settings`` (codec, --crf, --preset, --pix-fmt) cannot encode;
+    ``asked``: the options as the user gave them, for the message.
+
+    One black 16x16 frame, encoded to nowhere in a few hundredths of a second: a bad preset or pixel
+    format is then a usage error before the model loads, not a failure of every file at its first frame.
+    """
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-f", "lavfi", "-i",
+           "color=black:size=16x16:rate=25", "-frames:v", "1", *encoder_args(settings, False), "-f", "null", "-"]
+    proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, process_group=0)
+    if proc.returncode != 0:
+        asked = asked or settings
+        given = [f"--{name} {value}" for name, value in (("crf", asked.crf), ("preset", asked.preset),
+                                                          ("pix-fmt", asked.pix_fmt)) if value is not None]
+        raise JDNetError(f"{settings.codec} cannot encode with {' '.join(given) or 'these settings'} "
+                         f"({ffmpeg_failure(proc.stderr, proc.returncode)})")
 
 
 # What ffmpeg puts before a message: "[vost#0:0/libx264 @ 0x55d5] [enc:libx264 @ 0x55d5] " contexts, or

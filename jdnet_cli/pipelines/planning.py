@@ -10,7 +10,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from ..errors import JDNetError
 from ..io.heif import HEIF_EXTENSIONS, heif_support_missing
@@ -101,6 +101,11 @@ def normalize_ext(ext: str | None) -> str | None:
 
 
 def _walk(root: Path, exclude: Path | None) -> Iterator[Path]:
+    return walk_files(root, exclude, lambda path: is_image_path(path) or _unread_photo(path) is not None)
+
+
+def walk_files(root: Path, exclude: Path | None, wanted: Callable[[Path], bool]) -> Iterator[Path]:
+    """Files under ``root`` that ``wanted`` takes, not hidden, in sorted order, leaving out the folder ``exclude``."""
     # Linked folders are followed as 'find -L' does (skipping them dropped their photos from a batch that
     # exited 0), except a link to a folder it is inside of, which would loop.
     chains: dict[str, frozenset] = {}
@@ -118,7 +123,7 @@ def _walk(root: Path, exclude: Path | None) -> Iterator[Path]:
         dirnames.sort()
         for name in sorted(filenames):
             path = here / name
-            if (is_image_path(path) or _unread_photo(path)) and not name.startswith("."):
+            if wanted(path) and not name.startswith("."):
                 yield path
 
 

@@ -36,7 +36,7 @@ from ..io.video import (
     temp_path_beside,
 )
 from ..io.video_probe import count_frames, probe
-from .planning import OutputRules, check_output_folder
+from .planning import OutputRules, check_output_folder, walk_files
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".mov", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".flv", ".wmv", ".mpg", ".mpeg", ".3gp", ".ogv")
 _DONE = object()
@@ -81,6 +81,12 @@ class VideoPartlyDone(JDNetError):
         self.partial, self.frames = partial, frames
 
 
+# Moving-picture and audio formats people name outputs with that jdnet does not write. An OUTPUT ending in
+# one is a file name, not a folder: refused, rather than created as a folder with the video inside.
+_OTHER_VIDEO_SUFFIXES = frozenset(".gif .apng .webp .mxf .vob .ogg .oga .asf .f4v .rm .rmvb .y4m .nut .mka .m4a "
+                                  ".mp3 .wav .flac .aac .opus".split())
+
+
 def is_video_path(path: Path) -> bool:
     """True if the extension is a video container we look for in directories."""
     return path.suffix.lower() in VIDEO_EXTENSIONS
@@ -97,11 +103,17 @@ def plan_video_jobs(inputs: Iterable[str], output: str) -> list[VideoJob]:
         raise JDNetError("no inputs given")
     out = Path(output)
     single = len(inputs) == 1 and out.suffix.lower() in VIDEO_EXTENSIONS and not out.is_dir()
+    if out.suffix.lower() in _OTHER_VIDEO_SUFFIXES and not out.is_dir():
+        raise JDNetError(f"{output}: jdnet writes {', '.join(e[1:] for e in VIDEO_EXTENSIONS if e != '.ogv')} videos, "
+                         f"not {out.suffix[1:].lower()}; name an output file of one of those, or a folder")
     entries: list[tuple[Path, Path | None, bool, str | None]] = []
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
-            videos = sorted(p for p in path.rglob("*") if p.is_file() and is_video_path(p) and not p.name.startswith("."))
+            if path.resolve() == out.resolve():
+                raise JDNetError(f"{raw}: output directory is the input directory; choose another OUTPUT")
+            # An output folder inside the input folder holds derained videos: a rerun must not derain them again.
+            videos = list(walk_files(path, out.resolve(), is_video_path))
             if videos:
                 entries += [(p, p.relative_to(path), False, None) for p in videos]
             elif any(is_image_path(p) for p in path.iterdir() if p.is_file()):

@@ -244,6 +244,33 @@ def test_image_sequence_folder_and_printf_pattern(tmp_path, derainer):
     assert seq.frames == 1  # only img_03.png has two digits
 
 
+def test_output_folder_inside_the_input_folder_is_not_scanned_and_a_gif_output_is_refused(tmp_path, clip):
+    (tmp_path / "nest").mkdir()
+    (tmp_path / "nest" / "a.mp4").write_bytes(clip.read_bytes())
+    (tmp_path / "nest" / "out").mkdir()
+    (tmp_path / "nest" / "out" / "a.mp4").write_bytes(clip.read_bytes())  # a first run's output
+    jobs = plan_video_jobs([str(tmp_path / "nest")], str(tmp_path / "nest" / "out"))
+    assert [(j.input, j.output) for j in jobs] == [(tmp_path / "nest" / "a.mp4", tmp_path / "nest" / "out" / "a.mp4")]
+    with pytest.raises(JDNetError, match=r"nest: output directory is the input directory; choose another OUTPUT$"):
+        plan_video_jobs([str(tmp_path / "nest")], str(tmp_path / "nest"))
+    with pytest.raises(JDNetError, match=r"out\.gif: jdnet writes mp4, m4v, .*, 3gp videos, not gif; name an output"):
+        plan_video_jobs([str(clip)], str(tmp_path / "out.gif"))
+    assert not (tmp_path / "out.gif").exists()
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--crf", "5", "--codec", "ffv1"], "--crf does not apply to ffv1"),
+    (["--preset", "nope"], "libx264 cannot encode with --preset nope (invalid preset 'nope')"),
+    (["--pix-fmt", "bogus"], "libx264 cannot encode with --pix-fmt bogus (Unknown pixel format requested: bogus.)"),
+    (["--duration", "0"], "--duration must be more than 0 seconds"),
+])
+def test_bad_encoder_options_are_usage_errors_before_the_model_loads(tmp_path, clip, options, message):
+    # A missing weights file would be the error if the model loaded first.
+    res = run_cli("video", str(clip), str(tmp_path / "o.mp4"), "--weights", str(tmp_path / "none.pt"), *options)
+    assert (res.returncode, res.stderr.decode()) == (2, f"error: {message}\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_errors_name_the_file_and_exit_1(tmp_path, clip, tiny_weights):
     bad = tmp_path / "not a video.mp4"
     bad.write_text("hello")
