@@ -153,6 +153,30 @@ def test_start_with_the_default_b_frame_encoder_keeps_every_selected_frame(tmp_p
     assert 0 < len(kept) < len(whole) and kept == whole[len(whole) - len(kept) :]
 
 
+@pytest.mark.parametrize("late", ["video", "audio"])
+def test_mpeg_ts_keeps_the_gap_between_its_video_and_audio_starts(tmp_path, clip, derainer, late):
+    # MPEG-TS (like a TV recording that begins mid-GOP) whose video starts 0.5 s after its audio, or the
+    # reverse. ffmpeg starts a TS clock at the first packet of the streams it reads, so decoding the video
+    # alone used to put it at 0: half a second of lip-sync error.
+    ts = tmp_path / "rec.ts"
+    first, second = ("0:v", "1:a") if late == "video" else ("0:a", "1:v")
+    ff("-itsoffset", "0.5", "-i", str(clip), "-i", str(clip), "-map", first, "-map", second, "-c", "copy", str(ts))
+    for dest in (tmp_path / "out.mp4", tmp_path / "out.mkv"):
+        derain_video(derainer, ts, dest)
+        video_start = frame_times(dest)[0][0]
+        audio_start = _first_audio_time(dest)
+        gap = video_start - audio_start
+        assert gap == pytest.approx(0.5 if late == "video" else -0.5, abs=0.03), (dest, video_start, audio_start)
+
+
+def _first_audio_time(path: Path) -> float:
+    """Presentation time (s) of the first audio packet."""
+    out = ff("-i", str(path), "-map", "0:a", "-c", "copy", "-f", "framecrc", "-").stdout.decode()
+    tb = next(Fraction(ln.split(":", 1)[1].strip()) for ln in out.splitlines() if ln.startswith("#tb 0:"))
+    first = next(ln for ln in out.splitlines() if ln and not ln.startswith("#"))
+    return float(int(first.split(",")[2]) * tb)
+
+
 def test_names_with_a_colon_are_files_not_protocols(tmp_path, clip, derainer, monkeypatch):
     monkeypatch.chdir(tmp_path)
     Path("take1:2.mp4").write_bytes(clip.read_bytes())
