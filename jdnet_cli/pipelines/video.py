@@ -28,6 +28,7 @@ from ..io.video import (
     ImageSequenceReader,
     StreamCopy,
     colour_for,
+    container_refusal,
     encoder_args,
     plan_stream_copy,
     remux,
@@ -183,6 +184,9 @@ def derain_video(
     out_tmp: Path | None = None
     encoder = None
     try:
+        refusal = container_refusal(dest.suffix)
+        if refusal:  # before the stream-copy trial, which would blame the audio for it
+            raise JDNetError(refusal)
         streams = StreamCopy()
         copies_streams = info is not None and bool({"audio", "subtitle", "attachment"} & set(info.stream_types))
         if copies_streams:  # what remux copies

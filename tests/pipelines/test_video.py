@@ -346,6 +346,13 @@ def test_settings_for_output_pick_a_codec_the_container_takes_and_full_chroma_fo
         settings_for_output(EncodeSettings("ffv1"), ".GIF", 64, 48, False)
 
 
+def test_an_ogv_output_is_refused_for_its_codec_even_when_the_input_has_audio(tmp_path, clip, derainer):
+    # The stream-copy trial ran first and blamed the AAC audio ("cannot hold this video's audio").
+    with pytest.raises(JDNetError, match=r"^a \.ogv output needs Theora or VP8, which jdnet does not encode; name"):
+        derain_video(derainer, clip, tmp_path / "o.ogv")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_odd_sized_webm_comes_out_as_vp9_at_the_same_size(tmp_path, derainer):
     src = tmp_path / "odd.webm"
     ff("-f", "lavfi", "-i", "testsrc=size=33x19:rate=25", "-t", "0.12", "-c:v", "libvpx-vp9", "-pix_fmt", "yuv444p", str(src))
