@@ -49,12 +49,13 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
         os.close(fd)
         try:
             yield tmp_path
+            os.replace(tmp_path, dest)
         except OSError as err:
-            if err.filename is None:
-                # A failed write() (disk full, quota, I/O error) names no file: it was this one's.
-                raise OSError(err.errno, err.strerror or str(err), str(tmp_path)) from err
+            if err.filename is None or Path(err.filename) == tmp_path:
+                # Writing the temp file or renaming it failed (a disk full, quota or I/O error names no
+                # file at all): the user knows the file by the name it was to have.
+                raise OSError(err.errno, err.strerror or str(err), str(dest)) from err
             raise
-        os.replace(tmp_path, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()

@@ -39,9 +39,14 @@ def test_names_up_to_the_limit_can_be_written(tmp_path, name):
     assert (tmp_path / name).read_bytes() == b"data"
 
 
-def test_a_write_error_that_names_no_file_is_given_the_temp_file(tmp_path):
+def test_a_failed_write_or_rename_names_the_destination_not_the_temp_file(tmp_path):
     with pytest.raises(OSError) as err:
-        with atomic_path(tmp_path / "a.png") as tmp:
-            raise OSError(28, "No space left on device")
-    assert err.value.errno == 28 and err.value.filename == str(tmp)
-    assert list(tmp_path.iterdir()) == []
+        with atomic_path(tmp_path / "a.png"):
+            raise OSError(28, "No space left on device")  # what write() raises: no file named
+    assert err.value.errno == 28 and err.value.filename == str(tmp_path / "a.png")
+    (tmp_path / "taken").mkdir()  # a folder where the file is to go: the rename fails
+    with pytest.raises(OSError) as err:
+        with atomic_path(tmp_path / "taken") as tmp:
+            tmp.write_bytes(b"data")
+    assert err.value.filename == str(tmp_path / "taken")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
