@@ -4,6 +4,7 @@ the best weights, DDP via torchrun."""
 from __future__ import annotations
 
 import copy
+import io
 import json
 import math
 import os
@@ -94,6 +95,22 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
         return warm * 0.5 * (1.0 + math.cos(math.pi * t))
     milestones = sorted({max(1, int(cfg.steps * 0.6)), max(1, int(cfg.steps * 0.8))})
     return warm * 0.1 ** sum(step >= m for m in milestones)
+
+
+# The SSIM window: a smaller validation image has no score.
+_MIN_SCORED_SIDE = 11
+
+
+def _load_scored_set(pairs: list) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (rainy, clean) arrays of a validation or watch set; raise JDNetError naming a pair that cannot be scored."""
+    loaded = []
+    for pair in pairs:
+        rainy, clean = pair.load()
+        if min(rainy.shape[:2]) < _MIN_SCORED_SIDE:
+            raise JDNetError(f"{pair.rainy}: {rainy.shape[1]}x{rainy.shape[0]} is smaller than the "
+                             f"{_MIN_SCORED_SIDE}x{_MIN_SCORED_SIDE} SSIM window; a validation image must be at least that")
+        loaded.append((rainy, clean))
+    return loaded
 
 
 def val_sets(cfg: TrainConfig) -> list[str]:
@@ -237,9 +254,12 @@ class Trainer:
         self.loss = loss_fn(cfg.loss)
         self.step = 0
         self.elapsed = 0.0
-        self.val_named = {root: find_pairs(root)[: cfg.val_limit or None] for root in val_sets(cfg)}
+        self.lr_asked: float | None = None  # a --lr that a resume did not use (the run keeps its own)
+        # Read (and checked) now, as the training data is: a bad image found at the first validation
+        # would end the run there, after its training time.
+        self.val_named = {root: _load_scored_set(find_pairs(root)[: cfg.val_limit or None]) for root in val_sets(cfg)}
         self.val_pairs = [p for pairs in self.val_named.values() for p in pairs]
-        self.watch_named = {root: find_pairs(root)[: cfg.val_limit or None] for root in cfg.watch}
+        self.watch_named = {root: _load_scored_set(find_pairs(root)[: cfg.val_limit or None]) for root in cfg.watch}
         self.best_score: float | None = None
         self.best_step = 0
 
@@ -324,8 +344,12 @@ class Trainer:
             "ema": self.ema_model.state_dict() if self.ema_model is not None else None,
             "lineage": {"init_sha256": self.init_sha256, "stages": self.lineage},
         }
+        # Serialised in memory first: torch's zip writer reports a full disk as a RuntimeError midway
+        # through the file; a plain write raises the OSError that the command reports in one line.
+        buf = io.BytesIO()
+        torch.save(state, buf)
         with atomic_path(self.checkpoint_path) as tmp:
-            torch.save(state, tmp)
+            tmp.write_bytes(buf.getbuffer())
 
     def resume(self, path: str | Path | None = None) -> list[str]:
         """Restore model, optimiser, scheduler, step and RNG states; return config fields that differ."""
@@ -346,6 +370,11 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
+        # The scheduler state just restored holds the run's own peak learning rate, so that is the one
+        # used; the config (and so the exported metadata) must say so rather than echo a new --lr.
+        saved_lr = saved_cfg.get("lr")
+        if saved_lr is not None and saved_lr != self.cfg.lr:
+            self.lr_asked, self.cfg.lr = self.cfg.lr, saved_lr
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         self.elapsed = float(state.get("elapsed", 0.0))
@@ -396,8 +425,7 @@ class Trainer:
 
     def _score_set(self, model: torch.nn.Module, pairs: list) -> dict:
         scores = []
-        for pair in pairs:
-            rainy, clean = pair.load()
+        for rainy, clean in pairs:
             x = torch.from_numpy(rainy).permute(2, 0, 1)[None].to(self.device)
             out = model(x).clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
             out = np.round(out * 255.0) / 255.0

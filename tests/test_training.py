@@ -83,8 +83,14 @@ def test_checkpoints_are_periodic_and_atomic(tmp_path, paired):
 
 def test_resume_reports_changed_options_and_refuses_other_architectures(tmp_path, paired):
     Trainer(_cfg(tmp_path, paired, steps=2)).run()
-    changed = Trainer(_cfg(tmp_path, paired, steps=4, lr=1e-3, log_every=5)).resume()
-    assert changed == ["lr", "steps"]
+    resumed = Trainer(_cfg(tmp_path, paired, steps=4, lr=1e-3, log_every=5))
+    assert resumed.resume() == ["steps"]
+    # The restored schedule runs on the checkpoint's own peak rate: that is what the run (and its
+    # exported metadata) records, and the new --lr is reported as unused.
+    assert (resumed.cfg.lr, resumed.lr_asked) == (TrainConfig(out_dir="").lr, 1e-3)
+    resumed.run()
+    assert _log(tmp_path)[-1]["lr"] == pytest.approx(resumed.sched.get_last_lr()[0])
+    assert load_model(resumed.export())[1]["training"]["lr"] == TrainConfig(out_dir="").lr
     with pytest.raises(JDNetError, match="checkpoint is a 4-channel, 1-unit model; this run asks for 6 channels, 1 units"):
         Trainer(_cfg(tmp_path, paired, channels=6)).resume()
     with pytest.raises(JDNetError, match="no checkpoint to resume from"):
@@ -205,6 +211,48 @@ def test_cli_train_errors_are_one_line(tmp_path):
     res = _cli("train", str(tmp_path), "--out", str(tmp_path / "run"), "--loss", "l2", *CLI_TINY)
     assert res.exit_code == 2 and "unknown loss 'l2'" in res.output
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--lr", "-1"], "error: --lr must be a positive number, not -1"),
+    (["--lr", "nan"], "error: --lr must be a positive number, not nan"),
+    (["--lr", "inf"], "error: --lr must be a positive number, not inf"),
+    (["--export", "EXPORT_DIR"], "error: EXPORT_DIR: is a folder; --export names the weights file to write"),
+    (["--val", "VAL_SET"], "error: VAL_SET/rain/rain-0.png: 8x8 is smaller than the 11x11 SSIM window; a validation "
+                           "image must be at least that"),
+])
+def test_cli_train_refuses_what_would_fail_later_before_any_step(tmp_path, paired, option, message):
+    (tmp_path / "export_dir").mkdir()
+    for kind in ("rain", "norain"):
+        write_png(tmp_path / "val_set" / kind / f"{kind}-0.png", 8, 8)
+    option = [o.replace("EXPORT_DIR", str(tmp_path / "export_dir")).replace("VAL_SET", str(tmp_path / "val_set"))
+              for o in option]
+    message = message.replace("EXPORT_DIR", str(tmp_path / "export_dir")).replace("VAL_SET", str(tmp_path / "val_set"))
+    res = _cli("train", str(paired), "--out", str(tmp_path / "run"), "--steps", "2", *option, *CLI_TINY)
+    assert (res.exit_code, res.output) == (2, message + "\n")
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_seeds_outside_what_the_generators_take_are_usage_errors(tmp_path, paired):
+    for command in (["train", str(paired), "--out", str(tmp_path / "run"), *CLI_TINY], ["rain", str(paired), str(tmp_path / "r")]):
+        for seed in ("-1", str(2**32)):
+            res = _cli(*command, "--seed", seed)
+            assert res.exit_code == 2 and "Invalid value for '--seed'" in res.output, res.output
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_not_a_traceback(tmp_path, paired):
+    import resource
+
+    def small_files():  # files over 20 kB cannot be written (EFBIG), as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = tmp_path / "run"
+    res = subprocess.run([sys.executable, "-m", "jdnet_cli", "train", str(paired), "--out", str(out), "--steps", "2",
+                          *CLI_TINY], capture_output=True, text=True, env=env, preexec_fn=small_files, timeout=300)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.splitlines()[-1] == f"error: {out / 'checkpoint.pt'}: File too large", res.stderr
+    assert "Traceback" not in res.stderr and not any(p.name.startswith(".") for p in out.iterdir())
 
 
 def test_torchrun_ddp_on_gloo_two_processes(tmp_path, paired):

@@ -14,6 +14,7 @@ from rich.table import Table
 from ..benchmarking.quality import INPUT_NAME, SCORE_KEYS, load_datasets, model_names, quality_report, score_datasets, write_csv
 from ..benchmarking.speed import DEFAULT_SIZES, SpeedConfig, parse_image_size, run_speed
 from ..errors import JDNetError
+from ..inference.checkpoint import extract_state_dict, read_checkpoint
 from ..inference.derainer import Derainer
 from ..inference.devices import device_name, resolve_device, resolve_precision
 from ..inference.shipped_weights import default_weights_path
@@ -72,6 +73,8 @@ def quality(
         fail("--input-only scores no model; drop --weights")
     if input_only and save_outputs:
         fail("--input-only produces no outputs to save; drop --save-outputs")
+    if csv_path is not None and csv_path.is_dir():
+        fail(f"{csv_path}: is a folder; --csv names the file to write")
     try:
         data = load_datasets(datasets)
         weight_paths = list(weights) if weights else ([] if input_only else [_shipped_weights()])
@@ -143,6 +146,10 @@ def speed(
             resolve_precision(p, dev)
         if parse_tile(tile) != 0 and batch != 1:
             raise JDNetError("--tile needs --batch 1 (tiles are taken from one image at a time)")
+        if channels % 2:
+            raise JDNetError("--channels must be even (the self-calibrated convolution splits the channels in two)")
+        if weights is not None:
+            extract_state_dict(read_checkpoint(weights), str(weights))  # a missing or foreign file is a usage error
         configs = [
             SpeedConfig(
                 size=d, device=str(dev), precision=p, batch=batch, tile=tile, runs=runs, warmup=warmup,

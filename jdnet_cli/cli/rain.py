@@ -15,7 +15,7 @@ from .console import err_console, fail
 def rain(
     clean_dir: Path = typer.Argument(..., help="Folder of clean photos."),
     out_dir: Path = typer.Argument(..., help="Output folder; gets rain/ and norain/ with equal PNG names."),
-    seed: int = typer.Option(0, "--seed", help="Same seed, same rain."),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Same seed, same rain."),
     style: str = typer.Option("light", "--style", help="light (thin streaks, sometimes a veil), fine (fainter, rarely a veil), heavy (several layers of long, wide streaks and a veil), additive (light streaks added, not screened: made as Rain12/Rain100L are) or heavy-additive (heavy streaks added, as heavy-18's are)."),
 ) -> None:
     """Render synthetic rain over clean photos into a paired dataset that train and benchmark read."""

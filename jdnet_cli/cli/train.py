@@ -1,6 +1,7 @@
 """``jdnet train``: train JDNet on a paired dataset or on clean photos with synthetic rain."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import List, Optional
 
@@ -52,7 +53,7 @@ def train(
     loss: str = typer.Option("ssim", "--loss", help=f"One of {', '.join(LOSSES)} (ssim means -SSIM)."),
     flips: bool = typer.Option(False, "--flips/--no-flips", help="Random horizontal flips."),
     rotations: bool = typer.Option(False, "--rotations/--no-rotations", help="Random 90-degree rotations."),
-    seed: int = typer.Option(0, "--seed", help="Seed for weights init and patch sampling."),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Seed for weights init and patch sampling."),
     channels: Optional[int] = typer.Option(None, "--channels", min=2, help="Feature channels (the paper: 32; default: 32, or the --init file's)."),
     units: Optional[int] = typer.Option(None, "--units", min=1, help="Joint units (the paper: 32; default: 32, or the --init file's)."),
     save_every: int = typer.Option(500, "--save-every", min=1, help="Checkpoint every N steps."),
@@ -69,6 +70,8 @@ def train(
     export: Optional[Path] = typer.Option(None, "--export", help="Where to write the inference weights (default OUT/jdnet.pt)."),
 ) -> None:
     """Train JDNet (-SSIM, Adam, 64x64 crops by default); run under torchrun for DDP."""
+    if not (math.isfinite(lr) and lr > 0):
+        fail(f"--lr must be a positive number, not {lr:g}")
     if schedule not in SCHEDULES:
         fail(f"--schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
     if precision not in TRAIN_PRECISIONS:
@@ -103,6 +106,8 @@ def train(
     )
     if out.exists() and not out.is_dir():
         fail(f"{out}: exists and is not a folder; --out names the run's folder")
+    if export is not None and export.is_dir():  # found now, not after the training it would waste
+        fail(f"{export}: is a folder; --export names the weights file to write")
     if not resume and (out / "checkpoint.pt").exists():
         fail(f"{out / 'checkpoint.pt'} exists: pass --resume to continue it, or choose another --out")
     console = err_console()
@@ -115,6 +120,9 @@ def train(
                 console.print(f"resumed {trainer.checkpoint_path} at step {trainer.step}", markup=False)
                 if changed:
                     console.print(f"note: options differ from the checkpoint's run: {', '.join(changed)}", markup=False)
+                if trainer.lr_asked is not None:
+                    console.print(f"note: --lr {trainer.lr_asked:g} is not used: a resumed run keeps its learning rate "
+                                  f"{trainer.cfg.lr:g} (start a new run with --init to change it)", markup=False)
         if lead:
             data_mix = trainer.data
             parts = [

@@ -134,6 +134,8 @@ def test_quality_usage_and_data_errors(tmp_path, paired, tiny_weights):
     )
     res = _cli("benchmark", "quality", str(paired), "--input-only", "--crop-border", "5")
     assert res.exit_code == 1 and "less than 11x11 for SSIM after --crop-border 5" in res.stderr
+    res = _cli("benchmark", "quality", str(paired), "--input-only", "--csv", str(tmp_path))  # before any scoring
+    assert (res.exit_code, res.stderr) == (2, f"error: {tmp_path}: is a folder; --csv names the file to write\n")
 
 
 def test_speed_json_schema_in_a_fresh_process():
@@ -174,6 +176,8 @@ def test_speed_usage_errors():
         (["--size", "12by5"], "expected WxH"),
         (["--precision", "fp16", "--device", "cpu"], "fp16 is not supported on the CPU"),
         (["--tile", "64", "--batch", "2"], "--tile needs --batch 1"),
+        (["--channels", "5"], "--channels must be even"),  # was a RuntimeError from the first convolution, exit 1
+        (["--weights", "missing.pt"], "missing.pt: weights file not found"),  # was exit 1, after the start line
     ):
         res = _cli("benchmark", "speed", "--units", "1", "--channels", "8", "--runs", "1", "--in-process", "--size", "16x16", *args)
         assert res.exit_code == 2, res.output
