@@ -101,7 +101,7 @@ def test_bad_init_files_give_clear_errors(tmp_path, paired, tiny_weights):
         Trainer(TrainConfig(init=str(tmp_path / "missing.pt"), **base))
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(JDNetError, match=r"junk\.pt: not a loadable checkpoint"):
+    with pytest.raises(JDNetError, match=r"junk\.pt: not a PyTorch weights file"):
         Trainer(TrainConfig(init=str(junk), **base))
     foreign = tmp_path / "foreign.pt"
     torch.save({"conv.weight": torch.zeros(3, 3)}, foreign)

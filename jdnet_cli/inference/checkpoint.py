@@ -28,10 +28,22 @@ def read_checkpoint(path: Path) -> Any:
     if not path.is_file():
         raise JDNetError(f"{path}: weights path is not a file")
     try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        raise JDNetError(f"{path}: cannot read ({err.strerror or err})") from None
+    # torch.save writes a zip archive; files from before torch 1.6 are a bare pickle (protocol byte 0x80).
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise JDNetError(f"{path}: not a PyTorch weights file")
+    try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # garbage bytes can raise nearly anything from the unpickler
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise JDNetError(f"{path}: not a loadable checkpoint ({reason[:160]})") from None
+        text = str(err).strip()
+        if "Weights only load failed" in text:
+            reason = "it holds Python objects besides tensors, which jdnet does not load (weights_only)"
+        else:
+            reason = (text.splitlines()[0] if text else type(err).__name__)[:160]
+        raise JDNetError(f"{path}: not a loadable checkpoint ({reason})") from None
 
 
 def extract_state_dict(obj: Any, source: str = "checkpoint") -> tuple[dict[str, torch.Tensor], dict]:

@@ -56,8 +56,17 @@ def test_missing_file(tmp_path):
 def test_not_a_checkpoint(tmp_path):
     p = tmp_path / "junk.pt"
     p.write_text("hello")
-    with pytest.raises(JDNetError, match="not a loadable checkpoint") as err:
+    with pytest.raises(JDNetError, match="junk.pt: not a PyTorch weights file$"):
         load_model(p)
+    png = tmp_path / "photo.png"  # an image given to -w by mistake
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    with pytest.raises(JDNetError, match="photo.png: not a PyTorch weights file$"):
+        load_model(png)
+    cut = tmp_path / "cut.pt"  # a zip archive that ends early
+    torch.save({"w": torch.zeros(4)}, cut)
+    cut.write_bytes(cut.read_bytes()[:200])
+    with pytest.raises(JDNetError, match="cut.pt: not a loadable checkpoint") as err:
+        load_model(cut)
     assert "\n" not in str(err.value)
 
 
@@ -69,7 +78,8 @@ def test_pickled_code_is_refused(tmp_path):
     p = tmp_path / "evil.pt"
     with open(p, "wb") as fh:
         pickle.dump({"net": Evil()}, fh)
-    with pytest.raises(JDNetError, match="not a loadable checkpoint"):
+    with pytest.raises(JDNetError, match=r"not a loadable checkpoint \(it holds Python objects besides tensors, "
+                                         r"which jdnet does not load \(weights_only\)\)$"):
         load_model(p)
 
 
