@@ -10,6 +10,7 @@ from ..data.datasets import write_synthetic_pairs
 from ..data.synthetic_rain import RAIN_STYLES
 from ..errors import JDNetError
 from .console import err_console, fail
+from .reporter import one_line
 
 
 def rain(
@@ -23,8 +24,19 @@ def rain(
         fail(f"--style must be one of {', '.join(RAIN_STYLES)}, not {style!r}")
     console = err_console()
     t0 = time.perf_counter()
+    failed: list[Path] = []
+
+    def report(path: Path, reason: str) -> None:
+        # A damaged photo is left out, as in 'jdnet derain', instead of ending a half-written dataset with
+        # exit 2 ("nothing was processed").
+        failed.append(path)
+        console.print(one_line(f"failed: {path}: {reason}"), markup=False)
+
     try:
-        n = write_synthetic_pairs(clean_dir, out_dir, seed, RAIN_STYLES[style])
+        n = write_synthetic_pairs(clean_dir, out_dir, seed, RAIN_STYLES[style], on_failure=report)
     except JDNetError as err:
         fail(str(err))
-    console.print(f"{n} pairs written to {out_dir}/rain and {out_dir}/norain in {time.perf_counter() - t0:.1f}s", markup=False)
+    console.print(f"{n} pairs written to {out_dir}/rain and {out_dir}/norain in {time.perf_counter() - t0:.1f}s"
+                  + (f"; {len(failed)} photo(s) failed" if failed else ""), markup=False)
+    if failed:
+        raise typer.Exit(1)

@@ -220,9 +220,11 @@ def split_weight(spec: str) -> tuple[str, float]:
 
 def write_synthetic_pairs(
     clean_dir: str | Path, out_dir: str | Path, seed: int = 0, style: RainStyle = RainStyle(),
-    on_pair: Callable[[Path], None] | None = None,
+    on_pair: Callable[[Path], None] | None = None, on_failure: Callable[[Path, str], None] | None = None,
 ) -> int:
-    """Render rain over every image in ``clean_dir`` into OUT/rain and OUT/norain (same PNG names)."""
+    """Render rain over every image in ``clean_dir`` into OUT/rain and OUT/norain (same PNG names); return the
+    pairs written. A photo that cannot be read goes to ``on_failure`` (path, reason) and the rest go on; without
+    it, its JDNetError is raised."""
     from ..io.images import Image, write_image
 
     src, out = Path(clean_dir), Path(out_dir)
@@ -241,8 +243,15 @@ def write_synthetic_pairs(
         for dest in (out / "rain" / name, out / "norain" / name):
             if dest.resolve() in inputs:
                 raise JDNetError(f"{dest}: would overwrite an input image; choose another OUT_DIR")
+    written = 0
     for name, path in names.items():
-        clean = read_rgb(path)
+        try:
+            clean = read_rgb(path)
+        except JDNetError as err:
+            if on_failure is None:
+                raise
+            on_failure(path, str(err).removeprefix(f"{path}: "))
+            continue
         # A per-file stream, keyed by name: adding or removing a photo leaves the others' rain as it was.
         rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
         rainy = render_rain(clean, rng, style)
@@ -251,6 +260,7 @@ def write_synthetic_pairs(
                 write_image(dest, Image(rgb=rgb))
             except OSError as err:  # e.g. OUT_DIR is a file, a read-only or full disk
                 raise JDNetError(f"cannot write {dest}: {err.strerror or err}") from None
+        written += 1
         if on_pair:
             on_pair(path)
-    return len(names)
+    return written

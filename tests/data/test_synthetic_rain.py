@@ -118,6 +118,22 @@ def test_rain_command_is_deterministic_and_refuses_to_overwrite_inputs(tmp_path)
     assert res.output == f"error: cannot write {tmp_path / 'taken' / 'norain' / 'a.png'}: Not a directory\n"
 
 
+def test_rain_command_leaves_out_a_damaged_photo_and_exits_1(tmp_path):
+    from typer.testing import CliRunner
+
+    from jdnet_cli.cli.app import app
+
+    write_png(tmp_path / "clean" / "a.png", 20, 20, seed=1)
+    (tmp_path / "clean" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    write_png(tmp_path / "clean" / "c.png", 20, 20, seed=2)
+    res = CliRunner().invoke(app, ["rain", str(tmp_path / "clean"), str(tmp_path / "out")])
+    assert res.exit_code == 1
+    lines = res.output.splitlines()
+    assert lines[0].startswith(f"failed: {tmp_path / 'clean' / 'b.png'}: ") and len(lines) == 2
+    assert lines[1].startswith(f"2 pairs written to {tmp_path / 'out'}/rain") and lines[1].endswith("; 1 photo(s) failed")
+    assert sorted(p.name for p in (tmp_path / "out" / "rain").iterdir()) == ["a.png", "c.png"]
+
+
 def test_rain_command_heavy_style_renders_heavier_rain_over_the_same_photos(tmp_path):
     from typer.testing import CliRunner
 
