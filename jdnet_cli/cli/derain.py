@@ -1,6 +1,7 @@
 """``jdnet derain``: derain image files, directories, globs, file lists and stdin/stdout."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -49,7 +50,10 @@ def derain(
         fail("--json writes events to stdout, so OUTPUT cannot be - (stdout)")
     try:
         if files_from is not None:
-            inputs += read_input_list(files_from)
+            listed = read_input_list(files_from)
+            if files_from == "-" and "-" in listed:
+                fail("--files-from - reads the list from stdin, so the list cannot name - (stdin) as an input")
+            inputs += listed
         elif not inputs:
             fail("need at least one INPUT and an OUTPUT (or --files-from)")
         out_ext = normalize_ext(ext)
@@ -80,6 +84,15 @@ def derain(
                     run_jobs_on_workers(jobs, processes, skip_existing, on_result, graceful.stop)
             else:
                 run_jobs_on_workers(jobs, processes, skip_existing, reporter.report, graceful.stop)
+    except BrokenPipeError:
+        # The reader of the --json events went away (as 'head' does): stop as SIGPIPE would stop a C tool,
+        # at once, without a word on a stdout that is gone, and without an unfinished file left behind.
+        graceful.stop.set()
+        remove_in_flight()
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.stderr.flush()
+        os._exit(141)  # worker threads may be mid-inference: they cannot be joined
     except KeyboardInterrupt:
         # Second Ctrl-C: abandon the files in progress; their temp files go, finished outputs stay.
         remove_in_flight()

@@ -38,7 +38,8 @@ def run_one(job: Job, process: Callable[[Path, Path], str | None], skip_existing
     t0 = time.perf_counter()
     if job.output is None:
         return Result(str(job.input), None, "failed", 0.0, job.error)
-    if skip_existing and job.output != STDIO and job.output.exists():
+    # A folder where the output should be is not a finished output: the job fails on it, as without the flag.
+    if skip_existing and job.output != STDIO and job.output.is_file():
         return Result(str(job.input), str(job.output), "skipped")
     try:
         note = process(job.input, job.output)

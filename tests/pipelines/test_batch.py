@@ -397,3 +397,34 @@ def test_an_animated_or_multi_page_input_gets_a_note_that_only_its_first_frame_w
     }
     assert f"note: {tmp_path / 'in' / 'anim.webp'}: {out / 'anim.webp'} holds only the first of the input's 2 frames" in res.stderr
     assert summary["ok"] == 2 and PILImage.open(out / "anim.webp").n_frames == 1
+
+
+def test_skip_existing_does_not_count_a_folder_at_the_output_path_as_done(tmp_path, tiny_weights):
+    write_png(tmp_path / "in" / "a.png", 8, 8)
+    (tmp_path / "out" / "a.png").mkdir(parents=True)  # e.g. left by a mistaken mkdir: never a finished output
+    res = invoke(str(tmp_path / "in"), str(tmp_path / "out"), "--skip-existing", "--json", "--weights", str(tiny_weights),
+                 "--device", "cpu")
+    assert res.exit_code == 1
+    assert [e["status"] for e in _events(res.stdout)[0]] == ["failed"]
+
+
+@pytest.mark.parametrize("devices", ["cpu", "cpu,cpu"])
+def test_a_closed_json_pipe_stops_the_run_with_141_and_no_half_written_file(tmp_path, tiny_weights, devices):
+    for i in range(6):
+        write_png(tmp_path / "in" / f"{i}.png", 48, 48, seed=i)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "jdnet_cli", "derain", str(tmp_path / "in"), str(tmp_path / "out"),
+                             "--json", "--weights", str(tiny_weights), "--devices", devices],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.readline()  # the first event, then the reader goes away as 'head -1' does
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141, err
+    assert "Traceback" not in err and "terminate called" not in err
+    assert _no_temp_files(tmp_path / "out")
+
+
+def test_a_list_read_from_stdin_cannot_name_stdin(tmp_path, tiny_weights):
+    res = invoke("--files-from", "-", str(tmp_path / "o.png"), "--weights", str(tiny_weights), input=b"-\n")
+    assert res.exit_code == 2
+    assert "--files-from - reads the list from stdin, so the list cannot name - (stdin) as an input" in res.stderr
