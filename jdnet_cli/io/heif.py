@@ -20,6 +20,9 @@ from .image_metadata import EXIF_HEADER, Metadata, finish_metadata, turned_uprig
 
 HEIF_EXTENSIONS = (".heic", ".heif")
 INSTALL_HINT = "pip install 'jdnet[heif]'"
+_NCLX_KEYS = ("color_primaries", "transfer_characteristics", "matrix_coefficients", "full_range_flag")
+
+
 def _backend() -> Any:
     try:
         import pillow_heif
@@ -81,6 +84,9 @@ def decode_heif(data: bytes) -> HeifPicture:
     info = heif.info
     meta = Metadata(exif=_exif_body(info.get("exif")), icc=info.get("icc_profile") or None,
                     xmp=info.get("xmp") or None)
+    nclx = info.get("nclx_profile")
+    if nclx and not meta.icc:
+        meta.nclx = tuple(int(nclx[k]) for k in _NCLX_KEYS)
     meta = finish_metadata(meta)
     # HEIF readers must ignore EXIF orientation (the irot/imir transforms, already applied, rule), so
     # the carried tags must say upright, or viewers of the output would turn it a second time.
@@ -118,6 +124,9 @@ def encode_heif(pixels: np.ndarray, metadata: Metadata, quality: int, chroma: in
         extra["xmp"] = metadata.xmp
     if metadata.icc:
         extra["icc_profile"] = metadata.icc
+    elif metadata.nclx:
+        # Without it the encoder writes its sRGB default, and a Display P3 or BT.2020 photo is read as sRGB.
+        extra["nclx_profile"] = dict(zip(_NCLX_KEYS, metadata.nclx))
     if chroma in (420, 422, 444):
         extra["chroma"] = chroma
     out = io.BytesIO()

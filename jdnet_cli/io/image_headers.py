@@ -161,6 +161,8 @@ def check_complete(data: bytes, fmt: str) -> None:
             raise JDNetError(f"truncated WebP file ({len(data)} of {size} bytes)")
     elif fmt == ".tif":
         _check_tiff(data)
+    elif fmt == ".heic":
+        _check_iso_boxes(data)
 
 
 def _png_size(data: bytes) -> tuple[int, int] | None:
@@ -296,6 +298,27 @@ def tiff_value(data: bytes, order: str, typ: int, count: int, field: bytes) -> b
     if start + size > len(data):
         raise ValueError("TIFF value past the end of the file")
     return data[start : start + size]
+
+
+def _check_iso_boxes(data: bytes) -> None:
+    """Refuse an ISO media file (HEIC) whose top-level boxes run past its end: libheif decodes what is there
+    and drops an item it cannot reach (the XMP after the image data, say) without a word."""
+    pos = 0
+    while pos + 8 <= len(data):
+        size, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        if size == 1:  # a 64-bit size follows the type
+            if pos + 16 > len(data):
+                break
+            size = struct.unpack(">Q", data[pos + 8 : pos + 16])[0]
+        elif size == 0:  # the last box, to the end of the file
+            return
+        if size < 8:
+            raise JDNetError(f"corrupt HEIC file (box {kind.decode('latin-1')!r} has size {size})")
+        if pos + size > len(data):
+            raise JDNetError(f"truncated HEIC file (box {kind.decode('latin-1')!r} cut off: {len(data) - pos} of {size} bytes)")
+        pos += size
+    if pos != len(data):
+        raise JDNetError(f"truncated HEIC file (a box header cut off at byte {pos})")
 
 
 # Deflate-compressed TIFF (Adobe's code and the old one): libtiff decodes a damaged stream into garbage

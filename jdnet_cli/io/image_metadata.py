@@ -43,6 +43,8 @@ class Metadata:
     tiff_exif: bool = False  # a TIFF input had EXIF (a sub-IFD), which is not read
     png_chunks: tuple[bytes, ...] = ()  # a PNG input's other chunks worth keeping (text, DPI, colour), raw
     dpi: tuple[float, float] | None = None  # resolution (X, Y dots per inch) when the input states one
+    # A HEIC's colour description without an ICC profile (its nclx box): primaries, transfer, matrix, full range.
+    nclx: tuple[int, int, int, int] | None = None
 
 
 # Which outputs take which metadata (the rest is dropped, with a note).
@@ -112,9 +114,31 @@ def icc_colour_space(icc: bytes | None) -> str | None:
     return icc[16:20].decode("latin-1").strip() or None
 
 
+# nclx codes (ITU-T H.273) that mean sRGB-like colours, which is how every output without a profile is read.
+_SRGB_PRIMARIES, _SRGB_TRANSFERS = {1, 2}, {1, 2, 6, 13}  # BT.709 or unspecified; BT.709, BT.601 or sRGB curves
+_PRIMARY_NAMES = {5: "BT.601 PAL", 6: "BT.601 NTSC", 9: "BT.2020", 11: "DCI-P3", 12: "Display P3"}
+_TRANSFER_NAMES = {8: "linear", 16: "PQ (HDR)", 18: "HLG (HDR)"}
+
+
+def nclx_colour_space(nclx: tuple[int, int, int, int] | None) -> str | None:
+    """In words, a colour description that is not sRGB-like (e.g. 'Display P3 primaries'); None for sRGB or none."""
+    if nclx is None:
+        return None
+    primaries, transfer = nclx[0], nclx[1]
+    parts = []
+    if primaries not in _SRGB_PRIMARIES:
+        parts.append(f"{_PRIMARY_NAMES.get(primaries, f'code {primaries}')} primaries")
+    if transfer not in _SRGB_TRANSFERS:
+        parts.append(f"{_TRANSFER_NAMES.get(transfer, f'code {transfer}')} transfer")
+    return ", ".join(parts) or None
+
+
 def unwritten_metadata(meta: Metadata, ext: str) -> list[str]:
     """The kinds of the input's metadata that an ``ext`` output will not carry, e.g. ['EXIF', 'ICC profile']."""
     lost = []
+    colours = nclx_colour_space(meta.nclx) if meta.icc is None else None
+    if colours and ext not in (".heic", ".heif"):
+        lost.append(f"colour space ({colours})")
     if (meta.exif is not None and ext not in WRITES_EXIF) or meta.tiff_exif:
         lost.append("EXIF")
     if meta.xmp is not None and ext not in WRITES_ICC_XMP:

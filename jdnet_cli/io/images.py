@@ -103,6 +103,7 @@ def decode_image(data: bytes, name: str = "<image>", max_pixels: int = DEFAULT_M
 
 def _decode_heif(data: bytes, name: str, max_pixels: int) -> Image:
     try:
+        check_complete(data, ".heic")
         width, height = heif_size(data)
         if width * height > max_pixels:
             raise JDNetError(f"{width}x{height} exceeds --max-pixels {max_pixels} (possible decompression bomb)")

@@ -113,10 +113,10 @@ def test_heic_alpha_and_grey_round_trip():
 
 
 def test_damaged_and_foreign_iso_files_fail_in_one_line():
-    data = _heic(_gradient())
-    with pytest.raises(JDNetError) as err:
-        decode_image(data[: len(data) // 2], "cut.heic")
-    assert str(err.value).startswith("cut.heic: corrupt HEIC data (") and "\n" not in str(err.value)
+    data = bytearray(_heic(_gradient()))
+    data[40:80] = bytes(40)  # inside the 'meta' box, which says where everything is
+    with pytest.raises(JDNetError, match=r"^bad\.heic: corrupt HEIC data \(Invalid input: No 'iinf' box\)$"):
+        decode_image(bytes(data), "bad.heic")
     avif = b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf" + bytes(16)
     with pytest.raises(JDNetError, match=r"^x\.heic: unsupported format \(AVIF\)$"):
         decode_image(avif, "x.heic")
@@ -165,3 +165,24 @@ def test_derain_a_folder_of_heic_photos_keeps_format_and_exif(tmp_path, tiny_wei
     assert res.returncode == 0, res.stderr.decode()
     jpg = read_image(tmp_path / "as.jpg")
     assert jpg.rgb.shape == (64, 48, 3) and b"RainCam" in jpg.metadata.exif
+
+
+def test_a_truncated_heic_fails_even_where_libheif_would_drop_an_item_quietly():
+    data = _heic(_gradient(), xmp=b"<x:xmpmeta>after the image data</x:xmpmeta>")
+    for cut in (1, 20, len(data) // 20):
+        with pytest.raises(JDNetError, match=r"^cut\.heic: truncated HEIC file \(box 'mdat' cut off: \d+ of \d+ bytes\)$"):
+            decode_image(data[:-cut], "cut.heic")
+
+
+def test_a_display_p3_heic_keeps_its_colour_space_to_heic_and_says_it_is_dropped_elsewhere():
+    p3 = {"color_primaries": 12, "transfer_characteristics": 13, "matrix_coefficients": 6, "full_range_flag": 1}
+    img = decode_image(_heic(_gradient(), nclx_profile=p3), "p3.heic")
+    assert img.metadata.nclx == (12, 13, 6, 1)
+    written = pillow_heif.open_heif(io.BytesIO(encode_image(img, ".heic"))).info["nclx_profile"]
+    assert {k: written[k] for k in p3} == p3  # was 1 (BT.709): the encoder's default
+    assert conversion_losses(img, ".heic") is None
+    assert conversion_losses(img, ".png") == ("drops the input's colour space (Display P3 primaries): jdnet does not "
+                                              "write it into png files")
+    # An sRGB-like description (what pillow-heif writes by default) costs nothing anywhere.
+    plain = decode_image(_heic(_gradient()), "plain.heic")
+    assert plain.metadata.nclx is not None and conversion_losses(plain, ".png") is None
