@@ -392,9 +392,28 @@ class Trainer:
         else:
             # A different world size cannot replay the same streams; derive fresh ones from the step.
             self.rng = np.random.default_rng([self.cfg.seed, self.rank, self.step])
+        if self.rank == 0:
+            self._trim_log()
         mine, defaults = asdict(self.cfg), asdict(TrainConfig(out_dir=""))
         # A field newer than the checkpoint had its default in the run that wrote it.
         return sorted(k for k in mine if k not in _RESUME_FREE_FIELDS and saved_cfg.get(k, defaults[k]) != mine[k])
+
+    def _trim_log(self) -> None:
+        """Drop log records past the checkpoint's step: a run killed after its last checkpoint (a session that
+        ended, a power cut) logged steps that the resumed run does again, which would then be there twice."""
+        path = self.out_dir / "train_log.jsonl"
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # the line a kill cut off
+            if isinstance(record, dict) and int(record.get("step", 0)) <= self.step:
+                kept.append(line)
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(line + "\n" for line in kept))
 
     # -- logging and validation ----------------------------------------------------------------
     def log(self, record: dict) -> None:

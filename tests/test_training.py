@@ -100,6 +100,17 @@ def test_resume_reports_changed_options_and_refuses_other_architectures(tmp_path
         Trainer(_cfg(tmp_path, paired)).resume(tmp_path / "junk.pt")
 
 
+def test_resume_after_a_kill_logs_each_step_once(tmp_path, paired):
+    Trainer(_cfg(tmp_path, paired, steps=2)).run()  # checkpoint at step 2
+    with open(tmp_path / "train_log.jsonl", "a") as fh:  # what a kill after two more steps leaves
+        fh.write(json.dumps({"step": 3, "loss": 1.0}) + "\n" + json.dumps({"step": 4, "loss": 1.0}) + "\n" + '{"step": 5, "lo')
+    resumed = Trainer(_cfg(tmp_path, paired, steps=5))
+    resumed.resume()
+    resumed.run()
+    assert [r["step"] for r in _log(tmp_path)] == [1, 2, 3, 4, 5]
+    assert all(r["loss"] != 1.0 for r in _log(tmp_path))  # the resumed run's own records
+
+
 def test_validation_is_logged_every_n_steps(tmp_path, paired):
     trainer = Trainer(_cfg(tmp_path, paired, steps=4, val=str(paired), val_every=2, val_limit=2))
     trainer.run()
