@@ -194,8 +194,8 @@ def _written_depth(img: Image, ext: str) -> int:
         return 8
     if ext in HEIF_EXTENSIONS:
         return 10  # what the HEIC encoder writes above 8 bits
-    if img.bit_depth == 32:
-        return 32 if ext in (".tif", ".tiff") else 8
+    if img.bit_depth == 32:  # float: TIFF holds it; PNG's 16 bits are the next best (65,536 levels, not 256)
+        return 32 if ext in (".tif", ".tiff") else 16 if ext == ".png" else 8
     return 16 if ext in (".png", ".tif", ".tiff") else 8  # 10, 12 and 16 bits
 
 

@@ -575,7 +575,11 @@ def test_conversion_losses_name_what_the_target_format_cannot_hold():
     assert conversion_losses(Image(rgb=rgb, bit_depth=16, alpha=alpha16), ".JPG") == (
         "drops the alpha channel and 16-bit depth (written as 8-bit): jpg cannot hold them; --ext png keeps everything")
     assert conversion_losses(Image(rgb=rgb, bit_depth=32), ".png") == (
-        "drops 32-bit depth (written as 8-bit): png cannot hold it; --ext tif keeps everything")
+        "drops 32-bit depth (written as 16-bit): png cannot hold it; --ext tif keeps everything")
+    ramp = np.repeat(np.linspace(0, 1, 1000, dtype=np.float32)[None, :, None], 3, axis=2)
+    png = encode_image(Image(rgb=ramp, bit_depth=32), ".png")
+    assert png[24] == 16  # IHDR bit depth: a float TIFF's fine steps are not cut to 256 levels
+    assert len(np.unique(decode_image(png, "f.png").rgb)) == 1000
     assert conversion_losses(Image(rgb=rgb), ".bmp") is None
     assert conversion_losses(Image(rgb=rgb, alpha=alpha16, frames=3, format=".webp"), ".jpg") == (
         "drops the alpha channel: jpg cannot hold it; --ext png keeps everything; "
