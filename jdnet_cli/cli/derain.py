@@ -1,7 +1,6 @@
 """``jdnet derain``: derain image files, directories, globs, file lists and stdin/stdout."""
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
@@ -18,7 +17,7 @@ from ..pipelines.images import image_processor
 from ..pipelines.planning import normalize_ext, parse_shard, plan_image_jobs, read_input_list, shard_jobs
 from ..pipelines.runner import Result, run_jobs_on_workers
 from .console import fail, interactive, make_progress
-from ..pipelines.interrupts import GracefulStop
+from ..pipelines.interrupts import GracefulStop, exit_for_closed_stdout
 from .options import Device, Ensemble, JsonEvents, MaxMemory, Precision, Quiet, Tile, TileOverlap, Weights
 from .reporter import Reporter
 
@@ -84,15 +83,9 @@ def derain(
                     run_jobs_on_workers(jobs, processes, skip_existing, on_result, graceful.stop)
             else:
                 run_jobs_on_workers(jobs, processes, skip_existing, reporter.report, graceful.stop)
-    except BrokenPipeError:
-        # The reader of the --json events went away (as 'head' does): stop as SIGPIPE would stop a C tool,
-        # at once, without a word on a stdout that is gone, and without an unfinished file left behind.
+    except BrokenPipeError:  # the reader of the --json events went away, as 'head' does
         graceful.stop.set()
-        remove_in_flight()
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.stderr.flush()
-        os._exit(141)  # worker threads may be mid-inference: they cannot be joined
+        exit_for_closed_stdout()
     except KeyboardInterrupt:
         # Second Ctrl-C: abandon the files in progress; their temp files go, finished outputs stay.
         remove_in_flight()

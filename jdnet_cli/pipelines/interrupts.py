@@ -12,9 +12,13 @@ waiting for it there would wait forever. A helper thread prints the notice inste
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NoReturn
+
+from ..io.atomic import remove_in_flight
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -64,3 +68,16 @@ class GracefulStop:
         self._wake_notice.wait()
         if self._notice_due:
             self._announce(f"interrupted: finishing the current {self._what}, then stopping (Ctrl-C again to abandon it)")
+
+
+def exit_for_closed_stdout() -> NoReturn:
+    """Stop at once, as SIGPIPE stops a C tool, when the reader of stdout went away (``jdnet ... --json | head``).
+
+    Exit 141 without a word on the stdout that is gone, and without a half-written file; ``os._exit``
+    because worker threads may be mid-inference and cannot be joined.
+    """
+    remove_in_flight()
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.stderr.flush()
+    os._exit(141)
