@@ -94,7 +94,7 @@ def reset_xmp_orientation(xmp: bytes) -> bytes:
 
 def embed_metadata(data: bytes, fmt: str, meta: Metadata) -> bytes:
     """Return encoded bytes with ``meta`` spliced in where the format has a place for it."""
-    if not (meta.exif or meta.icc or meta.xmp or meta.iptc or meta.png_chunks or meta.dpi):
+    if not (meta.exif or meta.icc or meta.xmp or meta.iptc or meta.png_chunks or meta.dpi or meta.nclx):
         return data
     if fmt in (".jpg", ".jpeg"):
         return _embed_jpeg(data, meta)
@@ -137,7 +137,7 @@ def unwritten_metadata(meta: Metadata, ext: str) -> list[str]:
     """The kinds of the input's metadata that an ``ext`` output will not carry, e.g. ['EXIF', 'ICC profile']."""
     lost = []
     colours = nclx_colour_space(meta.nclx) if meta.icc is None else None
-    if colours and ext not in (".heic", ".heif"):
+    if colours and ext not in (".heic", ".heif", ".png"):
         lost.append(f"colour space ({colours})")
     if (meta.exif is not None and ext not in WRITES_EXIF) or meta.tiff_exif:
         lost.append("EXIF")
@@ -369,6 +369,10 @@ def _embed_png(data: bytes, meta: Metadata) -> bytes:
                 out.append(png_chunk(b"iTXt", XMP_PNG_KEYWORD + b"\x00\x00\x00\x00\x00" + meta.xmp))
             if meta.dpi:
                 out.append(png_chunk(b"pHYs", struct.pack(">IIB", *(round(v / 0.0254) for v in meta.dpi), 1)))
+            if meta.nclx and not meta.icc and nclx_colour_space(meta.nclx):
+                # A HEIC's coded colour description as PNG's own (cICP): the same H.273 codes, for RGB samples
+                # (matrix 0) at full range, which is what jdnet writes.
+                out.append(png_chunk(b"cICP", bytes((meta.nclx[0], meta.nclx[1], 0, 1))))
     return b"".join(out)
 
 

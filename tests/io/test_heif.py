@@ -181,8 +181,22 @@ def test_a_display_p3_heic_keeps_its_colour_space_to_heic_and_says_it_is_dropped
     written = pillow_heif.open_heif(io.BytesIO(encode_image(img, ".heic"))).info["nclx_profile"]
     assert {k: written[k] for k in p3} == p3  # was 1 (BT.709): the encoder's default
     assert conversion_losses(img, ".heic") is None
-    assert conversion_losses(img, ".png") == ("drops the input's colour space (Display P3 primaries): jdnet does not "
-                                              "write it into png files")
+    assert conversion_losses(img, ".jpg") == ("drops the input's colour space (Display P3 primaries): jdnet does not "
+                                              "write it into jpg files")
+    # PNG has the same description in its own chunk (cICP: primaries, transfer, matrix 0 for RGB, full range).
+    assert conversion_losses(img, ".png") is None
+    assert png_chunks(encode_image(img, ".png"))[b"cICP"] == bytes((12, 13, 0, 1))
     # An sRGB-like description (what pillow-heif writes by default) costs nothing anywhere.
     plain = decode_image(_heic(_gradient()), "plain.heic")
-    assert plain.metadata.nclx is not None and conversion_losses(plain, ".png") is None
+    assert plain.metadata.nclx is not None and conversion_losses(plain, ".jpg") is None
+    assert b"cICP" not in png_chunks(encode_image(plain, ".png"))
+
+
+def png_chunks(data: bytes) -> dict[bytes, bytes]:
+    """A PNG's chunks by type (the last of each), bodies only."""
+    found, pos = {}, 8
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        found[kind] = data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+    return found
