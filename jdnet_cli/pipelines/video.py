@@ -289,12 +289,21 @@ def _early_end(info, decode_errors: list[str], covered: float, start: float | No
     expected = info.duration - (start or 0.0)
     if duration is not None:
         expected = min(expected, duration)
-    # Errors alone are not enough (broadcast captures often start mid-GOP); nor is a short video
+    # The demuxer itself saying the file stops short is truncation, whatever the frames reached: B-frame
+    # reordering can show a late frame of a cut Matroska file while the frames before it are gone.
+    cut = next((e for e in decode_errors if any(sign in e for sign in _TRUNCATION_SIGNS)), None)
+    if cut:
+        return f"the file ends early ({cut.rstrip('.')}); decoding reached {covered:.2f} s of {expected:.2f} s"
+    # Decoder errors alone are not enough (broadcast captures often start mid-GOP); nor is a short video
     # stream alone (audio may outlast it). Both together mean the file ends before its index does.
     slack = max(3 / info.fps, 0.1) if info.fps else 0.25
     if covered >= expected - slack:
         return None
     return f"decoding stopped at {covered:.2f} s of {expected:.2f} s (truncated or damaged: {decode_errors[0].rstrip('.')})"
+
+
+# What ffmpeg's demuxers say when the file stops before its own structure does (Matroska/WebM).
+_TRUNCATION_SIGNS = ("File ended prematurely",)
 
 
 def _put_while_alive(q: queue.Queue, item, consumer: threading.Thread) -> None:

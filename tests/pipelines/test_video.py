@@ -233,6 +233,18 @@ def test_truncated_video_fails_and_keeps_what_was_derained(tmp_path, derainer):
     assert res.note.startswith("was made from a stream with decoder errors (first: ") and res.frames <= 25
 
 
+def test_a_cut_matroska_file_fails_even_when_a_late_frame_still_decodes(tmp_path, clip, derainer):
+    mkv = tmp_path / "clip.mkv"
+    ff("-i", str(clip), "-c", "copy", str(mkv))
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(mkv.read_bytes()[: mkv.stat().st_size * 8 // 10])
+    with pytest.raises(VideoPartlyDone, match=r"cut\.mkv: the file ends early \(File ended prematurely\); decoding "
+                                              r"reached [\d.]+ s of [\d.]+ s; kept the \d derained frames in ") as info:
+        derain_video(derainer, cut, tmp_path / "out.mkv")
+    assert info.value.partial == tmp_path / "out.partial.mkv" and not (tmp_path / "out.mkv").exists()
+    assert derain_video(derainer, mkv, tmp_path / "whole.mkv").note is None  # the whole file is fine
+
+
 def test_a_failed_final_mux_keeps_the_derained_video(tmp_path, clip, derainer, monkeypatch):
     def full_disk(*args, **kwargs):
         raise JDNetError("cannot write the output container (No space left on device)")
