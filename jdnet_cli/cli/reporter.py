@@ -22,7 +22,7 @@ def one_line(message: str) -> str:
 
 
 class Reporter:
-    """Counts results, prints failures and (unless ``quiet``) progress lines; ``--json`` events on stdout."""
+    """Counts results, prints failures and (unless ``quiet``) notes and the summary; ``--json`` events on stdout."""
 
     def __init__(self, json_events: bool, quiet: bool):
         self.console = err_console()

@@ -135,6 +135,6 @@ def check_encoder_options(settings: EncodeSettings, outputs: list) -> None:
         if container_refusal(suffix):
             continue  # that one output fails by name; the others still run
         chosen = settings_for_output(settings, suffix, 16, 16, False)
-        if chosen not in tried:
-            tried.add(chosen)
-            check_encoder(chosen, settings)
+        if (chosen, suffix) not in tried:
+            tried.add((chosen, suffix))
+            check_encoder(chosen, suffix, settings)

@@ -1,4 +1,4 @@
-"""HEIC/HEIF photos (what phones shoot) through the optional pillow-heif back end: ``pip install 'jdnet[heif]'``.
+"""HEIC/HEIF photos (what phones shoot) through the optional pillow-heif back end (the ``heif`` extra).
 
 An HEVC decoder and encoder is far beyond what this project should write, and OpenCV's wheel has none,
 so this one format leans on libheif (libde265 to read, x265 to write) as packaged by pillow-heif. It is
@@ -19,7 +19,7 @@ from ..errors import JDNetError
 from .image_metadata import EXIF_HEADER, Metadata, finish_metadata, turned_upright
 
 HEIF_EXTENSIONS = (".heic", ".heif")
-INSTALL_HINT = "pip install 'jdnet[heif]'"
+INSTALL_HINT = "pip install pillow-heif"  # what the 'heif' extra adds; right for a checkout and an installed copy
 _NCLX_KEYS = ("color_primaries", "transfer_characteristics", "matrix_coefficients", "full_range_flag")
 
 

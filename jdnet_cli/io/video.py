@@ -348,21 +348,29 @@ def encoder_args(settings: EncodeSettings, high: bool) -> list[str]:
     return args
 
 
-def check_encoder(settings: EncodeSettings, asked: EncodeSettings | None = None) -> None:
-    """Raise JDNetError with ffmpeg's reason when ``settings`` (codec, --crf, --preset, --pix-fmt) cannot encode;
-    ``asked``: the options as the user gave them, for the message.
+def check_encoder(settings: EncodeSettings, suffix: str, asked: EncodeSettings | None = None) -> None:
+    """Raise JDNetError with ffmpeg's reason when ``settings`` (codec, --crf, --preset, --pix-fmt) cannot encode
+    into a ``suffix`` container; ``asked``: the options as the user gave them, for the message.
 
-    One black 16x16 frame, encoded to nowhere in a few hundredths of a second: a bad preset or pixel
-    format is then a usage error before the model loads, not a failure of every file at its first frame.
+    One black 16x16 frame, encoded into a throw-away file of that container in a few hundredths of a
+    second: a bad preset or pixel format, or a codec the container cannot hold (ProRes in .mp4, H.264 in
+    .webm), is then a usage error before the model loads, not a failure of every file at its first frame.
     """
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-f", "lavfi", "-i",
-           "color=black:size=16x16:rate=25", "-frames:v", "1", *encoder_args(settings, False), "-f", "null", "-"]
-    proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, process_group=0)
+    fd, trial = tempfile.mkstemp(prefix="jdnet-encoder-check.", suffix=suffix)
+    os.close(fd)
+    try:
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-f", "lavfi", "-i",
+               "color=black:size=16x16:rate=25", "-frames:v", "1", *encoder_args(settings, False), "-y",
+               ffmpeg_url(trial)]
+        proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, process_group=0)
+    finally:
+        Path(trial).unlink(missing_ok=True)
     if proc.returncode != 0:
         asked = asked or settings
-        given = [f"--{name} {value}" for name, value in (("crf", asked.crf), ("preset", asked.preset),
+        given = [f"--{name} {value}" for name, value in (("codec", asked.codec if asked.codec != "auto" else None),
+                                                          ("crf", asked.crf), ("preset", asked.preset),
                                                           ("pix-fmt", asked.pix_fmt)) if value is not None]
-        raise JDNetError(f"{settings.codec} cannot encode with {' '.join(given) or 'these settings'} "
+        raise JDNetError(f"{settings.codec} cannot encode a {suffix} output with {' '.join(given) or 'these settings'} "
                          f"({ffmpeg_failure(proc.stderr, proc.returncode)})")
 
 

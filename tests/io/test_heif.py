@@ -141,7 +141,7 @@ def test_without_the_backend_heic_fails_by_name_with_the_install_hint(monkeypatc
     photo.write_bytes(_heic(_gradient()))
     with pytest.raises(JDNetError) as err:
         read_image(photo)
-    assert str(err.value) == f"{photo}: HEIC support is not installed (pip install 'jdnet[heif]')"
+    assert str(err.value) == f"{photo}: HEIC support is not installed (pip install pillow-heif)"
     with pytest.raises(JDNetError, match=r"^--ext heic: HEIC support is not installed"):
         normalize_ext("heic")
     # Still planned as a photo of the batch (it fails by name, it does not vanish).

@@ -296,8 +296,11 @@ def test_output_folder_inside_the_input_folder_is_not_scanned_and_a_gif_output_i
 
 @pytest.mark.parametrize("options, message", [
     (["--crf", "5", "--codec", "ffv1"], "--crf does not apply to ffv1"),
-    (["--preset", "nope"], "libx264 cannot encode with --preset nope (invalid preset 'nope')"),
-    (["--pix-fmt", "bogus"], "libx264 cannot encode with --pix-fmt bogus (Unknown pixel format requested: bogus.)"),
+    (["--preset", "nope"], "libx264 cannot encode a .mp4 output with --preset nope (invalid preset 'nope')"),
+    (["--pix-fmt", "bogus"], "libx264 cannot encode a .mp4 output with --pix-fmt bogus (Unknown pixel format "
+                             "requested: bogus.)"),
+    (["--codec", "prores"], "prores cannot encode a .mp4 output with --codec prores (Could not find tag for codec "
+                            "prores in stream #0, codec not currently supported in container)"),
     (["--duration", "0"], "--duration must be more than 0 seconds"),
 ])
 def test_bad_encoder_options_are_usage_errors_before_the_model_loads(tmp_path, clip, options, message):
