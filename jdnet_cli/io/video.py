@@ -139,7 +139,7 @@ class FfmpegFrameReader:
         # matrix and range made explicit so untagged HD is read as BT.709.
         vf = f"showinfo=checksum=0,scale=in_color_matrix={colour.scale_matrix}:in_range={rng},format={self.pix_fmt}"
         cmd += ["-i", ffmpeg_url(info.path), "-map", f"0:v:{video_index}", "-an", "-sn", "-dn", "-vf", vf,
-                "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", self.pix_fmt, "pipe:1", *_TIMELINE_ANCHOR]
+                "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", self.pix_fmt, "pipe:1", *_timeline_anchor(0)]
         self.timings: queue.Queue = queue.Queue()
         self.proc = _popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
         self.stderr = _StderrTail(self.proc.stderr, self.timings)
@@ -556,7 +556,7 @@ def remux(video: Path, source: Path | None, dest: Path, video_offset: float, sta
                "-map_metadata", "0", "-map_chapters", "0", "-ss", f"{start:.6f}"]
         if duration:
             cmd += ["-t", f"{duration:.6f}"]
-        _run_ffmpeg([*cmd, "-y", ffmpeg_url(cut), *_TIMELINE_ANCHOR])
+        _run_ffmpeg([*cmd, "-y", ffmpeg_url(cut), *_timeline_anchor(0)])
         _mux(video, cut, dest, video_offset - start, None, limit, StreamCopy())
     finally:
         cut.unlink(missing_ok=True)
@@ -568,7 +568,9 @@ _FFMPEG = ("-hide_banner", "-nostdin", "-nostats", "-loglevel", "error")
 # starts 1 s after the audio at 0, and the remux (audio and subtitles alone) would put the audio at 0 too,
 # a 1 s lip-sync error. Every ffmpeg run that reads the source also stream-copies its other streams to a
 # null output, so all of them agree on where the file starts.
-_TIMELINE_ANCHOR = ("-map", "0:v?", "-map", "0:a?", "-map", "0:s?", "-c", "copy", "-f", "null", "-")
+def _timeline_anchor(source_index: int) -> list[str]:
+    return ["-map", f"{source_index}:v?", "-map", f"{source_index}:a?", "-map", f"{source_index}:s?", "-c", "copy",
+            "-f", "null", "-"]
 
 
 def _run_ffmpeg(args: list[str]) -> None:
@@ -594,8 +596,7 @@ def _mux(video: Path, source: Path | None, dest: Path, video_offset: float, dura
         cmd += ["-t", f"{min(limit or duration, duration or limit):.6f}"]
     if ext in ("mp4", "m4v", "mov"):
         cmd += ["-movflags", "+faststart"]
-    anchor = [arg.replace("0:", "1:") for arg in _TIMELINE_ANCHOR] if source is not None else []
-    _run_ffmpeg([*cmd, "-y", ffmpeg_url(dest), *anchor])
+    _run_ffmpeg([*cmd, "-y", ffmpeg_url(dest), *(_timeline_anchor(1) if source is not None else [])])
 
 
 def temp_path_beside(dest: Path, tag: str) -> Path:
