@@ -415,6 +415,17 @@ class Trainer:
         with atomic_path(path) as tmp:
             tmp.write_text("".join(line + "\n" for line in kept))
 
+    def _set_aside_old_log(self) -> None:
+        """A new run in a folder that holds another run's log (one that left no checkpoint) starts its own log;
+        the old one is kept beside it as train_log.previous-N.jsonl instead of having this run's lines appended."""
+        path = self.out_dir / "train_log.jsonl"
+        if not path.is_file():
+            return
+        n = 1
+        while (self.out_dir / f"train_log.previous-{n}.jsonl").exists():
+            n += 1
+        path.rename(self.out_dir / f"train_log.previous-{n}.jsonl")
+
     # -- logging and validation ----------------------------------------------------------------
     def log(self, record: dict) -> None:
         """Append one JSON line to train_log.jsonl and forward it to the progress display."""
@@ -509,6 +520,8 @@ class Trainer:
         """Train until ``cfg.steps`` (or ``should_stop()``), checkpointing every ``save_every`` steps."""
         self.model.train()
         cfg = self.cfg
+        if self.step == 0 and self.rank == 0:
+            self._set_aside_old_log()
         # it/s counts training steps only, so validation and checkpoint time do not depress it.
         window_s, window_n, losses = 0.0, 0, []
         while self.step < cfg.steps and not should_stop():

@@ -111,6 +111,13 @@ def test_resume_after_a_kill_logs_each_step_once(tmp_path, paired):
     assert all(r["loss"] != 1.0 for r in _log(tmp_path))  # the resumed run's own records
 
 
+def test_a_new_run_beside_an_old_log_starts_its_own_and_keeps_the_old_one(tmp_path, paired):
+    (tmp_path / "train_log.jsonl").write_text(json.dumps({"step": 7, "loss": 9.0}) + "\n")  # a run with no checkpoint
+    Trainer(_cfg(tmp_path, paired, steps=2)).run()
+    assert [r["step"] for r in _log(tmp_path)] == [1, 2]
+    assert (tmp_path / "train_log.previous-1.jsonl").read_text() == json.dumps({"step": 7, "loss": 9.0}) + "\n"
+
+
 def test_validation_is_logged_every_n_steps(tmp_path, paired):
     trainer = Trainer(_cfg(tmp_path, paired, steps=4, val=str(paired), val_every=2, val_limit=2))
     trainer.run()
