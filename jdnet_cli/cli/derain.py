@@ -30,7 +30,7 @@ def derain(
     precision: Precision = "fp32",
     ext: Optional[str] = typer.Option(None, "--ext", help="Output format (png, jpg, webp, ...); default: as the input."),
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip inputs whose output already exists (resume an interrupted run)."),
-    quality: Optional[int] = typer.Option(None, "--quality", min=1, max=100, help="JPEG/WebP/HEIC quality; 100: lossless WebP. Default 95, and lossless for a lossless WebP input."),
+    quality: Optional[int] = typer.Option(None, "--quality", min=1, max=100, help="JPEG/WebP/HEIC/AVIF quality; 100: lossless WebP. Default 95, and lossless for a lossless WebP input."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help="Refuse images whose header claims more pixels (decompression-bomb guard)."),
     files_from: Optional[str] = typer.Option(None, "--files-from", help="Read input paths from FILE or - (stdin), one per line (or NUL-separated)."),
     shard_spec: Optional[str] = typer.Option(None, "--shard", metavar="K/N", help="Process only the K-th (0-based) of N slices of the sorted input list."),

@@ -31,14 +31,16 @@ _UNSUPPORTED_MAGIC = (
 
 
 def sniff_format(data: bytes) -> str | None:
-    """The extension ('.png', '.jpg', '.bmp', '.tif', '.webp', '.heic') the bytes are encoded in, or None."""
+    """The extension ('.png', '.jpg', '.bmp', '.tif', '.webp', '.heic', '.avif') the bytes are encoded in, or None."""
     for magic, ext in _MAGIC:
         if data.startswith(magic):
             return ext
     if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return ".webp"
     brands = set(ftyp_brands(data))
-    if brands & (_HEVC_BRANDS | _GENERIC_HEIF_BRANDS) and not brands & _AVIF_BRANDS:
+    if brands & _AVIF_BRANDS:
+        return ".avif"
+    if brands & (_HEVC_BRANDS | _GENERIC_HEIF_BRANDS):
         return ".heic"
     return None
 
@@ -65,8 +67,6 @@ def describe_unsupported(data: bytes) -> str:
     for magic, name in _UNSUPPORTED_MAGIC:
         if data.startswith(magic):
             return f"unsupported format ({name})"
-    if set(ftyp_brands(data)) & _AVIF_BRANDS:
-        return "unsupported format (AVIF)"
     if len(data) >= 12 and data[4:8] == b"ftyp":
         brand = data[8:12].decode("ascii", "replace").strip()
         return f"unsupported format (ISO media, brand {brand!r}: a video? jdnet video reads those)"
@@ -161,8 +161,8 @@ def check_complete(data: bytes, fmt: str) -> None:
             raise JDNetError(f"truncated WebP file ({len(data)} of {size} bytes)")
     elif fmt == ".tif":
         _check_tiff(data)
-    elif fmt == ".heic":
-        _check_iso_boxes(data)
+    elif fmt in (".heic", ".avif"):
+        _check_iso_boxes(data, fmt[1:].upper())
 
 
 def _png_size(data: bytes) -> tuple[int, int] | None:
@@ -300,9 +300,9 @@ def tiff_value(data: bytes, order: str, typ: int, count: int, field: bytes) -> b
     return data[start : start + size]
 
 
-def _check_iso_boxes(data: bytes) -> None:
-    """Refuse an ISO media file (HEIC) whose top-level boxes run past its end: libheif decodes what is there
-    and drops an item it cannot reach (the XMP after the image data, say) without a word."""
+def _check_iso_boxes(data: bytes, kind_name: str) -> None:
+    """Refuse an ISO media file (HEIC, AVIF) whose top-level boxes run past its end: libheif decodes what is
+    there and drops an item it cannot reach (the XMP after the image data, say) without a word."""
     pos = 0
     while pos + 8 <= len(data):
         size, kind = struct.unpack(">I4s", data[pos : pos + 8])
@@ -313,12 +313,12 @@ def _check_iso_boxes(data: bytes) -> None:
         elif size == 0:  # the last box, to the end of the file
             return
         if size < 8:
-            raise JDNetError(f"corrupt HEIC file (box {kind.decode('latin-1')!r} has size {size})")
+            raise JDNetError(f"corrupt {kind_name} file (box {kind.decode('latin-1')!r} has size {size})")
         if pos + size > len(data):
-            raise JDNetError(f"truncated HEIC file (box {kind.decode('latin-1')!r} cut off: {len(data) - pos} of {size} bytes)")
+            raise JDNetError(f"truncated {kind_name} file (box {kind.decode('latin-1')!r} cut off: {len(data) - pos} of {size} bytes)")
         pos += size
     if pos != len(data):
-        raise JDNetError(f"truncated HEIC file (a box header cut off at byte {pos})")
+        raise JDNetError(f"truncated {kind_name} file (a box header cut off at byte {pos})")
 
 
 # Deflate-compressed TIFF (Adobe's code and the old one): libtiff decodes a damaged stream into garbage
@@ -382,6 +382,47 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+def iso_boxes(data: bytes, start: int = 0, end: int | None = None):
+    """Yield (type, payload_start, payload_end) for the ISO media boxes laid one after another in data[start:end]."""
+    end = len(data) if end is None else end
+    pos = start
+    while pos + 8 <= end:
+        size, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        header = 8
+        if size == 1:
+            size, header = struct.unpack(">Q", data[pos + 8 : pos + 16])[0], 16
+        elif size == 0:
+            size = end - pos
+        if size < header or pos + size > end:
+            return
+        yield kind, pos + header, pos + size
+        pos += size
+
+
+def avif_properties(data: bytes) -> dict[bytes, list[bytes]]:
+    """The payloads of an AVIF's item properties (meta/iprp/ipco: 'ispe', 'av1C', 'colr', 'pixi', ...) by type."""
+    found: dict[bytes, list[bytes]] = {}
+    for kind, start, end in iso_boxes(data):
+        if kind != b"meta":
+            continue
+        for kind2, start2, end2 in iso_boxes(data, start + 4, end):  # 'meta' is a full box: version and flags first
+            if kind2 != b"iprp":
+                continue
+            for kind3, start3, end3 in iso_boxes(data, start2, end2):
+                if kind3 == b"ipco":
+                    for prop, pstart, pend in iso_boxes(data, start3, end3):
+                        found.setdefault(prop, []).append(data[pstart:pend])
+    return found
+
+
+def _avif_size(data: bytes) -> tuple[int, int] | None:
+    # Every image item (the primary, its alpha plane, a thumbnail or a grid's tiles) has an 'ispe': the
+    # largest is what a decoder may have to allocate, so that is the size checked against --max-pixels.
+    sizes = [struct.unpack(">II", ispe[4:12]) for ispe in avif_properties(data).get(b"ispe", []) if len(ispe) >= 12]
+    return max(sizes, key=lambda wh: wh[0] * wh[1]) if sizes else None
+
+
 # Read by header_size and frame_count at call time (the parsers are defined above).
-_SIZE_READERS = {".png": _png_size, ".jpg": _jpeg_size, ".bmp": _bmp_size, ".tif": _tiff_size, ".webp": _webp_size}
+_SIZE_READERS = {".png": _png_size, ".jpg": _jpeg_size, ".bmp": _bmp_size, ".tif": _tiff_size, ".webp": _webp_size,
+                 ".avif": _avif_size}
 _FRAME_COUNTERS = {".png": _apng_frames, ".jpg": _jpeg_images, ".webp": _webp_frames, ".tif": _tiff_pages}

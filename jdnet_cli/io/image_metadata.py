@@ -48,7 +48,7 @@ class Metadata:
 
 
 # Which outputs take which metadata (the rest is dropped, with a note).
-WRITES_EXIF = (".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif")
+WRITES_EXIF = (".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".avif")
 WRITES_ICC_XMP = WRITES_EXIF + (".tif", ".tiff")
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import JDNetError
 from .atomic import atomic_path
+from .avif import AVIF_EXTENSIONS, decode_avif, encode_avif
 from .heif import HEIF_EXTENSIONS, decode_heif, encode_heif, heif_size
 from .image_headers import (check_complete, describe_unsupported, frame_count, header_size, jpeg_sampling, sniff_format,
                             webp_is_lossless)
@@ -27,7 +28,7 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_WARNING)
 # What libjpeg and libtiff say about data they decode anyway (filling the rest with grey or garbage).
 _DAMAGE_SIGNS = ("Corrupt JPEG", "Premature end", "TIFF_Error")
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp") + HEIF_EXTENSIONS
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp") + HEIF_EXTENSIONS + AVIF_EXTENSIONS
 DEFAULT_MAX_PIXELS = 100_000_000
 
 
@@ -41,7 +42,8 @@ class Image:
     grayscale: bool = False
     jpeg_sampling: int | None = None  # a JPEG input's chroma subsampling, kept when the output is JPEG too
     webp_lossless: bool = False  # a lossless WebP input, written losslessly to WebP unless a quality is given
-    heif_chroma: int | None = None  # a HEIC input's chroma subsampling (420, 422, 444), kept when the output is HEIC
+    heif_chroma: int | None = None  # a HEIC or AVIF input's chroma subsampling (420, 422, 444), kept in the same format
+    stored_bit_depth: int | None = None  # bits per sample in the file when more than were decoded (a 10-bit AVIF)
     metadata: Metadata = field(default_factory=Metadata)  # EXIF and XMP (orientation already applied: 1), ICC, IPTC
     format: str | None = None  # extension of the format the bytes were in, e.g. '.jpg'
     frames: int = 1  # frames or pages in the file (animated WebP/PNG, multi-page TIFF); only the first is read
@@ -65,6 +67,8 @@ def decode_image(data: bytes, name: str = "<image>", max_pixels: int = DEFAULT_M
     if fmt == ".heic":
         return _decode_heif(data, name, max_pixels)
     size = header_size(data, fmt)
+    if fmt == ".avif" and size is not None:
+        return _decode_avif(data, name, max_pixels, size)
     if size is None:
         raise JDNetError(f"{name}: corrupt {fmt[1:].upper()} header")
     if size[0] * size[1] > max_pixels:
@@ -113,6 +117,28 @@ def _decode_heif(data: bytes, name: str, max_pixels: int) -> Image:
     img = _from_array(picture.pixels, name, max_pixels)
     img.bit_depth = picture.bit_depth  # 10 or 12 bits travel in uint16 but are not 16-bit precision
     img.metadata, img.format, img.frames, img.heif_chroma = picture.metadata, ".heic", picture.images, picture.chroma
+    return img
+
+
+def _decode_avif(data: bytes, name: str, max_pixels: int, size: tuple[int, int]) -> Image:
+    try:
+        if size[0] * size[1] > max_pixels:
+            raise JDNetError(f"{size[0]}x{size[1]} exceeds --max-pixels {max_pixels} (possible decompression bomb)")
+        check_complete(data, ".avif")
+        picture = decode_avif(data)
+    except JDNetError as err:
+        raise JDNetError(f"{name}: {err}") from None
+    arr, meta = picture.pixels, picture.metadata
+    orientation = exif_orientation(meta.exif)
+    if orientation != 1:
+        arr = apply_orientation(arr, orientation)
+        turned_upright(meta, orientation)
+    img = _from_array(arr, name, max_pixels)
+    if arr.ndim == 3 and arr.shape[2] == 4 and picture.grey:
+        img.grayscale = True
+    img.metadata, img.format, img.frames = meta, ".avif", picture.frames
+    img.heif_chroma = picture.chroma if orientation < 5 or picture.chroma != 422 else None  # 4:2:2 turned is 4:4:0
+    img.stored_bit_depth = picture.stored_bit_depth if picture.stored_bit_depth > 8 else None
     return img
 
 
@@ -194,13 +220,15 @@ def _written_depth(img: Image, ext: str) -> int:
         return 8
     if ext in HEIF_EXTENSIONS:
         return 10  # what the HEIC encoder writes above 8 bits
+    if ext in AVIF_EXTENSIONS:
+        return 8  # Pillow's AVIF encoder writes 8 bits only
     if img.bit_depth == 32:  # float: TIFF holds it; PNG's 16 bits are the next best (65,536 levels, not 256)
         return 32 if ext in (".tif", ".tiff") else 16 if ext == ".png" else 8
     return 16 if ext in (".png", ".tif", ".tiff") else 8  # 10, 12 and 16 bits
 
 
 def _keeps_alpha(ext: str) -> bool:
-    return ext in (".png", ".tif", ".tiff", ".webp") + HEIF_EXTENSIONS
+    return ext in (".png", ".tif", ".tiff", ".webp") + HEIF_EXTENSIONS + AVIF_EXTENSIONS
 
 
 def _written_grey(img: Image, ext: str) -> bool:
@@ -235,6 +263,9 @@ def conversion_losses(img: Image, ext: str) -> str | None:
     if depth < img.bit_depth:
         lost.append(f"{img.bit_depth}-bit depth (written as {depth}-bit)")
     notes = []
+    if img.stored_bit_depth:
+        notes.append(f"has 8 bits per sample: the input's {img.stored_bit_depth}-bit AVIF is read at 8 bits "
+                     "(Pillow's AVIF decoder)")
     if lost:
         keeper = "tif" if img.bit_depth == 32 else "png"
         notes.append(f"drops {' and '.join(lost)}: {ext[1:]} cannot hold {'them' if len(lost) > 1 else 'it'}; "
@@ -320,6 +351,9 @@ def encode_image(img: Image, ext: str, quality: int | None = None) -> bytes:
     if ext in HEIF_EXTENSIONS:
         chroma = img.heif_chroma if img.format == ".heic" else None
         return encode_heif(arr, _carried_metadata(img, ext), quality or DEFAULT_QUALITY, chroma)
+    if ext in AVIF_EXTENSIONS:
+        chroma = img.heif_chroma if img.format == ".avif" else None
+        return encode_avif(arr, _carried_metadata(img, ext), quality or DEFAULT_QUALITY, chroma)
     if arr.ndim == 3 and arr.shape[2] == 2:
         data = _encode_png_gray_alpha(arr)
     else:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from ..errors import JDNetError
+from ..io.avif import AVIF_EXTENSIONS, avif_support_missing
 from ..io.heif import HEIF_EXTENSIONS, heif_support_missing
 from ..io.images import IMAGE_EXTENSIONS, is_image_path, read_bytes
 
@@ -61,14 +62,14 @@ def check_output_folder(out: Path) -> None:
 # Image formats people name outputs with that jdnet does not write. An OUTPUT ending in one of these is
 # a file name, not a folder, so it is refused rather than created as a folder with the image inside.
 _OTHER_IMAGE_SUFFIXES = frozenset(
-    ".gif .avif .jxl .jp2 .j2k .ico .tga .psd .ppm .pgm .pbm .pnm .exr .hdr .svg .dng .raw".split()
+    ".gif .jxl .jp2 .j2k .ico .tga .psd .ppm .pgm .pbm .pnm .exr .hdr .svg .dng .raw".split()
 )
 
 
-# Photo formats jdnet does not read (the OpenCV wheel has no AVIF, JPEG XL or camera-raw decoder). In a
-# folder or a glob they fail by name instead of vanishing from the batch: a camera's raw files must not be
-# left out of "jdnet derain photos/ out/" with exit status 0.
-_UNREAD_PHOTO_SUFFIXES = frozenset(".avif .jxl .jp2 .dng .raw .cr2 .cr3 .nef .arw .orf .rw2 .raf".split())
+# Photo formats jdnet does not read (neither OpenCV's wheel nor Pillow decodes JPEG XL or camera raw). In
+# a folder or a glob they fail by name instead of vanishing from the batch: a camera's raw files must not
+# be left out of "jdnet derain photos/ out/" with exit status 0.
+_UNREAD_PHOTO_SUFFIXES = frozenset(".jxl .jp2 .dng .raw .cr2 .cr3 .nef .arw .orf .rw2 .raf".split())
 
 
 def _unread_photo(path: Path) -> str | None:
@@ -97,6 +98,8 @@ def normalize_ext(ext: str | None) -> str | None:
         raise JDNetError(f"unsupported --ext {ext!r} (use one of {_EXTENSION_NAMES})")
     if ext in HEIF_EXTENSIONS and heif_support_missing():
         raise JDNetError(f"--ext {ext[1:]}: {heif_support_missing()}")
+    if ext in AVIF_EXTENSIONS and avif_support_missing():
+        raise JDNetError(f"--ext {ext[1:]}: {avif_support_missing()}")
     return ext
 
 

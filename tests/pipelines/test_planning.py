@@ -58,7 +58,7 @@ def test_an_image_output_named_for_a_format_jdnet_cannot_write_is_refused(tmp_pa
     img.write_bytes(b"x")
     with pytest.raises(JDNetError) as err:
         plan_jobs([str(img)], str(tmp_path / "o.GIF"))
-    assert str(err.value) == (f"{tmp_path / 'o.GIF'}: jdnet writes png, jpg, jpeg, bmp, tif, tiff, webp, heic, heif "
+    assert str(err.value) == (f"{tmp_path / 'o.GIF'}: jdnet writes png, jpg, jpeg, bmp, tif, tiff, webp, heic, heif, avif "
                               "images, not gif; "
                               "name an output file of one of those, or a folder")
     assert not (tmp_path / "o.GIF").exists()
@@ -71,17 +71,17 @@ def test_an_image_output_named_for_a_format_jdnet_cannot_write_is_refused(tmp_pa
 def test_photos_in_formats_jdnet_cannot_read_fail_by_name_instead_of_vanishing(tmp_path):
     photos = tmp_path / "photos"
     (photos / "trip").mkdir(parents=True)
-    for name in ("a.jpg", "IMG_0001.AVIF", "trip/b.dng", "notes.txt", "trip/c.xmp"):
+    for name in ("a.jpg", "IMG_0001.JXL", "trip/b.dng", "notes.txt", "trip/c.xmp"):
         (photos / name).write_bytes(b"x")
     out = tmp_path / "out"
-    reason = "jdnet does not read {} images; convert it to one of png, jpg, jpeg, bmp, tif, tiff, webp, heic, heif first"
-    expected = [(photos / "IMG_0001.AVIF", None, reason.format("avif")), (photos / "a.jpg", out / "a.jpg", None),
+    reason = "jdnet does not read {} images; convert it to one of png, jpg, jpeg, bmp, tif, tiff, webp, heic, heif, avif first"
+    expected = [(photos / "IMG_0001.JXL", None, reason.format("jxl")), (photos / "a.jpg", out / "a.jpg", None),
                 (photos / "trip" / "b.dng", None, reason.format("dng"))]  # text and sidecar files are not photos
     assert [(j.input, j.output, j.error) for j in plan_jobs([str(photos)], str(out))] == expected
     assert [(j.input, j.error) for j in plan_jobs([str(photos / "*")], str(out))] == [
-        (photos / "IMG_0001.AVIF", reason.format("avif")), (photos / "a.jpg", None)]
-    [job] = plan_jobs([str(photos / "IMG_0001.AVIF")], str(out))
-    assert job.error == reason.format("avif")
+        (photos / "IMG_0001.JXL", reason.format("jxl")), (photos / "a.jpg", None)]
+    [job] = plan_jobs([str(photos / "IMG_0001.JXL")], str(out))
+    assert job.error == reason.format("jxl")
     [job] = plan_jobs([str(photos / "notes.txt")], str(out))
     assert job.error == "unsupported file type"
 
