@@ -4,8 +4,8 @@ splice them into the bytes OpenCV encodes (OpenCV itself drops all metadata).
 Byte-level segment copying is a few dozen lines per format, so it is done here instead of adding
 Pillow as a dependency. EXIF is kept as the raw TIFF structure, XMP as its XML packet and the ICC
 profile as raw bytes, so metadata moves between formats (e.g. JPEG in, PNG out). A JPEG's IPTC block
-(APP13) goes only to JPEG outputs. TIFF files give and take ICC and XMP, not EXIF (its sub-IFD's
-offsets would need rewriting); BMP outputs carry none.
+(APP13) goes only to JPEG outputs. TIFF files give and take ICC, XMP and EXIF (rebuilt from and into
+the TIFF's own directories by tiff_exif.py); BMP outputs carry none.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .image_headers import header_size, jpeg_segments, tiff_ifd0, tiff_value
+from .tiff_exif import DESCRIPTIVE_TAGS, entry_bytes, exif_for_tiff, exif_from_tiff, serialize_ifd
 
 EXIF_HEADER = b"Exif\x00\x00"
 ICC_HEADER = b"ICC_PROFILE\x00"
@@ -48,8 +49,8 @@ class Metadata:
 
 
 # Which outputs take which metadata (the rest is dropped, with a note).
-WRITES_EXIF = (".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".avif")
-WRITES_ICC_XMP = WRITES_EXIF + (".tif", ".tiff")
+WRITES_EXIF = (".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".avif", ".tif", ".tiff")
+WRITES_ICC_XMP = WRITES_EXIF
 
 
 def read_metadata(data: bytes, fmt: str) -> Metadata:
@@ -102,7 +103,7 @@ def embed_metadata(data: bytes, fmt: str, meta: Metadata) -> bytes:
         return _embed_png(data, meta)
     if fmt == ".webp":
         return _embed_webp(data, meta)
-    if fmt in (".tif", ".tiff") and (meta.icc or meta.xmp or meta.dpi):
+    if fmt in (".tif", ".tiff") and (meta.icc or meta.xmp or meta.dpi or meta.exif):
         return _embed_tiff(data, meta)
     return data
 
@@ -435,20 +436,25 @@ _TIFF_XRES, _TIFF_YRES, _TIFF_RES_UNIT = 282, 283, 296
 
 def _read_tiff(data: bytes) -> Metadata:
     order, _ifd, entries = tiff_ifd0(data)
-    meta, orientation, values, unit = Metadata(), 1, {}, 2
+    meta, orientation, values, unit, has_exif = Metadata(), 1, {}, 2, False
     for tag, typ, count, field in entries:
         if tag in (_TIFF_ICC, _TIFF_XMP, _TIFF_XRES, _TIFF_YRES):
             try:  # a value past the end of the file is skipped, not fatal to the other tags
                 values[tag] = tiff_value(data, order, typ, count, field)
             except ValueError:
                 continue
-        elif tag in (_TIFF_EXIF_IFD, _TIFF_GPS_IFD):
-            meta.tiff_exif = True
+        elif tag in (_TIFF_EXIF_IFD, _TIFF_GPS_IFD) or tag in DESCRIPTIVE_TAGS:
+            has_exif = True
         elif tag == _TIFF_ORIENTATION and typ == 3:
             orientation = struct.unpack(order + "H", field[:2])[0]
         elif tag == _TIFF_RES_UNIT and typ == 3:
             unit = struct.unpack(order + "H", field[:2])[0]
     meta.icc, meta.xmp = values.get(_TIFF_ICC), values.get(_TIFF_XMP)
+    if has_exif:
+        try:
+            meta.exif = exif_from_tiff(data)
+        except (struct.error, ValueError, IndexError):
+            meta.tiff_exif = True  # there, but too damaged to carry: the note says it is dropped
     resolution = [values.get(t) for t in (_TIFF_XRES, _TIFF_YRES)]
     if unit in (2, 3) and all(r is not None and len(r) == 8 for r in resolution):
         ratios = [struct.unpack(order + "II", r) for r in resolution]
@@ -467,8 +473,26 @@ def _embed_tiff(data: bytes, meta: Metadata) -> bytes:
     order, ifd, entries = tiff_ifd0(data)
     count = len(entries)
     next_ifd = data[ifd + 2 + 12 * count : ifd + 6 + 12 * count]
-    entries = [e for e in entries if e[0] not in (_TIFF_ICC, _TIFF_XMP, _TIFF_XRES, _TIFF_YRES, _TIFF_RES_UNIT)]
+    described, children = [], {}
+    if meta.exif:
+        try:
+            described, children = exif_for_tiff(meta.exif)
+        except (struct.error, ValueError, IndexError):
+            pass  # a malformed EXIF block is not worth failing the image for
+    replaced = {_TIFF_ICC, _TIFF_XMP, _TIFF_XRES, _TIFF_YRES, _TIFF_RES_UNIT, _TIFF_EXIF_IFD, _TIFF_GPS_IFD}
+    replaced |= {e.tag for e in described}
+    entries = [e for e in entries if e[0] not in replaced]
     out = bytearray(data)
+    for entry in described:
+        raw = entry_bytes(entry, order)
+        if len(raw) > 4:
+            out += b"\x00" * (len(out) & 1)
+            raw, out = struct.pack(order + "I", len(out)), out + raw
+        entries.append((entry.tag, entry.typ, entry.count, raw.ljust(4, b"\x00")))
+    for tag, sub in sorted(children.items()):
+        out += b"\x00" * (len(out) & 1)
+        entries.append((tag, 4, 1, struct.pack(order + "I", len(out))))
+        out += serialize_ifd(sub, {}, order, len(out))
     rationals = [struct.pack(order + "II", round(v * 100), 100) for v in meta.dpi] if meta.dpi else [None, None]
     if meta.dpi:
         entries.append((_TIFF_RES_UNIT, 3, 1, struct.pack(order + "HH", 2, 0)))  # inches

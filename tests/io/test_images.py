@@ -329,18 +329,72 @@ def test_tiff_keeps_icc_and_xmp_and_says_what_a_format_drops(tiny):
     data = _pillow_tiff(arr, ifd={272: "jdnet-camera", 700: xmp, 34665: {0x9003: "2026:12:07 10:00:00"}},
                         icc_profile=_icc(3000))
     img = decode_image(data, "scan.tif")
-    assert (img.metadata.icc, img.metadata.xmp, img.metadata.tiff_exif) == (_icc(3000), xmp, True)
+    assert (img.metadata.icc, img.metadata.xmp, img.metadata.tiff_exif) == (_icc(3000), xmp, False)
     out = encode_image(derain_image(tiny, img), ".tif")
-    written = PILImage.open(io.BytesIO(out))  # an independent reader finds both in the new IFD0
+    written = PILImage.open(io.BytesIO(out))  # an independent reader finds all three in the new IFD0
     assert written.info["icc_profile"] == _icc(3000) and bytes(written.tag_v2[700]) == xmp
+    assert written.getexif()[272] == "jdnet-camera"
+    assert written.getexif().get_ifd(34665) == {0x9003: "2026:12:07 10:00:00"}
     assert cv2.imdecode(np.frombuffer(out, np.uint8), cv2.IMREAD_UNCHANGED).shape == (12, 16, 3)
-    assert read_metadata(out, ".tif") == Metadata(icc=_icc(3000), xmp=xmp)
-    assert conversion_losses(img, ".tif") == "drops the input's EXIF: jdnet does not write it into tif files"
+    again = read_metadata(out, ".tif")
+    assert (again.icc, again.xmp, again.exif) == (_icc(3000), xmp, img.metadata.exif)
+    assert conversion_losses(img, ".tif") is None
+    # The TIFF's EXIF (IFD0's descriptive tags and the EXIF sub-IFD) goes into other formats as an EXIF block.
+    as_jpeg = PILImage.open(io.BytesIO(encode_image(img, ".jpg"))).getexif()
+    assert as_jpeg[272] == "jdnet-camera" and as_jpeg.get_ifd(34665) == {0x9003: "2026:12:07 10:00:00"}
     jpeg = decode_image(embed_metadata(_encode(arr, ".jpg"), ".jpg", Metadata(exif=_exif(1), icc=_icc(), xmp=xmp)), "p.jpg")
-    assert conversion_losses(jpeg, ".tiff") == "drops the input's EXIF: jdnet does not write it into tiff files"
+    assert conversion_losses(jpeg, ".tiff") is None
     assert conversion_losses(jpeg, ".bmp") == (
         "drops the input's EXIF and XMP and ICC profile: jdnet does not write them into bmp files")
     assert conversion_losses(jpeg, ".png") is None
+
+
+def _big_endian_gps_exif() -> bytes:
+    """A big-endian EXIF block (as many cameras write): IFD0 = Make + GPS pointer; GPS = 'N', 52/1 30/1 155/10."""
+    make = b"BigCam\x00\x00"
+    ifd0 = struct.pack(">H", 2) + struct.pack(">HHII", 271, 2, 7, 38) + struct.pack(">HHII", 0x8825, 4, 1, 46)
+    gps = struct.pack(">H", 2) + struct.pack(">HHI2s2x", 1, 2, 2, b"N\x00") + struct.pack(">HHII", 2, 5, 3, 46 + 30)
+    gps += struct.pack(">I", 0) + struct.pack(">6I", 52, 1, 30, 1, 155, 10)
+    return b"MM\x00*" + struct.pack(">I", 8) + ifd0 + struct.pack(">I", 0) + make + gps
+
+
+def test_a_cameras_exif_with_gps_moves_between_jpeg_and_tiff_in_either_byte_order():
+    from PIL import Image as PILImage
+    import io
+
+    arr = np.random.default_rng(9).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    exif = PILImage.Exif()
+    exif[271], exif[274] = "RainCam", 6  # Make; the orientation is applied on read, so it must not travel
+    exif[0x8825] = {1: "N", 2: (52.0, 30.0, 15.5), 6: 12.25}  # GPS: latitude ref, latitude, altitude (rationals)
+    exif[0x8769] = {0x9003: "2025:01:01 00:00:00", 0x920A: 4.5}  # DateTimeOriginal, FocalLength
+    out = io.BytesIO()
+    PILImage.fromarray(arr).save(out, "JPEG", exif=exif.tobytes())
+    img = decode_image(out.getvalue(), "p.jpg")
+    tif = encode_image(img, ".tif")
+    written = PILImage.open(io.BytesIO(tif)).getexif()
+    assert written[271] == "RainCam" and 274 not in written  # the pixels are upright: no orientation tag
+    assert written.get_ifd(0x8825) == {1: "N", 2: (52.0, 30.0, 15.5), 6: 12.25}
+    assert written.get_ifd(0x8769) == {0x9003: "2025:01:01 00:00:00", 0x920A: 4.5}
+    assert PILImage.open(io.BytesIO(tif)).size == (12, 16)  # turned upright once
+    back = decode_image(tif, "p.tif")  # and from the TIFF into a JPEG again
+    again = PILImage.open(io.BytesIO(encode_image(back, ".jpg"))).getexif()
+    assert again[271] == "RainCam" and again.get_ifd(0x8825)[2] == (52.0, 30.0, 15.5)
+    # Big-endian into the little-endian TIFF OpenCV writes: each value is re-encoded, not copied.
+    big = decode_image(embed_metadata(_encode(arr, ".jpg"), ".jpg", Metadata(exif=_big_endian_gps_exif())), "b.jpg")
+    written = PILImage.open(io.BytesIO(encode_image(big, ".tif"))).getexif()
+    assert written[271] == "BigCam" and written.get_ifd(0x8825) == {1: "N", 2: (52.0, 30.0, 15.5)}
+
+
+def test_a_tiff_whose_exif_directory_is_damaged_is_written_without_it_and_says_so():
+    from PIL import Image as PILImage
+    import io
+
+    arr = np.random.default_rng(10).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    PILImage.fromarray(arr).save(buf, "TIFF", tiffinfo={34665: 10_000_000})  # points far past the end
+    img = decode_image(buf.getvalue(), "bad-exif.tif")
+    assert img.metadata.exif is None and img.metadata.tiff_exif
+    assert conversion_losses(img, ".tif") == "drops the input's EXIF: jdnet does not write it into tif files"
 
 
 def test_xmp_orientation_is_reset_when_a_tiff_orientation_tag_is_applied():
