@@ -3,3 +3,17 @@
 
 class JDNetError(Exception):
     """A user-facing failure: the CLI prints ``str(err)`` on one line, never a traceback."""
+
+
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type's name when empty), cut to ``limit`` characters."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:limit]
+
+
+def failure_reason(check) -> str | None:
+    """The message of the JDNetError that ``check()`` raises, or None when it returns."""
+    try:
+        check()
+    except JDNetError as err:
+        return str(err)
+    return None

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import JDNetError
+from ..errors import JDNetError, failure_reason, first_line
 from .image_headers import avif_properties
-from .image_metadata import EXIF_HEADER, Metadata, finish_metadata
+from .image_metadata import Metadata, exif_body, finish_metadata, pillow_save_options
 
 AVIF_EXTENSIONS = (".avif",)
 INSTALL_HINT = "pip install 'pillow>=11.3'"  # the first Pillow whose wheels read and write AVIF
@@ -44,11 +44,7 @@ def _backend() -> Any:
 
 def avif_support_missing() -> str | None:
     """Why AVIF files cannot be read or written here, or None when they can."""
-    try:
-        _backend()
-    except JDNetError as err:
-        return str(err)
-    return None
+    return failure_reason(_backend)
 
 
 @dataclass
@@ -93,9 +89,6 @@ def _coding(data: bytes) -> _Coding:
     return coding
 
 
-def _first_line(err: Exception) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-
 
 def decode_avif(data: bytes) -> AvifPicture:
     """Decode the primary image (the first frame of a sequence); its rotation is left to the EXIF orientation."""
@@ -107,7 +100,7 @@ def decode_avif(data: bytes) -> AvifPicture:
             picture.load()
         arr = np.asarray(picture)
     except (ValueError, RuntimeError, OSError, SyntaxError, EOFError) as err:
-        raise JDNetError(f"corrupt AVIF data ({_first_line(err)})") from None
+        raise JDNetError(f"corrupt AVIF data ({first_line(err)})") from None
     if arr.dtype != np.uint8:
         raise JDNetError(f"unsupported AVIF sample type {arr.dtype}")
     if arr.ndim == 3 and arr.shape[2] == 2:  # grey + alpha: OpenCV's layout has no such thing
@@ -118,7 +111,7 @@ def decode_avif(data: bytes) -> AvifPicture:
     coding = _coding(data)
     # Pillow turns the file's rotate/mirror properties (which HEIF readers must apply and whose EXIF
     # orientation they must ignore) into the EXIF orientation it hands over, so applying that is right.
-    meta = Metadata(exif=_exif_body(info.get("exif")), icc=info.get("icc_profile") or None,
+    meta = Metadata(exif=exif_body(info.get("exif")), icc=info.get("icc_profile") or None,
                     xmp=_bytes(info.get("xmp")))
     if coding.nclx and not meta.icc:
         meta.nclx = coding.nclx
@@ -134,11 +127,6 @@ def _bytes(value: Any) -> bytes | None:
     return value.encode("utf-8") if isinstance(value, str) else bytes(value)
 
 
-def _exif_body(exif: bytes | None) -> bytes | None:
-    if not exif:
-        return None
-    return exif[len(EXIF_HEADER):] if exif.startswith(EXIF_HEADER) else exif
-
 
 def encode_avif(pixels: np.ndarray, metadata: Metadata, quality: int, chroma: int | None = None) -> bytes:
     """AVIF bytes (8-bit) of an OpenCV-layout uint8 array, carrying EXIF, XMP and ICC; ``chroma`` 420/422/444."""
@@ -149,18 +137,12 @@ def encode_avif(pixels: np.ndarray, metadata: Metadata, quality: int, chroma: in
         pixels = pixels[..., [2, 1, 0, 3][: pixels.shape[2]]]
     mode = "L" if pixels.ndim == 2 else {3: "RGB", 4: "RGBA"}[pixels.shape[2]]
     image = pil.fromarray(np.ascontiguousarray(pixels), mode)
-    options: dict[str, Any] = {"quality": quality}
+    options: dict[str, Any] = {"quality": quality, **pillow_save_options(metadata)}
     if mode != "L":
         options["subsampling"] = _SUBSAMPLING.get(chroma or 420, "4:2:0")
-    if metadata.exif:
-        options["exif"] = EXIF_HEADER + metadata.exif
-    if metadata.xmp:
-        options["xmp"] = metadata.xmp
-    if metadata.icc:
-        options["icc_profile"] = metadata.icc
     out = io.BytesIO()
     try:
         image.save(out, format="AVIF", **options)
     except (ValueError, RuntimeError, OSError) as err:
-        raise JDNetError(f"could not encode image as AVIF ({_first_line(err)})") from None
+        raise JDNetError(f"could not encode image as AVIF ({first_line(err)})") from None
     return out.getvalue()

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import JDNetError
-from .image_metadata import EXIF_HEADER, Metadata, finish_metadata, turned_upright
+from ..errors import JDNetError, failure_reason, first_line
+from .image_metadata import Metadata, exif_body, finish_metadata, pillow_save_options, turned_upright
 
 HEIF_EXTENSIONS = (".heic", ".heif")
 INSTALL_HINT = "pip install pillow-heif"  # what the 'heif' extra adds; right for a checkout and an installed copy
@@ -33,11 +33,7 @@ def _backend() -> Any:
 
 def heif_support_missing() -> str | None:
     """Why HEIC files cannot be read or written here, or None when they can."""
-    try:
-        _backend()
-    except JDNetError as err:
-        return str(err)
-    return None
+    return failure_reason(_backend)
 
 
 @dataclass
@@ -61,11 +57,8 @@ def _open(data: bytes) -> Any:
     try:
         return heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=False)
     except (ValueError, RuntimeError, OSError, SyntaxError) as err:
-        raise JDNetError(f"corrupt HEIC data ({_first_line(err)})") from None
+        raise JDNetError(f"corrupt HEIC data ({first_line(err)})") from None
 
-
-def _first_line(err: Exception) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
 
 
 def decode_heif(data: bytes) -> HeifPicture:
@@ -74,7 +67,7 @@ def decode_heif(data: bytes) -> HeifPicture:
     try:
         rgb = np.asarray(heif)
     except (ValueError, RuntimeError, OSError) as err:
-        raise JDNetError(f"corrupt HEIC data ({_first_line(err)})") from None
+        raise JDNetError(f"corrupt HEIC data ({first_line(err)})") from None
     depth = int(heif.info.get("bit_depth") or 8)
     if rgb.dtype == np.uint16 and depth < 16:
         # libheif puts 10/12-bit samples in the high bits; rescale so that full white is 65535, not 65472.
@@ -82,7 +75,7 @@ def decode_heif(data: bytes) -> HeifPicture:
     if rgb.ndim == 3:
         rgb = rgb[..., [2, 1, 0, 3][: rgb.shape[2]]]
     info = heif.info
-    meta = Metadata(exif=_exif_body(info.get("exif")), icc=info.get("icc_profile") or None,
+    meta = Metadata(exif=exif_body(info.get("exif")), icc=info.get("icc_profile") or None,
                     xmp=info.get("xmp") or None)
     nclx = info.get("nclx_profile")
     if nclx and not meta.icc:
@@ -95,11 +88,6 @@ def decode_heif(data: bytes) -> HeifPicture:
     chroma = info.get("chroma")
     return HeifPicture(np.ascontiguousarray(rgb), depth, meta, int(chroma) if chroma else None, max(images, 1))
 
-
-def _exif_body(exif: bytes | None) -> bytes | None:
-    if not exif:
-        return None
-    return exif[len(EXIF_HEADER):] if exif.startswith(EXIF_HEADER) else exif
 
 
 def encode_heif(pixels: np.ndarray, metadata: Metadata, quality: int, chroma: int | None = None) -> bytes:
@@ -117,14 +105,8 @@ def encode_heif(pixels: np.ndarray, metadata: Metadata, quality: int, chroma: in
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels] + (";16" if high else "")
     pixels = np.ascontiguousarray(pixels)
     image = heif.from_bytes(mode=mode, size=(pixels.shape[1], pixels.shape[0]), data=pixels.tobytes())
-    extra: dict[str, Any] = {}
-    if metadata.exif:
-        extra["exif"] = EXIF_HEADER + metadata.exif
-    if metadata.xmp:
-        extra["xmp"] = metadata.xmp
-    if metadata.icc:
-        extra["icc_profile"] = metadata.icc
-    elif metadata.nclx:
+    extra: dict[str, Any] = pillow_save_options(metadata)
+    if not metadata.icc and metadata.nclx:
         # Without it the encoder writes its sRGB default, and a Display P3 or BT.2020 photo is read as sRGB.
         extra["nclx_profile"] = dict(zip(_NCLX_KEYS, metadata.nclx))
     if chroma in (420, 422, 444):
@@ -133,5 +115,5 @@ def encode_heif(pixels: np.ndarray, metadata: Metadata, quality: int, chroma: in
     try:
         image.save(out, quality=quality, **extra)
     except (ValueError, RuntimeError, OSError) as err:
-        raise JDNetError(f"could not encode image as HEIC ({_first_line(err)})") from None
+        raise JDNetError(f"could not encode image as HEIC ({first_line(err)})") from None
     return out.getvalue()

@@ -63,6 +63,19 @@ def read_metadata(data: bytes, fmt: str) -> Metadata:
     return finish_metadata(meta)
 
 
+def exif_body(exif: bytes | None) -> bytes | None:
+    """An EXIF block without the 'Exif\\0\\0' prefix some containers store it with; None for none."""
+    if not exif:
+        return None
+    return exif[len(EXIF_HEADER):] if exif.startswith(EXIF_HEADER) else exif
+
+
+def pillow_save_options(meta: Metadata) -> dict[str, bytes]:
+    """EXIF, XMP and ICC as the keyword options of Pillow's and pillow-heif's ``save``."""
+    options = {"exif": EXIF_HEADER + meta.exif if meta.exif else None, "xmp": meta.xmp, "icc_profile": meta.icc}
+    return {key: value for key, value in options.items() if value}
+
+
 def finish_metadata(meta: Metadata) -> Metadata:
     """Drop what must not travel with derained pixels: XMP about data after the image, the EXIF thumbnail."""
     if meta.xmp is not None and _TRAILER_XMP.search(meta.xmp):
