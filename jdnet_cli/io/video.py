@@ -125,6 +125,7 @@ class FfmpegFrameReader:
 
     def __init__(self, info: VideoInfo, video_index: int, start: float | None, duration: float | None, colour: Colour):
         self.info = info
+        self.sample_aspect = info.sample_aspect
         self.high = info.high_bit_depth
         self.pix_fmt = "rgb48le" if self.high else "rgb24"
         self.width, self.height = info.width, info.height
@@ -252,6 +253,7 @@ class ImageSequenceReader:
         self.pix_fmt = "rgb48le" if self.high else "rgb24"
         self.time_base = 1 / fps
         self.first_pts_s = Fraction(0)
+        self.sample_aspect = None
 
     def frames(self) -> Iterator[Frame]:
         """Yield each image as a frame; raise JDNetError naming a file whose size differs."""
@@ -393,7 +395,7 @@ class FfmpegEncoder:
     """An ffmpeg process that reads raw frames with timestamps (Matroska on stdin) and encodes a file."""
 
     def __init__(self, dest: Path, width: int, height: int, in_pix_fmt: str, settings: EncodeSettings,
-                 colour: Colour, time_base: Fraction | None):
+                 colour: Colour, time_base: Fraction | None, sample_aspect: tuple[int, int] | None = None):
         high = in_pix_fmt == "rgb48le"
         out_pix_fmt = settings.pix_fmt or default_pix_fmt(settings.codec, high)
         rgb_out = out_pix_fmt.startswith(("gbr", "rgb", "bgr"))
@@ -406,6 +408,9 @@ class FfmpegEncoder:
             vf = (f"scale=out_color_matrix={colour.scale_matrix}:out_range={rng}:flags=accurate_rnd+full_chroma_int,"
                   # Frame properties win over -color_* options in current ffmpeg, so tag the frames too.
                   f"setparams=colorspace={colour.space}:{tags}")
+        if sample_aspect:
+            # Anamorphic video (DV, broadcast SD) has non-square pixels: without this it plays stretched.
+            vf += f",setsar={sample_aspect[0]}/{sample_aspect[1]}"
         cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-f", "matroska", "-i", "pipe:0",
                "-map", "0:v", "-map_metadata", "-1", "-vf", vf]
         cmd += encoder_args(settings, high)
@@ -527,18 +532,26 @@ def plan_stream_copy(source: Path, dest: Path) -> StreamCopy:
                      f"({ffmpeg_failure(first.stderr, first.returncode)}); an output named {source.suffix.lower()} keeps them")
 
 
+@dataclass(frozen=True)
+class SourceTags:
+    """What of the source's metadata needs asking for: the derained stream's own tags, and QuickTime keys."""
+
+    video: tuple[tuple[str, str], ...] = ()  # (key, value) of the processed video stream: language, title
+    vendor_keys: bool = False  # com.apple.quicktime.* / com.android.* keys, written by mov/mp4 only on request
+
+
 def remux(video: Path, source: Path | None, dest: Path, video_offset: float, start: float | None,
           duration: float | None, limit: float | None, streams: StreamCopy = StreamCopy(),
-          copies_streams: bool = True) -> None:
+          copies_streams: bool = True, tags: SourceTags = SourceTags()) -> None:
     """Put the encoded video together with the source's audio, subtitles, attachments and metadata (copied).
 
     ``video_offset``: where the first encoded frame sits on the source's timeline (seconds, including
     ``start``); ``limit``: end of the kept part relative to ``start`` (for a partial file); ``streams``: the
     conversions ``plan_stream_copy`` chose; ``copies_streams``: whether the source has audio, subtitles or
-    attachments to copy.
+    attachments to copy; ``tags``: source metadata that stream copying does not carry by itself.
     """
     if not start or source is None:
-        _mux(video, source, dest, video_offset, duration, limit, streams)
+        _mux(video, source, dest, video_offset, duration, limit, streams, tags=tags)
         return
     # ffmpeg's output-side -ss drops stream-copied packets whose decoding time is before the cut, and a
     # video with B-frames decodes its first frame before it shows it: the derained video (already just the
@@ -547,7 +560,7 @@ def remux(video: Path, source: Path | None, dest: Path, video_offset: float, sta
     # plan_stream_copy checked), and the video joins them uncut.
     if not copies_streams:
         # Nothing to cut but chapters, which would keep the uncut times: leave them out.
-        _mux(video, source, dest, video_offset - start, None, limit, streams, chapters=False)
+        _mux(video, source, dest, video_offset - start, None, limit, streams, chapters=False, tags=tags)
         return
     cut = temp_path_beside(dest, "cut")
     try:
@@ -557,7 +570,7 @@ def remux(video: Path, source: Path | None, dest: Path, video_offset: float, sta
         if duration:
             cmd += ["-t", f"{duration:.6f}"]
         _run_ffmpeg([*cmd, "-y", ffmpeg_url(cut), *_timeline_anchor(0)])
-        _mux(video, cut, dest, video_offset - start, None, limit, StreamCopy())
+        _mux(video, cut, dest, video_offset - start, None, limit, StreamCopy(), tags=tags)
     finally:
         cut.unlink(missing_ok=True)
 
@@ -580,7 +593,7 @@ def _run_ffmpeg(args: list[str]) -> None:
 
 
 def _mux(video: Path, source: Path | None, dest: Path, video_offset: float, duration: float | None,
-         limit: float | None, streams: StreamCopy, chapters: bool = True) -> None:
+         limit: float | None, streams: StreamCopy, chapters: bool = True, tags: SourceTags = SourceTags()) -> None:
     """The encoded video (moved to ``video_offset``) plus ``source``'s other streams and metadata, all copied."""
     ext = dest.suffix.lower().lstrip(".")
     cmd = list(_FFMPEG)
@@ -592,10 +605,13 @@ def _mux(video: Path, source: Path | None, dest: Path, video_offset: float, dura
     if source is not None:
         cmd += [*_copied_streams(1, ext), *streams.codec_args, "-map_metadata", "1",
                 "-map_chapters", "1" if chapters else "-1"]
+        for key, value in tags.video:
+            cmd += ["-metadata:s:v:0", f"{key}={value}"]
     if limit is not None or duration:
         cmd += ["-t", f"{min(limit or duration, duration or limit):.6f}"]
     if ext in ("mp4", "m4v", "mov"):
-        cmd += ["-movflags", "+faststart"]
+        # Phones' keys (location, make, model, creation date) are written only with use_metadata_tags.
+        cmd += ["-movflags", "+faststart" + ("+use_metadata_tags" if tags.vendor_keys and source is not None else "")]
     _run_ffmpeg([*cmd, "-y", ffmpeg_url(dest), *(_timeline_anchor(1) if source is not None else [])])
 
 

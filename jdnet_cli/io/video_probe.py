@@ -47,6 +47,9 @@ class VideoInfo:
     stream_types: list[str] = field(default_factory=list)  # per input stream: video/audio/subtitle/...
     video_index: int = 0  # among the file's video streams (cover art skipped): the one we process
     attached_pics: int = 0  # video streams that are cover art (one picture), anywhere in the file
+    sample_aspect: tuple[int, int] | None = None  # the stream's pixel shape (SAR) when not square, as stored
+    stream_tags: dict[str, str] = field(default_factory=dict)  # the processed stream's language and title
+    vendor_tags: bool = False  # the file has QuickTime 'mdta' keys (com.apple.quicktime.*, com.android.*)
 
     @property
     def high_bit_depth(self) -> bool:
@@ -106,16 +109,22 @@ def parse_ffmpeg_info(stderr: str, path: Path) -> VideoInfo:
     # ffmpeg lists streams that belong to a "Stream group" (a track reference) under it, out of index
     # order and sometimes more than once: take each index once, in index order.
     streams = {}
-    for m in re.finditer(r"^\s*Stream #0:(\d+)[^:]*: (\w+): (.*)$", body, re.M):
-        streams.setdefault(int(m.group(1)), (m.group(2).lower(), m.group(3)))
-    types, video, video_index, pictures = [], None, 0, 0
-    for _index, (kind, desc) in sorted(streams.items()):
+    headers = list(re.finditer(r"^\s*Stream #0:(\d+)([^:]*): (\w+): (.*)$", body, re.M))
+    for m, after in zip(headers, headers[1:] + [None]):
+        # A stream's own lines (its metadata, its side data such as rotation) run to the next stream's header.
+        section = body[m.end() : after.start() if after else len(body)]
+        section = re.split(r"\n\s*Stream group", section)[0]
+        streams.setdefault(int(m.group(1)), (m.group(3).lower(), m.group(4), m.group(2), section))
+    types, video, video_index, pictures, own = [], None, 0, 0, ("", "")
+    for _index, (kind, desc, label, section) in sorted(streams.items()):
+        if kind == "data" and "(text / 0x74786574)" in desc:
+            kind = "chapters"  # an mp4/mov chapter track: chapters travel as chapters, not as a stream
         pictures += kind == "video" and "(attached pic)" in desc
         if kind == "video" and video is None:
             if "(attached pic)" in desc:
                 video_index += 1
             else:
-                video = desc
+                video, own = desc, (label, section)
         types.append(kind)
     if video is None:
         raise JDNetError(f"{path}: no video stream")
@@ -128,11 +137,26 @@ def parse_ffmpeg_info(stderr: str, path: Path) -> VideoInfo:
     fps_m = next((re.match(r"^(\d+(?:\.\d+)?)(k?) fps$", p) for p in parts if re.match(r"^\d+(?:\.\d+)?k? fps$", p)), None)
     fps = float(fps_m.group(1)) * (1000 if fps_m.group(2) else 1) if fps_m else None
     width, height = int(size.group(1)), int(size.group(2))
-    rot = re.search(r"rotation of (-?\d+(?:\.\d+)?) degrees", body)
-    if rot and round(abs(float(rot.group(1)))) % 180 == 90:
+    rot = re.search(r"rotation of (-?\d+(?:\.\d+)?) degrees", own[1])  # this stream's, not another's
+    turned = bool(rot) and round(abs(float(rot.group(1)))) % 180 == 90
+    sar_m = re.search(r"\[SAR (\d+):(\d+) DAR", video)
+    sar = (int(sar_m.group(1)), int(sar_m.group(2))) if sar_m else None
+    if sar is not None and (sar[0] == sar[1] or 0 in sar):
+        sar = None
+    if turned:
         width, height = height, width  # ffmpeg auto-rotates when decoding: frames come out upright
+        sar = sar[::-1] if sar else None  # and its pixels turn with them
+    tags = {}
+    lang = re.search(r"\((\w{3})\)", own[0])
+    if lang and lang.group(1) != "und":
+        tags["language"] = lang.group(1)
+    title = re.search(r"^\s+title\s*: (.*)$", own[1].split("Side data:")[0], re.M)
+    if title:
+        tags["title"] = title.group(1).strip()
+    globals_ = body.split("Duration:", 1)[0]
     info = VideoInfo(path, width, height, codec, pm.group(1), duration, start, fps, stream_types=types,
-                     video_index=video_index, attached_pics=pictures)
+                     video_index=video_index, attached_pics=pictures, sample_aspect=sar, stream_tags=tags,
+                     vendor_tags=bool(re.search(r"^\s+com\.(apple|android)\.", globals_, re.M)))
     if pm.group(2):
         _parse_colour(pm.group(2), info)
     return info
@@ -180,3 +204,30 @@ def count_frames(path: str | Path, start: float | None = None, duration: float |
     lo = start or 0.0
     hi = lo + duration if duration is not None else float("inf")
     return sum(1 for p in pts if lo - 1e-6 <= p * tb - t0 < hi - 1e-6)
+
+
+def packet_spans(path: str | Path, video_index: int) -> tuple[tuple[float, float], float] | None:
+    """From a stream-copy pass (no decoding): the (first, end) seconds of the ``video_index``-th video
+    stream's packets, and where the last packet of any audio, video or subtitle stream ends; None on failure."""
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", ffmpeg_url(path),
+           "-map", f"0:v:{video_index}", "-map", "0:a?", "-map", "0:s?", "-c", "copy", "-f", "framecrc", "-"]
+    proc = subprocess.run(cmd, capture_output=True, timeout=600)
+    if proc.returncode != 0:
+        return None
+    bases: dict[int, float] = {}
+    spans: dict[int, list[float]] = {}
+    for line in proc.stdout.decode("ascii", "replace").splitlines():
+        if line.startswith("#tb "):
+            index, base = line[4:].split(":", 1)
+            num, den = base.strip().split("/")
+            bases[int(index)] = int(num) / int(den)
+        elif line and not line.startswith("#"):
+            fields = [f.strip() for f in line.split(",")]
+            index = int(fields[0])
+            tb = bases.get(index, 0.0)
+            t0, t1 = int(fields[2]) * tb, (int(fields[2]) + int(fields[3])) * tb
+            span = spans.setdefault(index, [t0, t1])
+            span[0], span[1] = min(span[0], t0), max(span[1], t1)
+    if 0 not in spans:
+        return None
+    return (spans[0][0], spans[0][1]), max(end for _, end in spans.values())

@@ -7,6 +7,7 @@ a second temp file, and only then renamed to the output name.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import queue
 import threading
@@ -26,6 +27,7 @@ from ..io.video import (
     FfmpegFrameReader,
     Frame,
     ImageSequenceReader,
+    SourceTags,
     StreamCopy,
     colour_for,
     container_refusal,
@@ -36,7 +38,7 @@ from ..io.video import (
     settings_for_output,
     temp_path_beside,
 )
-from ..io.video_probe import count_frames, probe
+from ..io.video_probe import count_frames, packet_spans, probe
 from .planning import OutputRules, check_output_folder, walk_files
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".mov", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".flv", ".wmv", ".mpg", ".mpeg", ".3gp", ".ogv")
@@ -88,6 +90,9 @@ _OTHER_VIDEO_SUFFIXES = frozenset(".gif .apng .webp .mxf .vob .ogg .oga .asf .f4
                                   ".mp3 .wav .flac .aac .opus".split())
 
 
+_WRITTEN_SUFFIXES = frozenset(e for e in VIDEO_EXTENSIONS if container_refusal(e) is None)
+
+
 def is_video_path(path: Path) -> bool:
     """True if the extension is a video container we look for in directories."""
     return path.suffix.lower() in VIDEO_EXTENSIONS
@@ -102,6 +107,9 @@ def plan_video_jobs(inputs: Iterable[str], output: str) -> list[VideoJob]:
     inputs = list(inputs)
     if not inputs:
         raise JDNetError("no inputs given")
+    if output == "-":
+        # derain writes an image to stdout; a video needs a seekable file (the index goes at its start).
+        raise JDNetError("OUTPUT -: jdnet video writes files, not stdout; name an output file or folder")
     out = Path(output)
     single = len(inputs) == 1 and out.suffix.lower() in VIDEO_EXTENSIONS and not out.is_dir()
     if out.suffix.lower() in _OTHER_VIDEO_SUFFIXES and not out.is_dir():
@@ -139,17 +147,27 @@ def plan_video_jobs(inputs: Iterable[str], output: str) -> list[VideoJob]:
         if err or rel is None:
             jobs.append(VideoJob(src, None, seq, err or "invalid input"))
             continue
+        if rel.suffix.lower() not in _WRITTEN_SUFFIXES:
+            # A folder of outputs follows each input's container, except where jdnet cannot write that one
+            # (.y4m, .mxf, .ogv ...): Matroska holds any codec and stream, so one file does not sink the batch.
+            rel = rel.with_suffix(".mkv")
         dest = out / rel
         refusal = rules.refusal(src, dest)
         jobs.append(VideoJob(src, None, seq, refusal) if refusal else VideoJob(src, dest, seq))
     return jobs
 
 
-def _sequence_reader(src: Path, fps: Fraction) -> ImageSequenceReader:
+def _sequence_reader(src: Path, fps: Fraction, start: float | None, duration: float | None) -> ImageSequenceReader:
     files = sequence_files(src)
     if not files:
         raise JDNetError(f"{src}: no image frames found")
-    return ImageSequenceReader(files, fps)
+    # Frame i shows at i / fps: keep those inside [start, start + duration), as for a video file.
+    first = math.ceil(Fraction(start or 0) * fps - Fraction(1, 10**6))
+    end = len(files) if duration is None else math.ceil((Fraction(start or 0) + Fraction(duration)) * fps - Fraction(1, 10**6))
+    kept = files[first:end]
+    if not kept:
+        raise JDNetError(f"{src}: no frames in the --start/--duration range ({len(files)} frames at {fps} fps)")
+    return ImageSequenceReader(kept, fps)
 
 
 def derain_video(
@@ -171,7 +189,8 @@ def derain_video(
         raise JDNetError(f"{dest}: refusing to overwrite the input file")
     reader = None
     if sequence:
-        reader = _sequence_reader(src, fps)
+        reader = _sequence_reader(src, fps, start, duration)
+        start = duration = None  # the frames are chosen: the output starts at 0 and has them all
         info, total = None, len(reader.files)
     else:
         info = probe(src)
@@ -210,11 +229,12 @@ def derain_video(
         damage = None
         if not sequence and not interrupted and src.suffix.lower() in _STATED_DURATION:
             damage = _early_end(info, reader.decode_errors, encoder.end_us / 1e6, start, duration)
-        final = dest.with_name(dest.stem + ".partial" + dest.suffix) if interrupted or damage else dest
+        final = _unused_name(dest, "partial") if interrupted or damage else dest
         out_tmp = temp_path_beside(final, "part")
         try:
+            tags = SourceTags() if info is None else SourceTags(tuple(info.stream_tags.items()), info.vendor_tags)
             remux(video_tmp, None if sequence else src, out_tmp, offset, start, duration,
-                  first + encoder.end_us / 1e6 if interrupted or damage else None, streams, copies_streams)
+                  first + encoder.end_us / 1e6 if interrupted or damage else None, streams, copies_streams, tags)
         except JDNetError as err:
             kept = _keep_encoded_video(video_tmp, final)  # hours of deraining must not go with a failed mux
             if kept is None:
@@ -251,35 +271,45 @@ def derain_video(
 
 
 def _uncopied_streams(source, output) -> str | None:
-    """What of the input the written output does not hold (other video streams, cover art, data tracks), in words."""
+    """What of the input the written output does not hold (other video streams, cover art, data tracks,
+    attachments), in words."""
     def counts(info):
-        return (info.stream_types.count("video") - info.attached_pics, info.attached_pics, info.stream_types.count("data"))
+        kinds = info.stream_types
+        return (kinds.count("video") - info.attached_pics, info.attached_pics, kinds.count("data"), kinds.count("attachment"))
 
     # Counted in the file as written: a container may re-create some (a timecode track from the timecode tag).
-    videos, pictures, data = (max(0, a - b) for a, b in zip(counts(source), counts(output)))
+    videos, pictures, data, attached = (max(0, a - b) for a, b in zip(counts(source), counts(output)))
     parts = []
     if videos:
         parts.append(f"{videos} other video stream{'s' * (videos > 1)} (jdnet derains the first)")
     if pictures:
-        parts.append("its cover art" if pictures == 1 else f"{pictures} cover pictures")
+        parts.append("cover art" if pictures == 1 else f"{pictures} cover pictures")
     if data:
         parts.append(f"{data} data stream{'s' * (data > 1)} (such as camera metadata or timecode tracks)")
+    if attached:
+        parts.append(f"{attached} attached file{'s' * (attached > 1)} (such as subtitle fonts: a "
+                     f"{output.path.suffix.lower()} file cannot hold them; .mkv can)")
     return f"drops the input's {', '.join(parts)}" if parts else None
+
+
+def _unused_name(dest: Path, tag: str) -> Path:
+    """``NAME.TAG.EXT`` beside ``dest``, or ``NAME.TAG-2.EXT``, ... when a file has that name: it may be an input."""
+    for n in range(1, 1000):
+        path = dest.with_name(f"{dest.stem}.{tag}{'' if n == 1 else f'-{n}'}{dest.suffix}")
+        if not (path.exists() or path.is_symlink()):
+            return path
+    raise JDNetError(f"{dest}: no free name for the {tag} file beside it")
 
 
 def _keep_encoded_video(video_tmp: Path, final: Path) -> Path | None:
     """Move the encoded, video-only temp file to an unused name beside ``final``; None if that fails too."""
-    for n in range(1, 1000):
-        kept = final.with_name(f"{final.stem}.video-only{'' if n == 1 else f'-{n}'}{final.suffix}")
-        if kept.exists() or kept.is_symlink():
-            continue
-        try:
-            os.chmod(video_tmp, new_file_mode())
-            os.replace(video_tmp, kept)
-        except OSError:
-            return None
-        return kept
-    return None
+    try:
+        kept = _unused_name(final, "video-only")
+        os.chmod(video_tmp, new_file_mode())
+        os.replace(video_tmp, kept)
+    except (OSError, JDNetError):
+        return None
+    return kept
 
 
 def _early_end(info, decode_errors: list[str], covered: float, start: float | None, duration: float | None) -> str | None:
@@ -299,6 +329,16 @@ def _early_end(info, decode_errors: list[str], covered: float, start: float | No
     slack = max(3 / info.fps, 0.1) if info.fps else 0.25
     if covered >= expected - slack:
         return None
+    # The container's duration is its longest stream's: audio may outlast the video. Where every stream's
+    # packets reach the stated end the file is whole, and the video is judged by its own packets.
+    spans = packet_spans(info.path, info.video_index)
+    if spans is not None and spans[1] >= info.duration - slack:
+        (first, end), _ = spans
+        expected = end - first - (start or 0.0)
+        if duration is not None:
+            expected = min(expected, duration)
+        if covered >= expected - slack:
+            return None
     return f"decoding stopped at {covered:.2f} s of {expected:.2f} s (truncated or damaged: {decode_errors[0].rstrip('.')})"
 
 
@@ -352,7 +392,7 @@ def _run_stages(derainer, reader, video_tmp, settings, colour, batch_size, on_fr
                 if holder["encoder"] is None:
                     # Started on the first frame, when the decoder has reported the stream's time base.
                     holder["encoder"] = FfmpegEncoder(video_tmp, reader.width, reader.height, reader.pix_fmt,
-                                                      settings, colour, reader.time_base)
+                                                      settings, colour, reader.time_base, reader.sample_aspect)
                 holder["encoder"].write(item)
         except BaseException as err:
             errors.append(err)

@@ -440,7 +440,7 @@ def test_streams_jdnet_does_not_carry_are_named_in_a_note(tmp_path, clip, derain
     res = derain_video(derainer, src, tmp_path / "out.mp4")
     out = probe(res.output)  # mp4 re-creates one timecode track from the copied timecode tag
     assert (out.stream_types, out.attached_pics, res.frames) == (["video", "audio", "data"], 0, 5)
-    assert res.note == ("drops the input's 1 other video stream (jdnet derains the first), its cover art, "
+    assert res.note == ("drops the input's 1 other video stream (jdnet derains the first), cover art, "
                         "2 data streams (such as camera metadata or timecode tracks)")
 
 
