@@ -43,6 +43,10 @@ def derain(
 ) -> None:
     """Remove rain from images. Exit codes: 0 all ok; 1 some inputs failed; 2 usage error; 130 interrupted."""
     *inputs, output = paths
+    if sys.stdin is None and ("-" in inputs or files_from == "-"):
+        fail("- reads stdin, which is closed")
+    if sys.stdout is None and (output == "-" or json_events):
+        fail(f"{'OUTPUT -' if output == '-' else '--json'} writes to stdout, which is closed")
     if files_from == "-" and "-" in inputs:
         fail("--files-from - and the input - both want stdin")
     if output == "-" and json_events:

@@ -6,6 +6,7 @@ import re
 import sys
 
 from ..io.native_stderr import stderr_lock
+from ..pipelines.interrupts import exit_for_closed_stdout
 from ..pipelines.runner import Result
 from .console import err_console
 
@@ -47,9 +48,16 @@ class Reporter:
 
     def emit(self, obj: dict) -> None:
         """One JSON object on a line of stdout (with --json)."""
-        if self.json_events:
+        if not self.json_events:
+            return
+        try:
             sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
             sys.stdout.flush()
+        except BrokenPipeError:  # the reader went away, as 'head' does
+            exit_for_closed_stdout()
+        except OSError as err:  # a full disk under '--json > log.jsonl': the record of the batch is lost
+            self.say(f"error: cannot write the --json events to stdout ({err.strerror or err}); stopped")
+            exit_for_closed_stdout(status=1)
 
     def report(self, res: Result, extra: dict | None = None) -> None:
         """Count one result, print its failure line (or its note) and its JSON event."""

@@ -1,6 +1,7 @@
 """``jdnet video``: derain video files, directories of videos and image sequences."""
 from __future__ import annotations
 
+import sys
 import time
 from fractions import Fraction
 from typing import List, Optional
@@ -43,6 +44,8 @@ def video(
     if len(paths) < 2:
         fail("need at least one INPUT and an OUTPUT")
     *inputs, output = paths
+    if json_events and sys.stdout is None:
+        fail("--json writes to stdout, which is closed")
     try:
         seq_fps = Fraction(fps)
         if seq_fps <= 0:

@@ -117,8 +117,14 @@ class Derainer:
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """Derain one H x W x 3 float32 RGB image in [0, 1]; returns the same shape, clipped."""
-        if rgb.ndim != 3 or rgb.shape[2] != 3:
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or 0 in rgb.shape:
             raise ValueError(f"expected H x W x 3 RGB, got shape {rgb.shape}")
+        if rgb.dtype.kind != "f":
+            # uint8 from cv2.imread would run as 0..255 and come back nearly all white.
+            raise ValueError(f"expected floats in [0, 1], got {rgb.dtype} (divide 8-bit images by 255, 16-bit by 65535; "
+                             "derain_frames takes uint8/uint16 frames)")
+        if not np.isfinite(rgb).all():
+            raise ValueError("the image holds NaN or infinite values")
         x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None]
         y = self._run_image(x)
         return y[0].permute(1, 2, 0).clamp(0.0, 1.0).numpy()
@@ -133,8 +139,11 @@ class Derainer:
         if not frames:
             return []
         high = frames[0].dtype == np.uint16
-        if frames[0].dtype not in (np.uint8, np.uint16) or frames[0].ndim != 3 or frames[0].shape[2] != 3:
-            raise ValueError(f"expected H x W x 3 uint8 or uint16 frames, got {frames[0].dtype} {frames[0].shape}")
+        for frame in frames:  # one uint16 frame among uint8 ones would be scaled as 8-bit
+            if frame.dtype != frames[0].dtype or frame.dtype not in (np.uint8, np.uint16) or frame.ndim != 3 \
+                    or frame.shape[2] != 3 or frame.shape != frames[0].shape or 0 in frame.shape:
+                raise ValueError(f"expected same-size H x W x 3 uint8 or uint16 frames, got {frame.dtype} {frame.shape} "
+                                 f"beside {frames[0].dtype} {frames[0].shape}")
         scale = 65535.0 if high else 255.0
         arr = np.stack(frames)
         # uint8 crosses the bus as bytes (4x less than float); torch has no uint16 arithmetic, so widen first.

@@ -171,6 +171,19 @@ def _png_size(data: bytes) -> tuple[int, int] | None:
     return struct.unpack(">II", data[16:24])
 
 
+def png_trns(data: bytes) -> bytes | None:
+    """The body of a PNG's tRNS chunk (transparency without an alpha channel), or None; it precedes IDAT."""
+    pos = 8
+    while pos + 8 <= len(data):
+        length, ctype = struct.unpack(">I4s", data[pos : pos + 8])
+        if ctype == b"tRNS":
+            return data[pos + 8 : pos + 8 + length]
+        if ctype == b"IDAT":
+            return None
+        pos += 12 + length
+    return None
+
+
 def _check_png(data: bytes) -> None:
     pos = 8
     while pos + 8 <= len(data):

@@ -159,7 +159,14 @@ def unwritten_metadata(meta: Metadata, ext: str) -> list[str]:
         lost.append("XMP")
     if meta.icc is not None and ext not in WRITES_ICC_XMP:
         lost.append("ICC profile")
+    if meta.iptc is not None and ext not in (".jpg", ".jpeg"):
+        lost.append("IPTC block (caption, keywords, credit)")
+    if ext != ".png" and any(raw[4:8] in _PNG_TEXT for raw in meta.png_chunks):
+        lost.append("PNG text (title, author, copyright, ...)")
     return lost
+
+
+_PNG_TEXT = (b"tEXt", b"zTXt", b"iTXt")
 
 
 # --- EXIF orientation -------------------------------------------------------------------------

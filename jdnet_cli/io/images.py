@@ -1,6 +1,7 @@
 """Reading and writing still images as float RGB arrays, with formats, bit depth and atomic writes."""
 from __future__ import annotations
 
+import io
 import re
 import stat
 import struct
@@ -15,8 +16,8 @@ from ..errors import JDNetError
 from .atomic import atomic_path
 from .avif import AVIF_EXTENSIONS, decode_avif, encode_avif
 from .heif import HEIF_EXTENSIONS, decode_heif, encode_heif, heif_size
-from .image_headers import (check_complete, describe_unsupported, frame_count, header_size, jpeg_sampling, sniff_format,
-                            webp_is_lossless)
+from .image_headers import (check_complete, describe_unsupported, frame_count, header_size, jpeg_sampling, png_trns,
+                            sniff_format, tiff_ifd0, webp_is_lossless)
 from .image_metadata import (Metadata, apply_orientation, embed_metadata, exif_orientation, icc_colour_space, png_chunk,
                              read_metadata, turned_upright, unwritten_metadata)
 from .native_stderr import call_capturing
@@ -73,15 +74,21 @@ def decode_image(data: bytes, name: str = "<image>", max_pixels: int = DEFAULT_M
         raise JDNetError(f"{name}: corrupt {fmt[1:].upper()} header")
     if size[0] * size[1] > max_pixels:
         raise JDNetError(f"{name}: {size[0]}x{size[1]} exceeds --max-pixels {max_pixels} (possible decompression bomb)")
+    if max(size) > _OPENCV_MAX_SIDE:
+        raise JDNetError(f"{name}: {size[0]}x{size[1]} has a side over {_OPENCV_MAX_SIDE:,} px, more than OpenCV's "
+                         "decoder reads")
     try:
         check_complete(data, fmt)
     except JDNetError as err:
         raise JDNetError(f"{name}: {err}") from None
     meta = read_metadata(data, fmt)
     buf = np.frombuffer(data, np.uint8)
-    arr, said = call_capturing(lambda: cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION))
-    library_says = _first_line(said)
     kind = {".jpg": "JPEG", ".tif": "TIFF"}.get(fmt, fmt[1:].upper())
+    try:
+        arr, said = call_capturing(lambda: cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION))
+    except cv2.error as err:  # OpenCV's own checks (sizes, layouts) raise instead of returning None
+        raise JDNetError(f"{name}: corrupt or unsupported {kind} data ({_opencv_reason(err)})") from None
+    library_says = _first_line(said)
     if arr is None:
         raise JDNetError(f"{name}: corrupt or unsupported {kind} data" + (f" ({library_says})" if library_says else ""))
     # libjpeg only warns on damaged scan data and fills the rest with grey: treat it as the error it is.
@@ -92,8 +99,15 @@ def decode_image(data: bytes, name: str = "<image>", max_pixels: int = DEFAULT_M
     if orientation != 1:
         arr = apply_orientation(arr, orientation)
         turned_upright(meta, orientation)
+    if arr.ndim == 2:
+        # OpenCV hands over a grey PNG with a transparent grey level (tRNS), or a grey + alpha TIFF, as
+        # grey alone: the transparency would go without a word.
+        alpha = _grey_png_transparency(data, arr) if fmt == ".png" else _grey_tiff_alpha(data, arr) if fmt == ".tif" else None
+        if alpha is not None:
+            arr = np.dstack([arr, arr, arr, alpha])  # both already upright
     img = _from_array(arr, name, max_pixels)
-    if _is_png_gray_alpha(data, fmt) and img.alpha is not None:
+    if arr.ndim == 3 and arr.shape[2] == 4 and fmt in (".png", ".tif") and _grey_with_alpha(data, fmt):
+        img.grayscale = True
         img.grayscale = True  # OpenCV expands grey+alpha to BGRA; remember it to write grey+alpha back
     img.metadata, img.format, img.frames = meta, fmt, frame_count(data, fmt)
     sampling = jpeg_sampling(data) if fmt == ".jpg" and not img.grayscale else None
@@ -142,9 +156,62 @@ def _decode_avif(data: bytes, name: str, max_pixels: int, size: tuple[int, int])
     return img
 
 
-def _is_png_gray_alpha(data: bytes, fmt: str) -> bool:
-    # IHDR is always the first chunk: colour type at byte 25, 4 = greyscale with alpha.
-    return fmt == ".png" and len(data) > 25 and data[12:16] == b"IHDR" and data[25] == 4
+# OpenCV's decoders refuse a side longer than this (CV_IO_MAX_IMAGE_WIDTH / HEIGHT) with an exception.
+_OPENCV_MAX_SIDE = 1 << 20
+
+
+def _opencv_reason(err: Exception) -> str:
+    """The readable part of a cv2.error ('(-215:Assertion failed) size.height <= ... in function ...')."""
+    text = str(err).strip().splitlines()
+    line = next((ln for ln in text if "error:" in ln), text[0] if text else type(err).__name__)
+    return line.split("error:", 1)[-1].strip()[:200]
+
+
+def _grey_with_alpha(data: bytes, fmt: str) -> bool:
+    """A grey image with transparency: a PNG of colour type 4 (grey + alpha) or 0 with tRNS, a 2-sample TIFF."""
+    if fmt == ".png":
+        # IHDR is always the first chunk: colour type at byte 25.
+        return len(data) > 25 and data[12:16] == b"IHDR" and (data[25] == 4 or data[25] == 0 and png_trns(data) is not None)
+    return _tiff_samples(data) == 2
+
+
+def _grey_png_transparency(data: bytes, grey: np.ndarray) -> np.ndarray | None:
+    """The alpha a grey PNG's tRNS chunk makes (its one grey level transparent), at ``grey``'s depth; else None."""
+    if len(data) < 26 or data[25] != 0:
+        return None
+    trns = png_trns(data)
+    if trns is None or len(trns) < 2:
+        return None
+    bits, level = data[24], int.from_bytes(trns[:2], "big")
+    full = np.iinfo(grey.dtype).max
+    if bits < 8:  # OpenCV scales 1, 2 and 4-bit grey to 0..255
+        level = level * 255 // ((1 << bits) - 1)
+    return np.where(grey == level, 0, full).astype(grey.dtype)
+
+
+def _tiff_samples(data: bytes) -> int | None:
+    try:
+        order, _ifd, entries = tiff_ifd0(data)
+        return next((struct.unpack(order + "H", field[:2])[0] for tag, typ, _n, field in entries if tag == 277 and typ == 3),
+                    None)
+    except (struct.error, ValueError, IndexError):
+        return None
+
+
+def _grey_tiff_alpha(data: bytes, grey: np.ndarray) -> np.ndarray | None:
+    """The alpha of a grey + alpha TIFF, which OpenCV drops, read with Pillow (8-bit); None for other TIFFs."""
+    if _tiff_samples(data) != 2:
+        return None
+    try:
+        from PIL import Image as PillowImage
+
+        with PillowImage.open(io.BytesIO(data)) as picture:
+            alpha = np.asarray(picture.getchannel(picture.getbands()[-1]))
+    except Exception as err:  # Pillow's TIFF reader raises many kinds; none may stop the image
+        raise JDNetError(f"cannot read the alpha channel of this grey + alpha TIFF ({err})") from None
+    if alpha.shape != grey.shape:
+        raise JDNetError("cannot read the alpha channel of this grey + alpha TIFF (its size differs)")
+    return _convert_alpha(alpha, grey.dtype)
 
 
 def _first_line(text: str) -> str:
@@ -342,6 +409,10 @@ def _encode_params(img: Image, ext: str, quality: int | None) -> list[int]:
     return []
 
 
+# What the formats themselves allow (OpenCV would say only "can't encode data").
+_MAX_SIDES = {".webp": 16383, ".jpg": 65535, ".jpeg": 65535}
+
+
 def encode_image(img: Image, ext: str, quality: int | None = None) -> bytes:
     """Encode to bytes in the format named by ``ext`` (e.g. '.png'); ``quality`` None: 95, or lossless for lossless WebP."""
     ext = ext.lower() if ext.startswith(".") else "." + ext.lower()
@@ -354,10 +425,17 @@ def encode_image(img: Image, ext: str, quality: int | None = None) -> bytes:
     if ext in AVIF_EXTENSIONS:
         chroma = img.heif_chroma if img.format == ".avif" else None
         return encode_avif(arr, _carried_metadata(img, ext), quality or DEFAULT_QUALITY, chroma)
+    side = _MAX_SIDES.get(ext)
+    if side is not None and max(arr.shape[:2]) > side:
+        raise JDNetError(f"a {ext[1:]} image holds at most {side} px a side, this one is {arr.shape[1]}x{arr.shape[0]}; "
+                         "--ext png or tif holds it")
     if arr.ndim == 3 and arr.shape[2] == 2:
         data = _encode_png_gray_alpha(arr)
     else:
-        (ok, buf), said = call_capturing(lambda: cv2.imencode(ext, arr, _encode_params(img, ext, quality)))
+        try:
+            (ok, buf), said = call_capturing(lambda: cv2.imencode(ext, arr, _encode_params(img, ext, quality)))
+        except cv2.error as err:
+            raise JDNetError(f"could not encode image as {ext} ({_opencv_reason(err)})") from None
         if not ok:
             raise JDNetError(f"could not encode image as {ext}" + (f" ({_first_line(said)})" if said.strip() else ""))
         data = buf.tobytes()

@@ -70,14 +70,14 @@ class GracefulStop:
             self._announce(f"interrupted: finishing the current {self._what}, then stopping (Ctrl-C again to abandon it)")
 
 
-def exit_for_closed_stdout() -> NoReturn:
+def exit_for_closed_stdout(status: int = 141) -> NoReturn:
     """Stop at once, as SIGPIPE stops a C tool, when the reader of stdout went away (``jdnet ... --json | head``).
 
-    Exit 141 without a word on the stdout that is gone, and without a half-written file; ``os._exit``
-    because worker threads may be mid-inference and cannot be joined.
+    Exit 141 (or ``status``: 1 for stdout on a full disk) without a word on the stdout that is gone, and
+    without a half-written file; ``os._exit`` because worker threads may be mid-inference and cannot be joined.
     """
     remove_in_flight()
     with contextlib.suppress(OSError):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     sys.stderr.flush()
-    os._exit(141)
+    os._exit(status)

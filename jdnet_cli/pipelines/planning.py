@@ -114,10 +114,10 @@ def walk_files(root: Path, exclude: Path | None, wanted: Callable[[Path], bool])
     chains: dict[str, frozenset] = {}
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         here = Path(dirpath)
-        chain = chains.pop(dirpath, None) or frozenset({_folder_id(here)})
+        chain = chains.pop(dirpath, None) or frozenset({_file_id(here)})
         keep = []
         for d in dirnames:
-            folder = _folder_id(here / d)
+            folder = _file_id(here / d)
             if folder is None or folder in chain or (exclude is not None and (here / d).resolve() == exclude):
                 continue
             chains[os.path.join(dirpath, d)] = chain | {folder}
@@ -130,7 +130,7 @@ def walk_files(root: Path, exclude: Path | None, wanted: Callable[[Path], bool])
                 yield path
 
 
-def _folder_id(path: Path) -> tuple[int, int] | None:
+def _file_id(path: Path) -> tuple[int, int] | None:
     try:
         st = path.stat()
     except OSError:
@@ -138,11 +138,21 @@ def _folder_id(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+def check_paths_given(inputs: list[str], output: str) -> None:
+    """Raise JDNetError for an empty INPUT or OUTPUT: Path('') is the current folder, so an unset shell
+    variable would otherwise derain the whole working directory, or write into it."""
+    if any(raw == "" for raw in inputs):
+        raise JDNetError("an INPUT is an empty string (an unset shell variable?)")
+    if output == "":
+        raise JDNetError("OUTPUT is an empty string (an unset shell variable?)")
+
+
 def plan_jobs(inputs: Iterable[str], output: str, ext: str | None = None) -> list[Job]:
     """Expand files, directories (recursive, mirrored) and globs into jobs; raise on usage errors."""
     inputs = list(inputs)
     if not inputs:
         raise JDNetError("no inputs given")
+    check_paths_given(inputs, output)
     ext = normalize_ext(ext)
     out = Path(output)
     out_resolved = out.resolve()
@@ -185,6 +195,15 @@ def plan_jobs(inputs: Iterable[str], output: str, ext: str | None = None) -> lis
         else:
             entries.append((path, None, "no such file or directory"))
 
+    # A file named twice ("a.png ./a.png", a folder and a glob over it) for the same output is one job,
+    # not a collision with itself.
+    seen, unique = set(), []
+    for entry in entries:
+        key = (_file_id(entry[0]) or str(entry[0].resolve()), entry[1]) if entry[1] is not None and entry[2] is None else None
+        if key is None or key not in seen:
+            unique.append(entry)
+            seen.add(key)
+    entries = unique
     rules = OutputRules(e[0] for e in entries if e[2] is None)
     jobs: list[Job] = []
     for src, rel, err in entries:
@@ -201,6 +220,7 @@ def plan_jobs(inputs: Iterable[str], output: str, ext: str | None = None) -> lis
 
 def plan_image_jobs(inputs: list[str], output: str, ext: str | None = None) -> list[Job]:
     """Jobs for files, directories and globs, or the one job of a stdin (-) input or stdout (-) output."""
+    check_paths_given(inputs, output)
     stdin_in, stdout_out = "-" in inputs, output == "-"
     if not (stdin_in or stdout_out):
         return plan_jobs(inputs, output, ext)
@@ -215,7 +235,18 @@ def plan_image_jobs(inputs: list[str], output: str, ext: str | None = None) -> l
     dest = Path(output)
     if dest.is_dir() or dest.suffix.lower() not in IMAGE_EXTENSIONS:
         raise JDNetError(f"{output}: reading stdin needs an OUTPUT image file name (or - for stdout)")
-    return [Job(src, dest.with_suffix(ext) if ext else dest)]
+    dest = dest.with_suffix(ext) if ext else dest
+    if _stdin_is(dest):  # 'jdnet derain - photo.png < photo.png'
+        raise JDNetError(f"{dest}: is the file on stdin; refusing to overwrite an input")
+    return [Job(src, dest)]
+
+
+def _stdin_is(path: Path) -> bool:
+    try:
+        here, there = os.fstat(0), path.stat()
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def read_input_list(source: str) -> list[str]:
@@ -224,6 +255,7 @@ def read_input_list(source: str) -> list[str]:
         raw = sys.stdin.buffer.read() if source == "-" else read_bytes(source)
     except JDNetError as err:  # "PATH: no such file" -> "--files-from PATH: no such file"
         raise JDNetError(f"--files-from {err}") from None
+    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark (Windows editors) is not part of a name
     sep = b"\0" if b"\0" in raw else b"\n"
     names = [os.fsdecode(line.rstrip(b"\r") if sep == b"\n" else line) for line in raw.split(sep)]
     names = [name for name in names if name.strip()]

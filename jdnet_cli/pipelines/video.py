@@ -39,7 +39,7 @@ from ..io.video import (
     temp_path_beside,
 )
 from ..io.video_probe import count_frames, packet_spans, probe
-from .planning import OutputRules, check_output_folder, walk_files
+from .planning import OutputRules, check_output_folder, check_paths_given, walk_files
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".mov", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".flv", ".wmv", ".mpg", ".mpeg", ".3gp", ".ogv")
 _DONE = object()
@@ -107,6 +107,7 @@ def plan_video_jobs(inputs: Iterable[str], output: str) -> list[VideoJob]:
     inputs = list(inputs)
     if not inputs:
         raise JDNetError("no inputs given")
+    check_paths_given(inputs, output)
     if output == "-":
         # derain writes an image to stdout; a video needs a seekable file (the index goes at its start).
         raise JDNetError("OUTPUT -: jdnet video writes files, not stdout; name an output file or folder")

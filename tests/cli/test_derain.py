@@ -215,3 +215,28 @@ def test_a_file_name_with_a_newline_is_still_one_failure_line(tmp_path, tiny_wei
                   "cpu", "--quiet")
     assert res.returncode == 1
     assert res.stderr.decode() == f"failed: {tmp_path / 'in'}/bad\\nname.png: not an image (unknown format)\n"
+
+
+def test_closed_stdin_or_stdout_and_a_full_disk_under_json_are_one_line_errors(tmp_path, tiny_weights):
+    import os
+    import subprocess
+    import sys
+
+    photo = tmp_path / "a.png"
+    write_png(photo, 8, 8)
+    base = [sys.executable, "-m", "jdnet_cli", "derain", "--weights", str(tiny_weights), "--device", "cpu"]
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+
+    def run(args, **streams):
+        return subprocess.run(base + args, capture_output=False, env=env, timeout=300, stderr=subprocess.PIPE, **streams)
+
+    closed_stdin = run(["-", str(tmp_path / "c.png")], stdin=subprocess.DEVNULL, preexec_fn=lambda: os.close(0))
+    assert closed_stdin.returncode == 2 and closed_stdin.stderr.decode().strip() == "error: - reads stdin, which is closed"
+    closed_stdout = run([str(photo), "-"], preexec_fn=lambda: os.close(1))
+    assert closed_stdout.returncode == 2
+    assert closed_stdout.stderr.decode().strip() == "error: OUTPUT - writes to stdout, which is closed"
+    with open("/dev/full", "wb") as full:
+        res = run([str(photo), str(tmp_path / "out"), "--json"], stdout=full)
+    assert res.returncode == 1 and "Traceback" not in res.stderr.decode()
+    assert ("error: cannot write the --json events to stdout (No space left on device); stopped"
+            in res.stderr.decode().splitlines())

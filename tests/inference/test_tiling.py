@@ -303,3 +303,15 @@ def test_cli_tile_options(tmp_path, tiny_weights):
     ]:
         res = run_cli("derain", str(src), str(tmp_path / "x.png"), *args, *common)
         assert res.returncode == 2 and message in res.stderr.decode() and b"Traceback" not in res.stderr, (args, res.stderr)
+
+
+def test_the_library_refuses_integer_empty_and_non_finite_images_instead_of_returning_white(tiny_weights):
+    derainer = Derainer(weights=tiny_weights, device="cpu")
+    with pytest.raises(ValueError, match=r"^expected floats in \[0, 1\], got uint8 \(divide 8-bit images by 255"):
+        derainer(np.zeros((8, 8, 3), np.uint8))  # was run as 0..255: 99% of the output clipped to 1.0
+    with pytest.raises(ValueError, match=r"^expected H x W x 3 RGB, got shape \(0, 8, 3\)$"):
+        derainer(np.zeros((0, 8, 3), np.float32))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        derainer(np.full((8, 8, 3), np.nan, np.float32))
+    with pytest.raises(ValueError, match=r"same-size H x W x 3 uint8 or uint16 frames, got uint16"):
+        derainer.derain_frames([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint16)])

@@ -728,3 +728,61 @@ def test_an_icc_profile_for_other_colours_than_the_output_holds_is_dropped_with_
     srgb = Image(rgb=rgb, metadata=Metadata(icc=_icc_for(b"RGB ")))
     assert read_metadata(encode_image(srgb, ".jpg"), ".jpg").icc == _icc_for(b"RGB ")
     assert conversion_losses(srgb, ".jpg") is None
+
+
+def test_a_side_longer_than_opencv_reads_fails_in_one_line_and_formats_limits_are_named():
+    from PIL import Image as PILImage
+    import io
+
+    buf = io.BytesIO()
+    PILImage.fromarray(np.full((1, (1 << 20) + 1), 128, np.uint8)).save(buf, "TIFF")
+    with pytest.raises(JDNetError, match=r"^wide\.tif: 1048577x1 has a side over 1,048,576 px, more than OpenCV's decoder reads$"):
+        decode_image(buf.getvalue(), "wide.tif")  # was a cv2.error traceback that ended the whole batch
+    wide = Image(rgb=np.zeros((2, 16384, 3), np.float32))
+    with pytest.raises(JDNetError, match=r"^a webp image holds at most 16383 px a side, this one is 16384x2; "):
+        encode_image(wide, ".webp")
+    assert decode_image(encode_image(wide, ".png"), "wide.png").rgb.shape == (2, 16384, 3)
+
+
+def test_grey_transparency_is_kept_from_a_png_trns_chunk_and_a_grey_alpha_tiff():
+    from PIL import Image as PILImage
+    import io
+
+    grey = np.full((8, 8), 200, np.uint8)
+    grey[:4] = 0
+    buf = io.BytesIO()
+    PILImage.fromarray(grey, "L").save(buf, "PNG", transparency=0)  # grey level 0 is transparent
+    img = decode_image(buf.getvalue(), "trns.png")
+    assert img.grayscale and img.alpha is not None
+    assert (img.alpha[:4] == 0).all() and (img.alpha[4:] == 255).all()  # was opaque everywhere
+    back = PILImage.open(io.BytesIO(encode_image(img, ".png")))
+    assert back.mode == "LA" and np.array_equal(np.asarray(back.getchannel("A")), img.alpha)
+    bits = io.BytesIO()  # a 1-bit grey PNG: OpenCV widens the levels, so the transparent level must follow
+    PILImage.fromarray(grey > 0).save(bits, "PNG", transparency=0)
+    assert (decode_image(bits.getvalue(), "bits.png").alpha[:4] == 0).all()
+    la = np.zeros((8, 8, 2), np.uint8)
+    la[..., 0], la[4:, :, 1] = 200, 255
+    tif = io.BytesIO()
+    PILImage.fromarray(la, "LA").save(tif, "TIFF")
+    img = decode_image(tif.getvalue(), "la.tif")
+    assert img.grayscale and np.array_equal(img.alpha, la[..., 1])
+    assert np.asarray(PILImage.open(io.BytesIO(encode_image(img, ".tif"))))[..., 3].tolist() == la[..., 1].tolist()
+
+
+def test_png_text_and_jpeg_iptc_dropped_by_another_format_are_named_in_a_note():
+    from PIL import Image as PILImage, PngImagePlugin
+    import io
+
+    arr = np.random.default_rng(11).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Title", "Rain on the river")
+    buf = io.BytesIO()
+    PILImage.fromarray(arr).save(buf, "PNG", pnginfo=text)
+    img = decode_image(buf.getvalue(), "t.png")
+    assert conversion_losses(img, ".png") is None
+    assert conversion_losses(img, ".jpg") == ("drops the input's PNG text (title, author, copyright, ...): jdnet does "
+                                              "not write it into jpg files")
+    jpeg = decode_image(embed_metadata(_encode(arr, ".jpg"), ".jpg", Metadata(iptc=_IPTC)), "i.jpg")
+    assert jpeg.metadata.iptc is not None and conversion_losses(jpeg, ".jpg") is None
+    assert conversion_losses(jpeg, ".png") == ("drops the input's IPTC block (caption, keywords, credit): jdnet does "
+                                               "not write it into png files")

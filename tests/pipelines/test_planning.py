@@ -136,3 +136,57 @@ def test_linked_folders_are_followed_once_without_looping(tmp_path):
     (out / "old.png").parent.mkdir(exist_ok=True)
     (out / "old.png").write_bytes(b"x")
     assert [j.input for j in plan_jobs([str(photos)], str(out))] == [j.input for j in jobs]
+
+
+def test_an_empty_input_or_output_is_a_usage_error_not_the_current_folder(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"x")
+    with pytest.raises(JDNetError, match=r"^an INPUT is an empty string \(an unset shell variable\?\)$"):
+        plan_jobs(["", str(tmp_path / "a.png")], str(tmp_path / "out"))
+    with pytest.raises(JDNetError, match=r"^OUTPUT is an empty string"):
+        plan_jobs([str(tmp_path / "a.png")], "")
+    with pytest.raises(JDNetError, match=r"^an INPUT is an empty string"):
+        plan_video_jobs([""], str(tmp_path / "out"))
+    res = run_cli("derain", "", "out", cwd=tmp_path)
+    assert res.returncode == 2 and not (tmp_path / "out").exists()  # was: the whole working folder derained
+
+
+def test_a_file_named_twice_is_one_job_not_a_collision_with_itself(tmp_path):
+    photos = tmp_path / "in"
+    photos.mkdir()
+    (photos / "a.png").write_bytes(b"x")
+    out = tmp_path / "out"
+    for inputs in ([photos / "a.png", photos / "a.png"], [photos / "a.png", photos / "." / "a.png"],
+                   [photos, photos / "a*.png"], [photos, photos]):
+        jobs = plan_jobs([str(p) for p in inputs], str(out))
+        assert [(j.output, j.error) for j in jobs] == [(out / "a.png", None)], inputs
+    # The same file into two outputs (a folder's mirror and a name of its own) is two jobs.
+    (photos / "sub").mkdir()
+    (photos / "sub" / "b.png").write_bytes(b"x")
+    jobs = plan_jobs([str(photos), str(photos / "sub" / "b.png")], str(out))
+    assert [j.output for j in jobs] == [out / "a.png", out / "sub" / "b.png", out / "b.png"]
+
+
+def test_a_byte_order_mark_in_a_file_list_and_stdin_as_the_output_are_handled(tmp_path):
+    from jdnet_cli.pipelines.planning import read_input_list
+
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(b"\xef\xbb\xbfa.png\r\nb.png\r\n")
+    assert read_input_list(str(listing)) == ["a.png", "b.png"]
+    photo = tmp_path / "self.png"
+    photo.write_bytes(b"not changed")
+    with open(photo, "rb") as stdin:
+        res = derain_from_stdin(photo, stdin)
+    assert res.returncode == 2 and b"is the file on stdin; refusing to overwrite an input" in res.stderr
+    assert photo.read_bytes() == b"not changed"
+
+
+def derain_from_stdin(output, stdin):
+    """``jdnet derain - OUTPUT`` with ``stdin`` (an open file) as its standard input."""
+    import subprocess
+    import sys
+
+    from ..conftest import REPO
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "jdnet_cli", "derain", "-", str(output)], stdin=stdin,
+                          capture_output=True, env=env, timeout=120)
