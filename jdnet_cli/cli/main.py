@@ -2,6 +2,7 @@
 subcommands are still being imported ends like any other: 'interrupted' and exit status 130, no traceback."""
 from __future__ import annotations
 
+import signal
 import sys
 
 
@@ -12,5 +13,6 @@ def main() -> None:
 
         app()
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the exit handlers
         print("interrupted", file=sys.stderr)
         sys.exit(130)

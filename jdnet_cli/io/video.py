@@ -559,8 +559,17 @@ def remux(video: Path, source: Path | None, dest: Path, video_offset: float, sta
     # other streams are cut, in a pass of their own, to the output's container type (which holds them:
     # plan_stream_copy checked), and the video joins them uncut.
     if not copies_streams:
-        # Nothing to cut but chapters, which would keep the uncut times: leave them out.
-        _mux(video, source, dest, video_offset - start, None, limit, streams, chapters=False, tags=tags)
+        # Nothing to cut but the chapters and tags: ffmpeg moves the chapters by -ss (and drops those that
+        # end before it) when it writes them out as an FFMETADATA file, which the mux then takes them from.
+        chapters = temp_path_beside(dest, "chapters")
+        try:
+            cmd = [*_FFMPEG, "-i", ffmpeg_url(source), "-vn", "-an", "-sn", "-dn", "-map_metadata", "0",
+                   "-map_chapters", "0", "-ss", f"{start:.6f}", *(["-t", f"{duration:.6f}"] if duration else []),
+                   "-f", "ffmetadata", "-y", ffmpeg_url(chapters)]
+            _run_ffmpeg(cmd)
+            _mux(video, chapters, dest, video_offset - start, None, limit, streams, tags=tags, anchor=False)
+        finally:
+            chapters.unlink(missing_ok=True)
         return
     cut = temp_path_beside(dest, "cut")
     try:
@@ -593,8 +602,12 @@ def _run_ffmpeg(args: list[str]) -> None:
 
 
 def _mux(video: Path, source: Path | None, dest: Path, video_offset: float, duration: float | None,
-         limit: float | None, streams: StreamCopy, chapters: bool = True, tags: SourceTags = SourceTags()) -> None:
-    """The encoded video (moved to ``video_offset``) plus ``source``'s other streams and metadata, all copied."""
+         limit: float | None, streams: StreamCopy, chapters: bool = True, tags: SourceTags = SourceTags(),
+         anchor: bool = True) -> None:
+    """The encoded video (moved to ``video_offset``) plus ``source``'s other streams and metadata, all copied.
+
+    ``anchor``: whether ``source`` has streams whose clock the null output must pin (not an FFMETADATA file).
+    """
     ext = dest.suffix.lower().lstrip(".")
     cmd = list(_FFMPEG)
     if video_offset:
@@ -612,7 +625,7 @@ def _mux(video: Path, source: Path | None, dest: Path, video_offset: float, dura
     if ext in ("mp4", "m4v", "mov"):
         # Phones' keys (location, make, model, creation date) are written only with use_metadata_tags.
         cmd += ["-movflags", "+faststart" + ("+use_metadata_tags" if tags.vendor_keys and source is not None else "")]
-    _run_ffmpeg([*cmd, "-y", ffmpeg_url(dest), *(_timeline_anchor(1) if source is not None else [])])
+    _run_ffmpeg([*cmd, "-y", ffmpeg_url(dest), *(_timeline_anchor(1) if source is not None and anchor else [])])
 
 
 def temp_path_beside(dest: Path, tag: str) -> Path:

@@ -59,7 +59,9 @@ class GracefulStop:
             yield self
         finally:
             for sig, handler in previous.items():
-                signal.signal(sig, handler)
+                # Once stopping, the command only reports and exits: another Ctrl-C then would land in the
+                # interpreter's exit handlers (torch's, multiprocessing's) as a KeyboardInterrupt traceback.
+                signal.signal(sig, signal.SIG_IGN if self.stop.is_set() else handler)
             self._wake_notice.set()
             # The notice must come before the caller's summary line.
             notice.join(timeout=10)

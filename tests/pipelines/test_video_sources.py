@@ -142,3 +142,20 @@ def test_a_folder_of_outputs_uses_mkv_for_containers_jdnet_does_not_write_and_st
         plan_video_jobs([str(mp4)], "-")
     res = run_cli("video", str(mp4), "-", "--device", "cpu", cwd=tmp_path)
     assert res.returncode == 2 and not (tmp_path / "-").exists()
+
+
+def test_start_keeps_the_chapters_moved_to_the_cut_also_without_audio(tmp_path, derainer):
+    meta = tmp_path / "chapters.txt"
+    meta.write_text(";FFMETADATA1\ntitle=My clip\n" + "".join(
+        f"[CHAPTER]\nTIMEBASE=1/1000\nSTART={i * 1000}\nEND={(i + 1) * 1000}\ntitle={name}\n"
+        for i, name in enumerate(("one", "two", "three"))))
+    src = tmp_path / "chaptered.mp4"  # video only: nothing else to cut
+    ff("-f", "lavfi", "-i", "testsrc=size=32x24:rate=10:duration=3", "-i", str(meta), "-map", "0", "-map_metadata", "1",
+       "-map_chapters", "1", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(src))
+    assert probe(src).stream_types == ["video", "chapters"]  # the mp4 chapter track is not a data stream
+    res = derain_video(derainer, src, tmp_path / "cut.mkv", start=1.5)
+    assert res.frames == 15 and res.note is None  # no "drops the input's 1 data stream" for the chapter track
+    text = describe(res.output)
+    assert "title           : My clip" in text
+    assert "Chapter #0:0: start 0.000000, end 0.500000" in text and "Chapter #0:1: start 0.500000, end 1.500000" in text
+    assert "title           : one" not in text  # it ended before the cut; before, all chapters were dropped
