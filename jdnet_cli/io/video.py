@@ -505,12 +505,13 @@ def _trial_mux(source: Path, dest: Path, codec_args: tuple[str, ...]) -> subproc
         trial.unlink(missing_ok=True)
 
 
-def plan_stream_copy(source: Path, dest: Path) -> StreamCopy:
+def plan_stream_copy(source: Path, dest: Path, audio_tracks: int = 0, subtitle_tracks: int = 0) -> StreamCopy:
     """How ``source``'s audio and subtitles go into ``dest``: copied, else converted to what its container takes.
 
     Decided before any frame is derained: the final remux would otherwise fail after all the work (AAC in
     WebM, mov_text subtitles in Matroska, ASS in MP4). Streams are converted only when copying fails, and
-    audio before subtitles, so nothing is re-encoded that could have been kept.
+    audio before subtitles, so nothing is re-encoded that could have been kept; given the track counts, each
+    track the container takes as it is (an Opus track beside an AAC one, for WebM) stays copied.
     """
     first = _trial_mux(source, dest, ())
     if first.returncode == 0:
@@ -527,9 +528,56 @@ def plan_stream_copy(source: Path, dest: Path) -> StreamCopy:
                         f"to {subtitles[1]}", "audio and subtitles"))
     for codec_args, change, what in options:
         if _trial_mux(source, dest, codec_args).returncode == 0:
-            return StreamCopy(codec_args, f"has {change}: a {dest.suffix.lower()} file cannot hold the input's {what} unchanged")
+            return _copy_what_fits(source, dest, codec_args, {"a": audio_tracks, "s": subtitle_tracks}) or \
+                StreamCopy(codec_args, f"has {change}: a {dest.suffix.lower()} file cannot hold the input's {what} unchanged")
     raise JDNetError(f"a {dest.suffix} file cannot hold this video's audio or subtitles "
                      f"({ffmpeg_failure(first.stderr, first.returncode)}); an output named {source.suffix.lower()} keeps them")
+
+
+def _per_track(codec_args: tuple[str, ...], kind: str, tracks: list[int]) -> tuple[str, ...]:
+    """``codec_args``' options for stream kind ``kind`` ('a' or 's') applied to ``tracks`` only, the rest copied."""
+    pairs = [(codec_args[i], codec_args[i + 1]) for i in range(0, len(codec_args), 2) if codec_args[i].endswith(f":{kind}")]
+    if not pairs:
+        return ()
+    out = [f"-c:{kind}", "copy"]
+    for track in tracks:
+        for option, value in pairs:
+            out += [f"{option}:{track}", value]
+    return tuple(out)
+
+
+def _copy_what_fits(source: Path, dest: Path, codec_args: tuple[str, ...], counts: dict[str, int]) -> StreamCopy | None:
+    """``codec_args`` (which convert every audio and/or subtitle track) narrowed to the tracks that cannot be
+    copied, found by one header trial per track; None when every track needs it (or the counts are unknown)."""
+    converted = {kind: list(range(n)) for kind, n in counts.items() if n and _per_track(codec_args, kind, [0])}
+    if not converted or all(len(tracks) <= 1 for tracks in converted.values()):
+        return None
+
+    def args(plan: dict[str, list[int]]) -> tuple[str, ...]:
+        return tuple(a for kind, tracks in plan.items() for a in _per_track(codec_args, kind, tracks))
+
+    for kind in converted:
+        for track in list(converted[kind]):
+            trial = {**converted, kind: [t for t in converted[kind] if t != track]}
+            if _trial_mux(source, dest, args(trial)).returncode == 0:
+                converted = trial
+    if all(len(converted[kind]) == counts[kind] for kind in converted):
+        return None
+    changes = []
+    for kind, tracks in converted.items():
+        if tracks:
+            noun = "audio track" if kind == "a" else "subtitle track"
+            verb = f"re-encoded as {_describe(codec_args, 'a')}" if kind == "a" else f"converted to {_describe(codec_args, 's')}"
+            changes.append(f"{len(tracks)} of its {counts[kind]} {noun}s {verb}")
+    return StreamCopy(args(converted), f"has {' and '.join(changes)}: a {dest.suffix.lower()} file cannot hold "
+                                       "them unchanged (the others are copied)")
+
+
+def _describe(codec_args: tuple[str, ...], kind: str) -> str:
+    """The words the conversion tables give the codec of ``kind`` in ``codec_args``."""
+    table = _AUDIO_CONVERSIONS if kind == "a" else _SUBTITLE_CONVERSIONS
+    codec = codec_args[codec_args.index(f"-c:{kind}") + 1]
+    return next(words for args, words in table.values() if args[1] == codec)
 
 
 @dataclass(frozen=True)

@@ -210,7 +210,7 @@ def derain_video(
         streams = StreamCopy()
         copies_streams = info is not None and bool({"audio", "subtitle", "attachment"} & set(info.stream_types))
         if copies_streams:  # what remux copies
-            streams = plan_stream_copy(src, dest)
+            streams = plan_stream_copy(src, dest, info.stream_types.count("audio"), info.stream_types.count("subtitle"))
         if not sequence:
             reader = FfmpegFrameReader(info, info.video_index, start, duration, colour_for(info, info.height))
         colour = colour_for(info, reader.height)

@@ -159,3 +159,18 @@ def test_start_keeps_the_chapters_moved_to_the_cut_also_without_audio(tmp_path, 
     assert "title           : My clip" in text
     assert "Chapter #0:0: start 0.000000, end 0.500000" in text and "Chapter #0:1: start 0.500000, end 1.500000" in text
     assert "title           : one" not in text  # it ended before the cut; before, all chapters were dropped
+
+
+def test_only_the_audio_tracks_a_container_refuses_are_re_encoded(tmp_path, derainer):
+    src = tmp_path / "two-tracks.mkv"  # an Opus track WebM takes as it is, and an AAC one it does not
+    ff("-f", "lavfi", "-i", "testsrc=size=32x24:rate=25", "-f", "lavfi", "-i", "sine=f=300:sample_rate=48000",
+       "-f", "lavfi", "-i", "sine=f=600:sample_rate=48000", "-map", "0", "-map", "1", "-map", "2", "-t", "0.24",
+       "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a:0", "libopus", "-b:a:0", "32k", "-c:a:1", "aac", str(src))
+    res = derain_video(derainer, src, tmp_path / "out.webm")
+    assert res.note == ("has 1 of its 2 audio tracks re-encoded as Opus 160 kb/s: a .webm file cannot hold them "
+                        "unchanged (the others are copied)")
+
+    def opus_packets(path):
+        return ff("-i", str(path), "-map", "0:a:0", "-c", "copy", "-f", "md5", "-").stdout
+
+    assert opus_packets(res.output) == opus_packets(src)  # copied bit for bit; was decoded and re-encoded
