@@ -279,6 +279,9 @@ class EncodeSettings:
     crf: int | None = None
     preset: str | None = None
     pix_fmt: str | None = None
+    # A source's HDR10 metadata, in x265's syntax: mastering display ('G(..)B(..)R(..)WP(..)L(..)') and light
+    # level ('MaxCLL,MaxFALL'); written by libx264 and libx265 (others cannot be told it).
+    hdr10: tuple[str | None, str | None] | None = None
 
 
 CODECS = {"libx264": "libx264", "libx265": "libx265", "libvpx-vp9": "libvpx-vp9", "ffv1": "ffv1", "prores": "prores_ks"}
@@ -336,8 +339,14 @@ def encoder_args(settings: EncodeSettings, high: bool) -> list[str]:
         raise JDNetError(f"--crf does not apply to {codec}")
     if codec in ("libx264", "libx265"):
         args += ["-crf", str(crf), "-preset", settings.preset or "medium"]
+        display, light = settings.hdr10 or (None, None)
         if codec == "libx265":
-            args += ["-x265-params", "log-level=error", "-tag:v", "hvc1"]
+            hdr = (":hdr10=1" + (f":master-display={display}" if display else "") + (f":max-cll={light}" if light else "")
+                   if display or light else "")
+            args += ["-x265-params", "log-level=error" + hdr, "-tag:v", "hvc1"]
+        elif display or light:
+            params = [f"mastering-display={display}"] if display else []
+            args += ["-x264-params", ":".join(params + ([f"cll={light}"] if light else []))]
     elif codec == "libvpx-vp9":
         args += ["-crf", str(crf), "-b:v", "0", "-row-mt", "1"]
         if settings.preset:

@@ -231,3 +231,27 @@ def packet_spans(path: str | Path, video_index: int) -> tuple[tuple[float, float
     if 0 not in spans:
         return None
     return (spans[0][0], spans[0][1]), max(end for _, end in spans.values())
+
+
+# Transfer curves of HDR video, whose files may carry HDR10 mastering-display and light-level metadata.
+HDR_TRANSFERS = ("smpte2084", "arib-std-b67")
+_CHROMATICITY = r"\(([\d.]+)[,\s]+([\d.]+)\)"
+
+
+def hdr_mastering(path: str | Path, video_index: int) -> tuple[str | None, str | None]:
+    """The first frame's HDR10 metadata as x265 writes it: ('G(x,y)B(x,y)R(x,y)WP(x,y)L(max,min)' or None,
+    'MaxCLL,MaxFALL' or None), read by decoding that one frame (it is frame side data, not in the header)."""
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "info", "-i", ffmpeg_url(path),
+           "-map", f"0:v:{video_index}", "-frames:v", "1", "-vf", "showinfo", "-f", "null", "-"]
+    text = subprocess.run(cmd, capture_output=True, timeout=120).stderr.decode("utf-8", "replace")
+    display = light = None
+    m = re.search(rf"Mastering display metadata: .*?r{_CHROMATICITY} g{_CHROMATICITY} b{_CHROMATICITY} "
+                  rf"wp{_CHROMATICITY} min_luminance=([\d.]+), max_luminance=([\d.]+)", text)
+    if m:
+        rx, ry, gx, gy, bx, by, wx, wy = (round(float(v) * 50000) for v in m.groups()[:8])
+        low, high = (round(float(v) * 10000) for v in m.groups()[8:])
+        display = f"G({gx},{gy})B({bx},{by})R({rx},{ry})WP({wx},{wy})L({high},{low})"
+    m = re.search(r"Content light level metadata: MaxCLL=(\d+), MaxFALL=(\d+)", text)
+    if m:
+        light = f"{m.group(1)},{m.group(2)}"
+    return display, light

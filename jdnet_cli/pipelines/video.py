@@ -12,7 +12,7 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterable
@@ -38,7 +38,7 @@ from ..io.video import (
     settings_for_output,
     temp_path_beside,
 )
-from ..io.video_probe import count_frames, packet_spans, probe
+from ..io.video_probe import HDR_TRANSFERS, count_frames, hdr_mastering, packet_spans, probe
 from .planning import OutputRules, check_output_folder, check_paths_given, walk_files
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".mov", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".flv", ".wmv", ".mpg", ".mpeg", ".3gp", ".ogv")
@@ -215,6 +215,15 @@ def derain_video(
             reader = FfmpegFrameReader(info, info.video_index, start, duration, colour_for(info, info.height))
         colour = colour_for(info, reader.height)
         settings = settings_for_output(settings, dest.suffix, reader.width, reader.height, reader.high)
+        hdr_note = None
+        if info is not None and info.color_trc in HDR_TRANSFERS:
+            hdr10 = hdr_mastering(src, info.video_index)
+            if any(hdr10):
+                if settings.codec in ("libx264", "libx265"):
+                    settings = replace(settings, hdr10=hdr10)
+                else:
+                    hdr_note = (f"drops the input's HDR10 mastering-display and light-level metadata: jdnet writes it "
+                                f"with libx264 and libx265 only, not {settings.codec}")
         encoder_args(settings, reader.high)  # validate options before any work
         if on_start:
             on_start(total)
@@ -255,7 +264,7 @@ def derain_video(
             raise VideoPartlyDone(f"{src}: {damage}; kept the {encoder.frames_written} derained frames in {final}, "
                                f"{dest} was not written", final, encoder.frames_written)
         errors = [] if sequence else reader.decode_errors
-        notes = [note for note in (streams.note, uncopied) if note]
+        notes = [note for note in (streams.note, uncopied, hdr_note) if note]
         if errors:
             notes.append(f"was made from a stream with decoder errors (first: {errors[0].rstrip('.')}); frames that did "
                          "not decode are missing or damaged")

@@ -174,3 +174,28 @@ def test_only_the_audio_tracks_a_container_refuses_are_re_encoded(tmp_path, dera
         return ff("-i", str(path), "-map", "0:a:0", "-c", "copy", "-f", "md5", "-").stdout
 
     assert opus_packets(res.output) == opus_packets(src)  # copied bit for bit; was decoded and re-encoded
+
+
+def test_hdr10_mastering_and_light_level_metadata_go_into_x264_and_x265_outputs(tmp_path, derainer):
+    src = tmp_path / "hdr10.mp4"
+    ff("-f", "lavfi", "-i", "testsrc=size=32x24:rate=25", "-frames:v", "4", "-vf",
+       "setparams=color_primaries=bt2020:color_trc=smpte2084:colorspace=bt2020nc,format=yuv420p10le", "-c:v", "libx265",
+       "-x265-params", "log-level=error:hdr10=1:master-display=G(13250,34500)B(7500,3000)R(34000,16000)"
+       "WP(15635,16450)L(10000000,1):max-cll=1000,400", str(src))
+
+    def side_data(path):
+        text = ff("-i", str(path), "-vf", "showinfo", "-frames:v", "1", "-f", "null", "-", "-loglevel", "info").stderr.decode()
+        return sorted({line.split("side data - ", 1)[1] for line in text.splitlines()
+                       if "side data - Mastering" in line or "side data - Content light" in line})
+
+    expected = side_data(src)
+    assert len(expected) == 2 and "MaxCLL=1000, MaxFALL=400" in expected[0]
+    from jdnet_cli.io.video import EncodeSettings
+
+    for name, settings in (("x264.mp4", EncodeSettings()), ("x265.mkv", EncodeSettings("libx265"))):
+        res = derain_video(derainer, src, tmp_path / name, settings)
+        assert side_data(res.output) == expected and res.note is None  # was dropped without a word
+    res = derain_video(derainer, src, tmp_path / "vp9.webm")
+    assert side_data(res.output) == [] and res.note == (
+        "drops the input's HDR10 mastering-display and light-level metadata: jdnet writes it with libx264 and "
+        "libx265 only, not libvpx-vp9")
