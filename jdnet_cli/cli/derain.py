@@ -9,12 +9,12 @@ from typing import List, Optional
 import typer
 
 from ..errors import JDNetError
-from ..inference.derainer import DEFAULT_OVERLAP, Derainer
+from ..inference.derainer import Derainer
 from ..inference.devices import parse_device_list
 from ..io.atomic import remove_in_flight
 from ..io.images import DEFAULT_MAX_PIXELS
 from ..pipelines.images import image_processor
-from ..pipelines.planning import normalize_ext, parse_shard, plan_image_jobs, read_input_list, shard_jobs
+from ..pipelines.planning import check_standard_streams, normalize_ext, parse_shard, plan_image_jobs, read_input_list, shard_jobs
 from ..pipelines.runner import Result, run_jobs_on_workers
 from .console import fail, interactive, make_progress
 from ..pipelines.interrupts import GracefulStop, exit_for_closed_stdout
@@ -37,16 +37,16 @@ def derain(
     json_events: JsonEvents = False,
     quiet: Quiet = False,
     tile: Tile = "auto",
-    tile_overlap: TileOverlap = DEFAULT_OVERLAP,
+    tile_overlap: TileOverlap = None,
     max_memory: MaxMemory = None,
     ensemble: Ensemble = 1,
 ) -> None:
     """Remove rain from images. Exit codes: 0 all ok; 1 some inputs failed; 2 usage error; 130 interrupted."""
     *inputs, output = paths
-    if sys.stdin is None and ("-" in inputs or files_from == "-"):
-        fail("- reads stdin, which is closed")
-    if sys.stdout is None and (output == "-" or json_events):
-        fail(f"{'OUTPUT -' if output == '-' else '--json'} writes to stdout, which is closed")
+    try:
+        check_standard_streams("-" in inputs or files_from == "-", "OUTPUT -" if output == "-" else "--json" if json_events else None)
+    except JDNetError as err:
+        fail(str(err))
     if files_from == "-" and "-" in inputs:
         fail("--files-from - and the input - both want stdin")
     if output == "-" and json_events:

@@ -10,7 +10,10 @@ Weights = Annotated[Optional[Path], typer.Option("--weights", "-w", help="Weight
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 Precision = Annotated[str, typer.Option("--precision", help="fp32, fp16 (CUDA) or bf16.")]
 Tile = Annotated[str, typer.Option("--tile", help="Tile side in px: auto (largest that fits in memory), 0 (whole image or frame) or N.")]
-TileOverlap = Annotated[int, typer.Option("--tile-overlap", help="Overlap between tiles in px (feathered, no seams).")]
+TileOverlap = Annotated[
+    Optional[int],
+    typer.Option("--tile-overlap", help="Overlap between tiles in px (feathered, no seams). Default 32, or half of a smaller --tile."),
+]
 MaxMemory = Annotated[
     Optional[str],
     typer.Option("--max-memory", help="Memory budget for --tile auto, e.g. 4GB (default: free GPU memory, or a share of RAM on the CPU)."),

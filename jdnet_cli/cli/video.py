@@ -1,7 +1,6 @@
 """``jdnet video``: derain video files, directories of videos and image sequences."""
 from __future__ import annotations
 
-import sys
 import time
 from fractions import Fraction
 from typing import List, Optional
@@ -10,8 +9,9 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from ..errors import JDNetError
-from ..inference.derainer import DEFAULT_OVERLAP, Derainer
+from ..inference.derainer import Derainer
 from ..io.video import CODECS, EncodeSettings, check_encoder, container_refusal, settings_for_output
+from ..pipelines.planning import check_standard_streams
 from ..pipelines.runner import Result
 from ..pipelines.video import VideoInterrupted, derain_video, plan_video_jobs
 from .console import fail, interactive, make_progress
@@ -34,7 +34,7 @@ def video(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Frames per forward pass (default: 4 on CUDA, 1 on CPU)."),
     fps: str = typer.Option("25", "--fps", help="Frame rate of image-sequence inputs (e.g. 25, 30000/1001)."),
     tile: Tile = "auto",
-    tile_overlap: TileOverlap = DEFAULT_OVERLAP,
+    tile_overlap: TileOverlap = None,
     max_memory: MaxMemory = None,
     ensemble: Ensemble = 1,
     json_events: JsonEvents = False,
@@ -44,8 +44,10 @@ def video(
     if len(paths) < 2:
         fail("need at least one INPUT and an OUTPUT")
     *inputs, output = paths
-    if json_events and sys.stdout is None:
-        fail("--json writes to stdout, which is closed")
+    try:
+        check_standard_streams(False, "--json" if json_events else None)
+    except JDNetError as err:
+        fail(str(err))
     try:
         seq_fps = Fraction(fps)
         if seq_fps <= 0:

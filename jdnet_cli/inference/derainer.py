@@ -45,7 +45,7 @@ class Derainer:
         device: str = "auto",
         precision: str = "fp32",
         tile: int | str = "auto",
-        tile_overlap: int = DEFAULT_OVERLAP,
+        tile_overlap: int | None = None,
         max_memory: int | str | None = None,
         attention: str = "fast",
         model: JDNet | None = None,
@@ -73,10 +73,14 @@ class Derainer:
             # stalling the first image; without them inference runs on plain torch ops.
             self.cpu_kernels = prepare_cpu_kernels()
         self.tile = parse_tile(tile)
+        # None: the default overlap, which shrinks to half of a small tile (--tile 32); an overlap the user
+        # chose is kept, and one as large as their --tile is refused now rather than per image.
+        self._overlap_chosen = tile_overlap is not None
+        tile_overlap = DEFAULT_OVERLAP if tile_overlap is None else tile_overlap
         if tile_overlap < 0:
             raise JDNetError(f"tile overlap must be at least 0, not {tile_overlap}")
-        if self.tile:
-            normalise_tile(self.tile, tile_overlap)  # reject an overlap as large as the tile now
+        if self.tile and self._overlap_chosen:
+            normalise_tile(self.tile, tile_overlap)
         self.tile_overlap = tile_overlap
         self.max_memory = parse_byte_size(max_memory) if max_memory is not None else None
         self.bytes_per_pixel = bytes_per_pixel(self.model.channels, self.model.num_units, self.dtype)
@@ -206,8 +210,8 @@ class Derainer:
     def _run_tiled(self, x: torch.Tensor, tile: int) -> torch.Tensor:
         overlap = self.tile_overlap
         if overlap >= tile // ALIGN * ALIGN:
-            # Only the memory budget or an out-of-memory retry picks a tile this small (an explicit --tile
-            # is checked against the overlap up front): blend over half the tile rather than fail the image.
+            # The memory budget, an out-of-memory retry or a small --tile with the default overlap (an overlap
+            # the user chose is checked up front): blend over half the tile rather than fail the image.
             overlap = tile // 2 // ALIGN * ALIGN
         tile, overlap = normalise_tile(tile, overlap)
         grid = plan_tiles(x.shape[-2], x.shape[-1], tile, overlap)

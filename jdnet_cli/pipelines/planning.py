@@ -138,6 +138,15 @@ def _file_id(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+def check_standard_streams(reads_stdin: bool, stdout_user: str | None) -> None:
+    """Raise JDNetError when stdin is to be read, or stdout written (by ``stdout_user``, e.g. '--json'), but is
+    closed (a script's '<&-' or '>&-'): Python then has no stream for it at all."""
+    if reads_stdin and sys.stdin is None:
+        raise JDNetError("- reads stdin, which is closed")
+    if stdout_user and sys.stdout is None:
+        raise JDNetError(f"{stdout_user} writes to stdout, which is closed")
+
+
 def check_paths_given(inputs: list[str], output: str) -> None:
     """Raise JDNetError for an empty INPUT or OUTPUT: Path('') is the current folder, so an unset shell
     variable would otherwise derain the whole working directory, or write into it."""
@@ -156,15 +165,15 @@ def plan_jobs(inputs: Iterable[str], output: str, ext: str | None = None) -> lis
     ext = normalize_ext(ext)
     out = Path(output)
     out_resolved = out.resolve()
-    single_file = (
-        len(inputs) == 1
-        and Path(inputs[0]).is_file()
-        and not out.is_dir()
-        and out.suffix.lower() in IMAGE_EXTENSIONS
-    )
-    if single_file:
+    names_a_file = out.suffix.lower() in IMAGE_EXTENSIONS and not out.is_dir() and not output.endswith(("/", os.sep))
+    several = len(inputs) > 1 or Path(inputs[0]).is_dir() or (bool(GLOB_CHARS & set(inputs[0])) and not Path(inputs[0]).exists())
+    if names_a_file and several:
+        # "jdnet derain a.png b.png out.png" would make a folder named out.png: refuse, as for out.gif.
+        raise JDNetError(f"{output}: names one image file, but the inputs are {_what_inputs(inputs)}; name a folder "
+                         "for their outputs (a trailing / makes any name a folder)")
+    if names_a_file:
         src = Path(inputs[0])
-        dest = out if not ext else out.with_suffix(ext)
+        dest = checked_output_name(out, ext)
         refusal = OutputRules([src]).refusal(src, dest)
         return [Job(src, None, refusal) if refusal else Job(src, dest)]
     if out.suffix.lower() in _OTHER_IMAGE_SUFFIXES and not out.is_dir():
@@ -218,6 +227,21 @@ def plan_jobs(inputs: Iterable[str], output: str, ext: str | None = None) -> lis
     return jobs
 
 
+def _what_inputs(inputs: list[str]) -> str:
+    if len(inputs) > 1:
+        return f"{len(inputs)} paths"
+    return "a folder" if Path(inputs[0]).is_dir() else "a pattern"
+
+
+def checked_output_name(out: Path, ext: str | None) -> Path:
+    """An output file name, refused when --ext asks for another format than its own suffix."""
+    if ext and out.suffix.lower() != ext and {out.suffix.lower(), ext} != {".jpg", ".jpeg"} \
+            and {out.suffix.lower(), ext} != {".tif", ".tiff"}:
+        raise JDNetError(f"{out}: its name says {out.suffix[1:].lower()} but --ext asks for {ext[1:]}; "
+                         "give one or the other")
+    return out
+
+
 def plan_image_jobs(inputs: list[str], output: str, ext: str | None = None) -> list[Job]:
     """Jobs for files, directories and globs, or the one job of a stdin (-) input or stdout (-) output."""
     check_paths_given(inputs, output)
@@ -235,7 +259,7 @@ def plan_image_jobs(inputs: list[str], output: str, ext: str | None = None) -> l
     dest = Path(output)
     if dest.is_dir() or dest.suffix.lower() not in IMAGE_EXTENSIONS:
         raise JDNetError(f"{output}: reading stdin needs an OUTPUT image file name (or - for stdout)")
-    dest = dest.with_suffix(ext) if ext else dest
+    dest = checked_output_name(dest, ext)
     if _stdin_is(dest):  # 'jdnet derain - photo.png < photo.png'
         raise JDNetError(f"{dest}: is the file on stdin; refusing to overwrite an input")
     return [Job(src, dest)]

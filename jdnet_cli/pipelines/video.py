@@ -112,7 +112,7 @@ def plan_video_jobs(inputs: Iterable[str], output: str) -> list[VideoJob]:
         # derain writes an image to stdout; a video needs a seekable file (the index goes at its start).
         raise JDNetError("OUTPUT -: jdnet video writes files, not stdout; name an output file or folder")
     out = Path(output)
-    single = len(inputs) == 1 and out.suffix.lower() in VIDEO_EXTENSIONS and not out.is_dir()
+    single = out.suffix.lower() in VIDEO_EXTENSIONS and not out.is_dir() and not output.endswith(("/", os.sep))
     if out.suffix.lower() in _OTHER_VIDEO_SUFFIXES and not out.is_dir():
         raise JDNetError(f"{output}: jdnet writes {', '.join(e[1:] for e in VIDEO_EXTENSIONS if e != '.ogv')} videos, "
                          f"not {out.suffix[1:].lower()}; name an output file of one of those, or a folder")
@@ -138,6 +138,10 @@ def plan_video_jobs(inputs: Iterable[str], output: str) -> list[VideoJob]:
         else:
             entries.append((path, None, False, "no such file or directory"))
     rules = OutputRules(e[0] for e in entries)
+    if single and len(entries) > 1:
+        # One output file for a folder of videos (or several inputs) would take the first and drop the rest.
+        raise JDNetError(f"{output}: names one video file, but the inputs hold {len(entries)} videos; name a folder "
+                         "for their outputs (a trailing / makes any name a folder)")
     if single:
         src, _, seq, err = entries[0]
         err = err or rules.refusal(src, out)

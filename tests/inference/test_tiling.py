@@ -315,3 +315,12 @@ def test_the_library_refuses_integer_empty_and_non_finite_images_instead_of_retu
         derainer(np.full((8, 8, 3), np.nan, np.float32))
     with pytest.raises(ValueError, match=r"same-size H x W x 3 uint8 or uint16 frames, got uint16"):
         derainer.derain_frames([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint16)])
+
+
+def test_a_small_tile_with_the_default_overlap_blends_over_half_the_tile(rng=np.random.default_rng(3)):
+    model = make_tiny_model()
+    rgb = rng.random((40, 72, 3), dtype=np.float32)
+    small = Derainer(model=model, device="cpu", tile=32)(rgb)  # was: "overlap 32 ... smaller than the tile (32)"
+    assert np.array_equal(small, Derainer(model=model, device="cpu", tile=32, tile_overlap=16)(rgb))
+    with pytest.raises(JDNetError, match=r"tile overlap 32 must be at least 0 and smaller than the tile \(32\)"):
+        Derainer(model=model, device="cpu", tile=32, tile_overlap=32)  # one the user chose is still checked

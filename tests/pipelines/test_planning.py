@@ -190,3 +190,28 @@ def derain_from_stdin(output, stdin):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run([sys.executable, "-m", "jdnet_cli", "derain", "-", str(output)], stdin=stdin,
                           capture_output=True, env=env, timeout=120)
+
+
+def test_an_output_named_as_one_file_takes_one_input_only(tmp_path):
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(b"x")
+    a, b = str(tmp_path / "a.png"), str(tmp_path / "b.png")
+    for inputs, what in (([a, b], "2 paths"), ([str(tmp_path)], "a folder"), ([str(tmp_path / "a*.png")], "a pattern")):
+        with pytest.raises(JDNetError, match=rf"names one image file, but the inputs are {what}; name a folder"):
+            plan_jobs(inputs, str(tmp_path / "one.png"))  # was: a folder named one.png
+    assert not (tmp_path / "one.png").exists()
+    assert [j.output for j in plan_jobs([a], str(tmp_path / "res.png") + "/")] == [tmp_path / "res.png" / "a.png"]
+    with pytest.raises(JDNetError, match=r"o7\.png: its name says png but --ext asks for jpg; give one or the other$"):
+        plan_jobs([a], str(tmp_path / "o7.png"), "jpg")  # was: written as o7.jpg without a word
+    assert [j.output for j in plan_jobs([a], str(tmp_path / "o7.jpeg"), "jpg")] == [tmp_path / "o7.jpeg"]
+
+
+def test_a_folder_of_videos_into_one_video_name_is_refused_not_cut_to_its_first(tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        (videos / name).write_bytes(b"x")
+    with pytest.raises(JDNetError, match=r"one\.mp4: names one video file, but the inputs hold 2 videos; name a folder"):
+        plan_video_jobs([str(videos)], str(tmp_path / "one.mp4"))  # was: a.mp4 derained into one.mp4, b.mp4 dropped
+    jobs = plan_video_jobs([str(videos / "a.mp4"), str(videos / "b.mp4")], str(tmp_path / "out.mp4") + "/")
+    assert [j.output for j in jobs] == [tmp_path / "out.mp4" / "a.mp4", tmp_path / "out.mp4" / "b.mp4"]
