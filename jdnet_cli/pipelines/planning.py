@@ -108,7 +108,8 @@ def _walk(root: Path, exclude: Path | None) -> Iterator[Path]:
 
 
 def walk_files(root: Path, exclude: Path | None, wanted: Callable[[Path], bool]) -> Iterator[Path]:
-    """Files under ``root`` that ``wanted`` takes, not hidden, in sorted order, leaving out the folder ``exclude``."""
+    """Files under ``root`` that ``wanted`` takes, not hidden nor in a hidden folder, in sorted order, leaving out
+    the folder ``exclude``."""
     # Linked folders are followed as 'find -L' does (skipping them dropped their photos from a batch that
     # exited 0), except a link to a folder it is inside of, which would loop.
     chains: dict[str, frozenset] = {}
@@ -117,6 +118,8 @@ def walk_files(root: Path, exclude: Path | None, wanted: Callable[[Path], bool])
         chain = chains.pop(dirpath, None) or frozenset({_file_id(here)})
         keep = []
         for d in dirnames:
+            if d.startswith("."):  # hidden, as hidden files are: thumbnail caches, .git, editors' temp folders
+                continue
             folder = _file_id(here / d)
             if folder is None or folder in chain or (exclude is not None and (here / d).resolve() == exclude):
                 continue

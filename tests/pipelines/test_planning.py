@@ -215,3 +215,15 @@ def test_a_folder_of_videos_into_one_video_name_is_refused_not_cut_to_its_first(
         plan_video_jobs([str(videos)], str(tmp_path / "one.mp4"))  # was: a.mp4 derained into one.mp4, b.mp4 dropped
     jobs = plan_video_jobs([str(videos / "a.mp4"), str(videos / "b.mp4")], str(tmp_path / "out.mp4") + "/")
     assert [j.output for j in jobs] == [tmp_path / "out.mp4" / "a.mp4", tmp_path / "out.mp4" / "b.mp4"]
+
+
+def test_hidden_files_and_folders_inside_a_folder_are_left_out_alike(tmp_path):
+    photos = tmp_path / "photos"
+    (photos / ".thumbnails").mkdir(parents=True)
+    for name in ("a.png", ".b.png", ".thumbnails/c.png"):
+        (photos / name).write_bytes(b"x")
+    assert [j.input for j in plan_jobs([str(photos)], str(tmp_path / "out"))] == [photos / "a.png"]  # c.png was taken
+    hidden_root = tmp_path / ".hidden"  # a folder named on the command line is walked, hidden or not
+    hidden_root.mkdir()
+    (hidden_root / "d.png").write_bytes(b"x")
+    assert [j.input for j in plan_jobs([str(hidden_root)], str(tmp_path / "out2"))] == [hidden_root / "d.png"]
