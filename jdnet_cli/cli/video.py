@@ -32,7 +32,7 @@ def video(
     start: Optional[float] = typer.Option(None, "--start", min=0.0, help="Start at this time (seconds)."),
     duration: Optional[float] = typer.Option(None, "--duration", min=0.0, help="Process this many seconds."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Frames per forward pass (default: 4 on CUDA, 1 on CPU)."),
-    fps: str = typer.Option("25", "--fps", help="Frame rate of image-sequence inputs (e.g. 25, 30000/1001)."),
+    fps: Optional[str] = typer.Option(None, "--fps", help="Frame rate of image-sequence inputs (e.g. 25, 30000/1001); default 25."),
     tile: Tile = "auto",
     tile_overlap: TileOverlap = None,
     max_memory: MaxMemory = None,
@@ -49,7 +49,7 @@ def video(
     except JDNetError as err:
         fail(str(err))
     try:
-        seq_fps = Fraction(fps)
+        seq_fps = Fraction(fps or "25")
         if seq_fps <= 0:
             raise ValueError
     except (ValueError, ZeroDivisionError):
@@ -61,6 +61,10 @@ def video(
     settings = EncodeSettings(codec, crf, preset, pix_fmt)
     try:
         jobs = plan_video_jobs(inputs, output)
+        if fps is not None and not any(job.sequence for job in jobs):
+            # A video file has its own frame timing, which jdnet keeps: a rate given for it would be ignored.
+            raise JDNetError("--fps sets the rate of image-sequence inputs; these inputs are video files, whose own "
+                             "timing is kept")
         check_encoder_options(settings, [job.output for job in jobs if job.output is not None])
         derainer = Derainer(weights=weights, device=device, precision=precision, tile=tile, tile_overlap=tile_overlap,
                             max_memory=max_memory, ensemble=ensemble)

@@ -199,3 +199,11 @@ def test_hdr10_mastering_and_light_level_metadata_go_into_x264_and_x265_outputs(
     assert side_data(res.output) == [] and res.note == (
         "drops the input's HDR10 mastering-display and light-level metadata: jdnet writes it with libx264 and "
         "libx265 only, not libvpx-vp9")
+
+
+def test_fps_for_video_files_only_is_a_usage_error(tmp_path):
+    clip = synthetic_clip(tmp_path / "a.mp4")
+    res = run_cli("video", str(clip), str(tmp_path / "out.mp4"), "--fps", "30", "--device", "cpu")
+    assert res.returncode == 2 and not (tmp_path / "out.mp4").exists()  # was accepted and ignored
+    assert res.stderr.decode().strip() == ("error: --fps sets the rate of image-sequence inputs; these inputs are "
+                                           "video files, whose own timing is kept")
