@@ -595,6 +595,7 @@ class SourceTags:
 
     video: tuple[tuple[str, str], ...] = ()  # (key, value) of the processed video stream: language, title
     vendor_keys: bool = False  # com.apple.quicktime.* / com.android.* keys, written by mov/mp4 only on request
+    covers: tuple[int, ...] = ()  # JPEG/PNG cover pictures, by index among the source's video streams
 
 
 def remux(video: Path, source: Path | None, dest: Path, video_offset: float, start: float | None,
@@ -677,6 +678,10 @@ def _mux(video: Path, source: Path | None, dest: Path, video_offset: float, dura
                 "-map_chapters", "1" if chapters else "-1"]
         for key, value in tags.video:
             cmd += ["-metadata:s:v:0", f"{key}={value}"]
+        if ext in ("mp4", "m4v") and anchor:
+            # Cover art (a picture stream) is mapped only on request; MP4 holds JPEG and PNG covers (its covr atom).
+            for n, picture in enumerate(tags.covers, start=1):
+                cmd += ["-map", f"1:v:{picture}", f"-disposition:v:{n}", "attached_pic"]
     if limit is not None or duration:
         cmd += ["-t", f"{min(limit or duration, duration or limit):.6f}"]
     if ext in ("mp4", "m4v", "mov"):

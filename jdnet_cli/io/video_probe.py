@@ -47,6 +47,7 @@ class VideoInfo:
     stream_types: list[str] = field(default_factory=list)  # per input stream: video/audio/subtitle/...
     video_index: int = 0  # among the file's video streams (cover art skipped): the one we process
     attached_pics: int = 0  # video streams that are cover art (one picture), anywhere in the file
+    cover_streams: tuple[int, ...] = ()  # those of them in JPEG or PNG, by their index among the video streams
     sample_aspect: tuple[int, int] | None = None  # the stream's pixel shape (SAR) when not square, as stored
     stream_tags: dict[str, str] = field(default_factory=dict)  # the processed stream's language and title
     vendor_tags: bool = False  # the file has QuickTime 'mdta' keys (com.apple.quicktime.*, com.android.*)
@@ -115,11 +116,14 @@ def parse_ffmpeg_info(stderr: str, path: Path) -> VideoInfo:
         section = body[m.end() : after.start() if after else len(body)]
         section = re.split(r"\n\s*Stream group", section)[0]
         streams.setdefault(int(m.group(1)), (m.group(3).lower(), m.group(4), m.group(2), section))
-    types, video, video_index, pictures, own = [], None, 0, 0, ("", "")
+    types, video, video_index, pictures, own, covers, nth_video = [], None, 0, 0, ("", ""), [], 0
     for _index, (kind, desc, label, section) in sorted(streams.items()):
         if kind == "data" and "(text / 0x74786574)" in desc:
             kind = "chapters"  # an mp4/mov chapter track: chapters travel as chapters, not as a stream
         pictures += kind == "video" and "(attached pic)" in desc
+        if kind == "video" and "(attached pic)" in desc and desc.split()[0] in ("mjpeg", "png"):
+            covers.append(nth_video)  # a JPEG or PNG picture, which mp4/mov outputs take as their cover
+        nth_video += kind == "video"
         if kind == "video" and video is None:
             if "(attached pic)" in desc:
                 video_index += 1
@@ -155,7 +159,7 @@ def parse_ffmpeg_info(stderr: str, path: Path) -> VideoInfo:
         tags["title"] = title.group(1).strip()
     globals_ = body.split("Duration:", 1)[0]
     info = VideoInfo(path, width, height, codec, pm.group(1), duration, start, fps, stream_types=types,
-                     video_index=video_index, attached_pics=pictures, sample_aspect=sar, stream_tags=tags,
+                     video_index=video_index, attached_pics=pictures, cover_streams=tuple(covers), sample_aspect=sar, stream_tags=tags,
                      vendor_tags=bool(re.search(r"^\s+com\.(apple|android)\.", globals_, re.M)))
     if pm.group(2):
         _parse_colour(pm.group(2), info)

@@ -246,7 +246,8 @@ def derain_video(
         final = _unused_name(dest, "partial") if interrupted or damage else dest
         out_tmp = temp_path_beside(final, "part")
         try:
-            tags = SourceTags() if info is None else SourceTags(tuple(info.stream_tags.items()), info.vendor_tags)
+            tags = SourceTags() if info is None else SourceTags(tuple(info.stream_tags.items()), info.vendor_tags,
+                                                                info.cover_streams)
             remux(video_tmp, None if sequence else src, out_tmp, offset, start, duration,
                   first + encoder.end_us / 1e6 if interrupted or damage else None, streams, copies_streams, tags)
         except JDNetError as err:

@@ -207,3 +207,19 @@ def test_fps_for_video_files_only_is_a_usage_error(tmp_path):
     assert res.returncode == 2 and not (tmp_path / "out.mp4").exists()  # was accepted and ignored
     assert res.stderr.decode().strip() == ("error: --fps sets the rate of image-sequence inputs; these inputs are "
                                            "video files, whose own timing is kept")
+
+
+def test_cover_art_goes_into_mp4_outputs_and_is_noted_elsewhere(tmp_path, derainer):
+    import cv2
+    import numpy as np
+
+    cover = tmp_path / "cover.jpg"
+    cv2.imwrite(str(cover), np.full((16, 16, 3), 90, np.uint8))
+    src = tmp_path / "album.mp4"
+    ff("-f", "lavfi", "-i", "testsrc=size=32x24:rate=25", "-i", str(cover), "-t", "0.2", "-map", "0:v", "-map", "1",
+       "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:v:1", "copy", "-disposition:v:1", "attached_pic", str(src))
+    assert probe(src).cover_streams == (1,)
+    res = derain_video(derainer, src, tmp_path / "out.mp4")
+    assert res.note is None and probe(res.output).attached_pics == 1  # was dropped (with a note)
+    res = derain_video(derainer, src, tmp_path / "out.mkv")
+    assert res.note == "drops the input's cover art"
