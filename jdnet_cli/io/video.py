@@ -353,9 +353,11 @@ def encoder_args(settings: EncodeSettings, high: bool) -> list[str]:
             args += ["-deadline", settings.preset]
     elif codec == "ffv1":
         args += ["-level", "3", "-slicecrc", "1"]
-    elif codec == "prores":
-        args += ["-profile:v", "3"]
-    args += ["-pix_fmt", settings.pix_fmt or default_pix_fmt(codec, high)]
+    pix_fmt = settings.pix_fmt or default_pix_fmt(codec, high)
+    if codec == "prores":
+        # 422 HQ, or 4444 for full chroma (odd frame sizes): the profile is what players read, not the samples.
+        args += ["-profile:v", "4" if pix_fmt.startswith("yuv444") else "3"]
+    args += ["-pix_fmt", pix_fmt]
     return args
 
 

@@ -13,7 +13,7 @@ import pytest
 from jdnet_cli.errors import JDNetError
 from jdnet_cli.inference.derainer import Derainer
 from jdnet_cli.io.atomic import new_file_mode
-from jdnet_cli.io.video import EncodeSettings, ffmpeg_failure, settings_for_output
+from jdnet_cli.io.video import EncodeSettings, encoder_args, ffmpeg_failure, settings_for_output
 from jdnet_cli.io.video_probe import count_frames, ffmpeg_exe, parse_ffmpeg_info, probe
 from jdnet_cli.pipelines.video import VideoPartlyDone, VideoInterrupted, derain_video, plan_video_jobs
 
@@ -351,6 +351,9 @@ def test_settings_for_output_pick_a_codec_the_container_takes_and_full_chroma_fo
     assert settings_for_output(auto, ".WEBM", 64, 48, True) == EncodeSettings("libvpx-vp9", pix_fmt="yuv420p10le")
     assert settings_for_output(auto, ".mkv", 33, 48, True).pix_fmt == "yuv444p10le"
     assert settings_for_output(EncodeSettings("prores"), ".mov", 64, 19, True).pix_fmt == "yuv444p10le"
+    # ...and the ProRes profile that says so (4444), not 422 HQ's tag on 4:4:4 samples.
+    assert "-profile:v 4 " in " ".join(encoder_args(settings_for_output(EncodeSettings("prores"), ".mov", 64, 19, True), True))
+    assert "-profile:v 3 " in " ".join(encoder_args(settings_for_output(EncodeSettings("prores"), ".mov", 64, 18, True), True))
     # What the user names is kept: a codec, a pixel format, and RGB for ffv1 whatever the size.
     assert settings_for_output(EncodeSettings("libx265", crf=20), ".webm", 64, 48, False).codec == "libx265"
     assert settings_for_output(EncodeSettings(pix_fmt="yuv420p"), ".mp4", 33, 19, False).pix_fmt == "yuv420p"
