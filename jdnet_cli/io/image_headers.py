@@ -27,6 +27,8 @@ _UNSUPPORTED_MAGIC = (
     (b"8BPS", "PSD"),
     (b"\xff\x0a", "JPEG XL"),
     (b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
+    (b"II+\x00", "BigTIFF"),
+    (b"MM\x00+", "BigTIFF"),
 )
 
 

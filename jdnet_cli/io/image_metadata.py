@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .image_headers import header_size, jpeg_segments, tiff_ifd0, tiff_value
-from .tiff_exif import DESCRIPTIVE_TAGS, entry_bytes, exif_for_tiff, exif_from_tiff, serialize_ifd
+from .tiff_exif import entry_bytes, exif_for_tiff, exif_from_tiff, serialize_ifd
 
 EXIF_HEADER = b"Exif\x00\x00"
 ICC_HEADER = b"ICC_PROFILE\x00"
@@ -41,7 +41,7 @@ class Metadata:
     xmp: bytes | None = None
     iptc: bytes | None = None
     xmp_dropped: bool = False  # the input's XMP described data after the main image, so it is not carried
-    tiff_exif: bool = False  # a TIFF input had EXIF (a sub-IFD), which is not read
+    exif_damaged: int = 0  # sub-directories of a TIFF input's EXIF too damaged to read (left out)
     png_chunks: tuple[bytes, ...] = ()  # a PNG input's other chunks worth keeping (text, DPI, colour), raw
     dpi: tuple[float, float] | None = None  # resolution (X, Y dots per inch) when the input states one
     # A HEIC's colour description without an ICC profile (its nclx box): primaries, transfer, matrix, full range.
@@ -153,7 +153,7 @@ def unwritten_metadata(meta: Metadata, ext: str) -> list[str]:
     colours = nclx_colour_space(meta.nclx) if meta.icc is None else None
     if colours and ext not in (".heic", ".heif", ".png"):
         lost.append(f"colour space ({colours})")
-    if (meta.exif is not None and ext not in WRITES_EXIF) or meta.tiff_exif:
+    if meta.exif is not None and ext not in WRITES_EXIF:
         lost.append("EXIF")
     if meta.xmp is not None and ext not in WRITES_ICC_XMP:
         lost.append("XMP")
@@ -454,27 +454,44 @@ _TIFF_ICC, _TIFF_XMP, _TIFF_EXIF_IFD, _TIFF_GPS_IFD, _TIFF_ORIENTATION = 34675, 
 _TIFF_XRES, _TIFF_YRES, _TIFF_RES_UNIT = 282, 283, 296
 
 
+def _tiff_exif(exif: bytes | None):
+    """What of an EXIF block a TIFF output takes (see tiff_exif.exif_for_tiff); None when it cannot be read."""
+    if not exif:
+        return None
+    try:
+        return exif_for_tiff(exif)
+    except (struct.error, ValueError, IndexError):
+        return None
+
+
+def exif_damage(meta: Metadata, ext: str) -> str | None:
+    """What of the input's EXIF an ``ext`` output loses to damage (a sub-directory that cannot be read), in words."""
+    damaged = meta.exif_damaged
+    if meta.exif and ext in (".tif", ".tiff"):
+        tree = _tiff_exif(meta.exif)
+        if tree is None:
+            return "drops the input's EXIF: it is damaged (its first directory cannot be read)"
+        damaged += tree.damaged
+    if not damaged:
+        return None
+    return f"drops {damaged} damaged part{'s' * (damaged > 1)} of the input's EXIF (a sub-directory that cannot be read)"
+
+
 def _read_tiff(data: bytes) -> Metadata:
     order, _ifd, entries = tiff_ifd0(data)
-    meta, orientation, values, unit, has_exif = Metadata(), 1, {}, 2, False
+    meta, orientation, values, unit = Metadata(), 1, {}, 2
     for tag, typ, count, field in entries:
         if tag in (_TIFF_ICC, _TIFF_XMP, _TIFF_XRES, _TIFF_YRES):
             try:  # a value past the end of the file is skipped, not fatal to the other tags
                 values[tag] = tiff_value(data, order, typ, count, field)
             except ValueError:
                 continue
-        elif tag in (_TIFF_EXIF_IFD, _TIFF_GPS_IFD) or tag in DESCRIPTIVE_TAGS:
-            has_exif = True
         elif tag == _TIFF_ORIENTATION and typ == 3:
             orientation = struct.unpack(order + "H", field[:2])[0]
         elif tag == _TIFF_RES_UNIT and typ == 3:
             unit = struct.unpack(order + "H", field[:2])[0]
     meta.icc, meta.xmp = values.get(_TIFF_ICC), values.get(_TIFF_XMP)
-    if has_exif:
-        try:
-            meta.exif = exif_from_tiff(data)
-        except (struct.error, ValueError, IndexError):
-            meta.tiff_exif = True  # there, but too damaged to carry: the note says it is dropped
+    meta.exif, meta.exif_damaged = exif_from_tiff(data)
     resolution = [values.get(t) for t in (_TIFF_XRES, _TIFF_YRES)]
     if unit in (2, 3) and all(r is not None and len(r) == 8 for r in resolution):
         ratios = [struct.unpack(order + "II", r) for r in resolution]
@@ -493,12 +510,8 @@ def _embed_tiff(data: bytes, meta: Metadata) -> bytes:
     order, ifd, entries = tiff_ifd0(data)
     count = len(entries)
     next_ifd = data[ifd + 2 + 12 * count : ifd + 6 + 12 * count]
-    described, children = [], {}
-    if meta.exif:
-        try:
-            described, children = exif_for_tiff(meta.exif)
-        except (struct.error, ValueError, IndexError):
-            pass  # a malformed EXIF block is not worth failing the image for
+    tree = _tiff_exif(meta.exif)
+    described, children = (tree.entries, tree.children) if tree else ([], {})
     replaced = {_TIFF_ICC, _TIFF_XMP, _TIFF_XRES, _TIFF_YRES, _TIFF_RES_UNIT, _TIFF_EXIF_IFD, _TIFF_GPS_IFD}
     replaced |= {e.tag for e in described}
     entries = [e for e in entries if e[0] not in replaced]
@@ -512,7 +525,7 @@ def _embed_tiff(data: bytes, meta: Metadata) -> bytes:
     for tag, sub in sorted(children.items()):
         out += b"\x00" * (len(out) & 1)
         entries.append((tag, 4, 1, struct.pack(order + "I", len(out))))
-        out += serialize_ifd(sub, {}, order, len(out))
+        out += serialize_ifd(sub, order, len(out))
     rationals = [struct.pack(order + "II", round(v * 100), 100) for v in meta.dpi] if meta.dpi else [None, None]
     if meta.dpi:
         entries.append((_TIFF_RES_UNIT, 3, 1, struct.pack(order + "HH", 2, 0)))  # inches

@@ -18,8 +18,8 @@ from .avif import AVIF_EXTENSIONS, decode_avif, encode_avif
 from .heif import HEIF_EXTENSIONS, decode_heif, encode_heif, heif_size
 from .image_headers import (check_complete, describe_unsupported, frame_count, header_size, jpeg_sampling, png_trns,
                             sniff_format, tiff_ifd0, webp_is_lossless)
-from .image_metadata import (Metadata, apply_orientation, embed_metadata, exif_orientation, icc_colour_space, png_chunk,
-                             read_metadata, turned_upright, unwritten_metadata)
+from .image_metadata import (Metadata, apply_orientation, embed_metadata, exif_damage, exif_orientation, icc_colour_space,
+                             png_chunk, read_metadata, turned_upright, unwritten_metadata)
 from .native_stderr import call_capturing
 
 # OpenCV logs libtiff's errors and warnings (a damaged LZW strip, a cut-off JPEG-in-TIFF) and decodes
@@ -45,6 +45,7 @@ class Image:
     webp_lossless: bool = False  # a lossless WebP input, written losslessly to WebP unless a quality is given
     heif_chroma: int | None = None  # a HEIC or AVIF input's chroma subsampling (420, 422, 444), kept in the same format
     stored_bit_depth: int | None = None  # bits per sample in the file when more than were decoded (a 10-bit AVIF)
+    alpha_unread: bool = False  # the file has an alpha channel that could not be read (16-bit grey + alpha TIFF)
     metadata: Metadata = field(default_factory=Metadata)  # EXIF and XMP (orientation already applied: 1), ICC, IPTC
     format: str | None = None  # extension of the format the bytes were in, e.g. '.jpg'
     frames: int = 1  # frames or pages in the file (animated WebP/PNG, multi-page TIFF); only the first is read
@@ -105,10 +106,13 @@ def decode_image(data: bytes, name: str = "<image>", max_pixels: int = DEFAULT_M
         alpha = _grey_png_transparency(data, arr) if fmt == ".png" else _grey_tiff_alpha(data, arr) if fmt == ".tif" else None
         if alpha is not None:
             arr = np.dstack([arr, arr, arr, alpha])  # both already upright
+        alpha_unread = alpha is None and fmt == ".tif" and _tiff_samples(data) == 2
+    else:
+        alpha_unread = False
     img = _from_array(arr, name, max_pixels)
     if arr.ndim == 3 and arr.shape[2] == 4 and fmt in (".png", ".tif") and _grey_with_alpha(data, fmt):
-        img.grayscale = True
-        img.grayscale = True  # OpenCV expands grey+alpha to BGRA; remember it to write grey+alpha back
+        img.grayscale = True  # grey + alpha came as BGRA (from OpenCV, or made above): write grey + alpha back
+    img.alpha_unread = alpha_unread
     img.metadata, img.format, img.frames = meta, fmt, frame_count(data, fmt)
     sampling = jpeg_sampling(data) if fmt == ".jpg" and not img.grayscale else None
     if sampling is not None and orientation >= 5:
@@ -199,7 +203,8 @@ def _tiff_samples(data: bytes) -> int | None:
 
 
 def _grey_tiff_alpha(data: bytes, grey: np.ndarray) -> np.ndarray | None:
-    """The alpha of a grey + alpha TIFF, which OpenCV drops, read with Pillow (8-bit); None for other TIFFs."""
+    """The alpha of a grey + alpha TIFF, which OpenCV drops, read with Pillow (8-bit); None for other TIFFs and
+    where Pillow cannot (16-bit, or turned by an Orientation tag): the caller then notes the alpha as dropped."""
     if _tiff_samples(data) != 2:
         return None
     try:
@@ -207,11 +212,9 @@ def _grey_tiff_alpha(data: bytes, grey: np.ndarray) -> np.ndarray | None:
 
         with PillowImage.open(io.BytesIO(data)) as picture:
             alpha = np.asarray(picture.getchannel(picture.getbands()[-1]))
-    except Exception as err:  # Pillow's TIFF reader raises many kinds; none may stop the image
-        raise JDNetError(f"cannot read the alpha channel of this grey + alpha TIFF ({err})") from None
-    if alpha.shape != grey.shape:
-        raise JDNetError("cannot read the alpha channel of this grey + alpha TIFF (its size differs)")
-    return _convert_alpha(alpha, grey.dtype)
+    except Exception:  # Pillow's TIFF reader raises many kinds; the grey pixels are still good
+        return None
+    return _convert_alpha(alpha, grey.dtype) if alpha.shape == grey.shape else None
 
 
 def _first_line(text: str) -> str:
@@ -330,6 +333,8 @@ def conversion_losses(img: Image, ext: str) -> str | None:
     if depth < img.bit_depth:
         lost.append(f"{img.bit_depth}-bit depth (written as {depth}-bit)")
     notes = []
+    if img.alpha_unread:
+        notes.append("drops the input's alpha channel: jdnet reads the alpha of 8-bit grey + alpha TIFFs only")
     if img.stored_bit_depth:
         notes.append(f"has 8 bits per sample: the input's {img.stored_bit_depth}-bit AVIF is read at 8 bits "
                      "(Pillow's AVIF decoder)")
@@ -341,6 +346,9 @@ def conversion_losses(img: Image, ext: str) -> str | None:
     if foreign:
         written = "grey" if _written_grey(img, ext) else "RGB"
         notes.append(f"drops the input's ICC profile: it describes {foreign} colours and the output is {written}")
+    damage = exif_damage(img.metadata, ext)
+    if damage:
+        notes.append(damage)
     unwritten = unwritten_metadata(_carried_metadata(img, ext), ext)
     if unwritten:
         notes.append(f"drops the input's {' and '.join(unwritten)}: jdnet does not write "

@@ -635,7 +635,7 @@ def remux(video: Path, source: Path | None, dest: Path, video_offset: float, sta
     try:
         ext = dest.suffix.lower().lstrip(".")
         cmd = [*_FFMPEG, "-i", ffmpeg_url(source), *_copied_streams(0, ext), "-c", "copy", *streams.codec_args,
-               "-map_metadata", "0", "-map_chapters", "0", "-ss", f"{start:.6f}"]
+               "-map_metadata", "0", "-map_chapters", "0", "-ss", f"{start:.6f}", *_movflags(ext, tags, faststart=False)]
         if duration:
             cmd += ["-t", f"{duration:.6f}"]
         _run_ffmpeg([*cmd, "-y", ffmpeg_url(cut), *_timeline_anchor(0)])
@@ -680,16 +680,25 @@ def _mux(video: Path, source: Path | None, dest: Path, video_offset: float, dura
                 "-map_chapters", "1" if chapters else "-1"]
         for key, value in tags.video:
             cmd += ["-metadata:s:v:0", f"{key}={value}"]
+            if key == "title" and ext in ("mp4", "m4v", "mov"):
+                cmd += ["-metadata:s:v:0", f"handler_name={value}"]  # where MP4/QuickTime keep a track's name
         if ext in ("mp4", "m4v") and anchor:
             # Cover art (a picture stream) is mapped only on request; MP4 holds JPEG and PNG covers (its covr atom).
             for n, picture in enumerate(tags.covers, start=1):
                 cmd += ["-map", f"1:v:{picture}", f"-disposition:v:{n}", "attached_pic"]
     if limit is not None or duration:
         cmd += ["-t", f"{min(limit or duration, duration or limit):.6f}"]
-    if ext in ("mp4", "m4v", "mov"):
-        # Phones' keys (location, make, model, creation date) are written only with use_metadata_tags.
-        cmd += ["-movflags", "+faststart" + ("+use_metadata_tags" if tags.vendor_keys and source is not None else "")]
+    cmd += _movflags(ext, tags if source is not None else SourceTags())
     _run_ffmpeg([*cmd, "-y", ffmpeg_url(dest), *(_timeline_anchor(1) if source is not None and anchor else [])])
+
+
+def _movflags(ext: str, tags: SourceTags, faststart: bool = True) -> list[str]:
+    """MP4/QuickTime muxer flags: the index first (playback starts before the download ends), and phones' keys
+    (location, make, model, creation date), which are written only with use_metadata_tags."""
+    if ext not in ("mp4", "m4v", "mov"):
+        return []
+    flags = ("+faststart" if faststart else "") + ("+use_metadata_tags" if tags.vendor_keys else "")
+    return ["-movflags", flags] if flags else []
 
 
 def temp_path_beside(dest: Path, tag: str) -> Path:

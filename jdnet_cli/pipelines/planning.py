@@ -169,7 +169,8 @@ def plan_jobs(inputs: Iterable[str], output: str, ext: str | None = None) -> lis
     out = Path(output)
     out_resolved = out.resolve()
     names_a_file = out.suffix.lower() in IMAGE_EXTENSIONS and not out.is_dir() and not output.endswith(("/", os.sep))
-    several = len(inputs) > 1 or Path(inputs[0]).is_dir() or (bool(GLOB_CHARS & set(inputs[0])) and not Path(inputs[0]).exists())
+    distinct = {_file_id(Path(raw)) or raw for raw in inputs}  # "a.png ./a.png out.png" names one file
+    several = len(distinct) > 1 or Path(inputs[0]).is_dir() or (bool(GLOB_CHARS & set(inputs[0])) and not Path(inputs[0]).exists())
     if names_a_file and several:
         # "jdnet derain a.png b.png out.png" would make a folder named out.png: refuse, as for out.gif.
         raise JDNetError(f"{output}: names one image file, but the inputs are {_what_inputs(inputs)}; name a folder "
@@ -207,15 +208,7 @@ def plan_jobs(inputs: Iterable[str], output: str, ext: str | None = None) -> lis
         else:
             entries.append((path, None, "no such file or directory"))
 
-    # A file named twice ("a.png ./a.png", a folder and a glob over it) for the same output is one job,
-    # not a collision with itself.
-    seen, unique = set(), []
-    for entry in entries:
-        key = (_file_id(entry[0]) or str(entry[0].resolve()), entry[1]) if entry[1] is not None and entry[2] is None else None
-        if key is None or key not in seen:
-            unique.append(entry)
-            seen.add(key)
-    entries = unique
+    entries = once_each(entries)
     rules = OutputRules(e[0] for e in entries if e[2] is None)
     jobs: list[Job] = []
     for src, rel, err in entries:
@@ -236,13 +229,27 @@ def _what_inputs(inputs: list[str]) -> str:
     return "a folder" if Path(inputs[0]).is_dir() else "a pattern"
 
 
+_SAME_FORMAT = ({".jpg", ".jpeg"}, {".tif", ".tiff"}, {".heic", ".heif"})
+
+
 def checked_output_name(out: Path, ext: str | None) -> Path:
     """An output file name, refused when --ext asks for another format than its own suffix."""
-    if ext and out.suffix.lower() != ext and {out.suffix.lower(), ext} != {".jpg", ".jpeg"} \
-            and {out.suffix.lower(), ext} != {".tif", ".tiff"}:
+    if ext and out.suffix.lower() != ext and {out.suffix.lower(), ext} not in _SAME_FORMAT:
         raise JDNetError(f"{out}: its name says {out.suffix[1:].lower()} but --ext asks for {ext[1:]}; "
                          "give one or the other")
     return out
+
+
+def once_each(entries: list[tuple]) -> list[tuple]:
+    """Planned (input, relative output, ..., error) entries without repeats: a file named twice ("a.png ./a.png",
+    a folder and a glob over it) for the same output is one job, not a collision with itself."""
+    seen, unique = set(), []
+    for entry in entries:
+        key = (_file_id(entry[0]) or str(entry[0].resolve()), entry[1]) if entry[1] is not None and entry[-1] is None else None
+        if key is None or key not in seen:
+            unique.append(entry)
+            seen.add(key)
+    return unique
 
 
 def plan_image_jobs(inputs: list[str], output: str, ext: str | None = None) -> list[Job]:

@@ -39,7 +39,7 @@ from ..io.video import (
     temp_path_beside,
 )
 from ..io.video_probe import HDR_TRANSFERS, count_frames, hdr_mastering, packet_spans, probe
-from .planning import OutputRules, check_output_folder, check_paths_given, walk_files
+from .planning import OutputRules, check_output_folder, check_paths_given, once_each, walk_files
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".mov", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".flv", ".wmv", ".mpg", ".mpeg", ".3gp", ".ogv")
 _DONE = object()
@@ -93,9 +93,13 @@ _OTHER_VIDEO_SUFFIXES = frozenset(".gif .apng .webp .mxf .vob .ogg .oga .asf .f4
 _WRITTEN_SUFFIXES = frozenset(e for e in VIDEO_EXTENSIONS if container_refusal(e) is None)
 
 
+# Read (found in folders too), never written: their outputs are .mkv.
+_READ_ONLY_VIDEO_EXTENSIONS = (".y4m", ".mxf")
+
+
 def is_video_path(path: Path) -> bool:
     """True if the extension is a video container we look for in directories."""
-    return path.suffix.lower() in VIDEO_EXTENSIONS
+    return path.suffix.lower() in VIDEO_EXTENSIONS + _READ_ONLY_VIDEO_EXTENSIONS
 
 
 def _is_sequence_spec(path: Path) -> bool:
@@ -137,6 +141,7 @@ def plan_video_jobs(inputs: Iterable[str], output: str) -> list[VideoJob]:
             entries.append((path, Path(path.name), False, None))
         else:
             entries.append((path, None, False, "no such file or directory"))
+    entries = once_each(entries)
     rules = OutputRules(e[0] for e in entries)
     if single and len(entries) > 1:
         # One output file for a folder of videos (or several inputs) would take the first and drop the rest.

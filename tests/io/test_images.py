@@ -329,7 +329,7 @@ def test_tiff_keeps_icc_and_xmp_and_says_what_a_format_drops(tiny):
     data = _pillow_tiff(arr, ifd={272: "jdnet-camera", 700: xmp, 34665: {0x9003: "2026:12:07 10:00:00"}},
                         icc_profile=_icc(3000))
     img = decode_image(data, "scan.tif")
-    assert (img.metadata.icc, img.metadata.xmp, img.metadata.tiff_exif) == (_icc(3000), xmp, False)
+    assert (img.metadata.icc, img.metadata.xmp, img.metadata.exif_damaged) == (_icc(3000), xmp, 0)
     out = encode_image(derain_image(tiny, img), ".tif")
     written = PILImage.open(io.BytesIO(out))  # an independent reader finds all three in the new IFD0
     assert written.info["icc_profile"] == _icc(3000) and bytes(written.tag_v2[700]) == xmp
@@ -393,8 +393,8 @@ def test_a_tiff_whose_exif_directory_is_damaged_is_written_without_it_and_says_s
     buf = io.BytesIO()
     PILImage.fromarray(arr).save(buf, "TIFF", tiffinfo={34665: 10_000_000})  # points far past the end
     img = decode_image(buf.getvalue(), "bad-exif.tif")
-    assert img.metadata.exif is None and img.metadata.tiff_exif
-    assert conversion_losses(img, ".tif") == "drops the input's EXIF: jdnet does not write it into tif files"
+    assert img.metadata.exif is None and img.metadata.exif_damaged == 1
+    assert conversion_losses(img, ".tif") == "drops 1 damaged part of the input's EXIF (a sub-directory that cannot be read)"
 
 
 def test_xmp_orientation_is_reset_when_a_tiff_orientation_tag_is_applied():
@@ -786,3 +786,52 @@ def test_png_text_and_jpeg_iptc_dropped_by_another_format_are_named_in_a_note():
     assert jpeg.metadata.iptc is not None and conversion_losses(jpeg, ".jpg") is None
     assert conversion_losses(jpeg, ".png") == ("drops the input's IPTC block (caption, keywords, credit): jdnet does "
                                                "not write it into png files")
+
+
+def test_exif_into_tiff_keeps_every_descriptive_tag_and_the_interop_directory_and_names_damage():
+    from PIL import Image as PILImage
+    import io
+
+    arr = np.random.default_rng(12).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    exif = PILImage.Exif()
+    exif[271], exif[0x4746], exif[0x9C9B] = "QACam", 5, "Rainy day".encode("utf-16-le") + b"\0\0"  # Make, Rating, XPTitle
+    exif.get_ifd(0x8769)[0x829A] = 0.004
+    exif.get_ifd(0x8769)[0xA005] = {1: "R98"}  # the Interoperability directory under EXIF
+    out = io.BytesIO()
+    PILImage.fromarray(arr).save(out, "JPEG", exif=exif)
+    img = decode_image(out.getvalue(), "rich.jpg")
+    written = PILImage.open(io.BytesIO(encode_image(img, ".tif"))).getexif()
+    assert (written[271], written[0x4746], written[0x9C9B]) == ("QACam", 5, exif[0x9C9B])  # were: Make only
+    assert dict(written.get_ifd(0xA005)) == {1: "R98"}
+    assert conversion_losses(img, ".tif") is None
+    # An EXIF pointer past the end: the rest still goes into the TIFF, and a note names what does not.
+    block = bytearray(exif.tobytes()[6:])
+    order = "<" if block[:2] == b"II" else ">"
+    ifd = struct.unpack(order + "I", block[4:8])[0]
+    for i in range(struct.unpack(order + "H", block[ifd : ifd + 2])[0]):
+        at = ifd + 2 + 12 * i
+        if struct.unpack(order + "H", block[at : at + 2])[0] == 0x8769:
+            block[at + 8 : at + 12] = struct.pack(order + "I", 0xFFFFFF)
+    damaged = decode_image(embed_metadata(_encode(arr, ".jpg"), ".jpg", Metadata(exif=bytes(block))), "dmg.jpg")
+    written = PILImage.open(io.BytesIO(encode_image(damaged, ".tif"))).getexif()
+    assert written[271] == "QACam" and 0x8769 not in written  # was: no EXIF at all, and no note
+    assert conversion_losses(damaged, ".tif") == ("drops 1 damaged part of the input's EXIF (a sub-directory that "
+                                                  "cannot be read)")
+    assert conversion_losses(damaged, ".jpg") is None  # copied as it is into a JPEG
+
+
+def test_a_sixteen_bit_grey_alpha_tiff_is_derained_and_its_unread_alpha_noted():
+    h, w = 12, 16
+    pixels = np.dstack([np.full((h, w), 30000), np.full((h, w), 65535)]).astype("<u2").tobytes()
+    tags = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, 2, None), (259, 3, 1, 1), (262, 3, 1, 1), (273, 4, 1, None),
+            (277, 3, 1, 2), (278, 4, 1, h), (279, 4, 1, len(pixels)), (338, 3, 1, 2)]
+    start = 8 + 2 + 12 * len(tags) + 4
+    data = b"II*\x00" + struct.pack("<IH", 8, len(tags))
+    for tag, typ, n, value in tags:
+        field = (struct.pack("<HH", 16, 16) if tag == 258 else struct.pack("<I", start) if tag == 273
+                 else struct.pack("<HH", value, 0) if typ == 3 else struct.pack("<I", value))
+        data += struct.pack("<HHI", tag, typ, n) + field
+    img = decode_image(data + struct.pack("<I", 0) + pixels, "la16.tif")  # was a failure: Pillow cannot open it
+    assert img.rgb.shape == (12, 16, 3) and img.alpha is None
+    assert conversion_losses(img, ".png") == ("drops the input's alpha channel: jdnet reads the alpha of 8-bit grey + "
+                                              "alpha TIFFs only")

@@ -227,3 +227,11 @@ def test_hidden_files_and_folders_inside_a_folder_are_left_out_alike(tmp_path):
     hidden_root.mkdir()
     (hidden_root / "d.png").write_bytes(b"x")
     assert [j.input for j in plan_jobs([str(hidden_root)], str(tmp_path / "out2"))] == [hidden_root / "d.png"]
+
+
+def test_heic_and_heif_are_one_format_for_ext_and_a_file_named_twice_may_go_to_one_output_file(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"x")
+    a = str(tmp_path / "a.png")
+    assert [j.output for j in plan_jobs([a], str(tmp_path / "x.heif"), "heic")] == [tmp_path / "x.heif"]
+    assert [j.output for j in plan_jobs([a, str(tmp_path / "." / "a.png")], str(tmp_path / "one.png"))] == [
+        tmp_path / "one.png"]

@@ -223,3 +223,24 @@ def test_cover_art_goes_into_mp4_outputs_and_is_noted_elsewhere(tmp_path, derain
     assert res.note is None and probe(res.output).attached_pics == 1  # was dropped (with a note)
     res = derain_video(derainer, src, tmp_path / "out.mkv")
     assert res.note == "drops the input's cover art"
+
+
+def test_a_title_goes_into_mp4_as_the_track_name_and_phone_keys_survive_a_cut_with_audio(tmp_path, derainer):
+    src = synthetic_clip(tmp_path / "titled.mkv", "-metadata:s:v:0", "title=Rain cam")
+    for ext in ("mp4", "mov"):
+        assert "handler_name    : Rain cam" in describe(derain_video(derainer, src, tmp_path / f"t.{ext}").output)
+    phone = tmp_path / "phone.mov"
+    ff("-f", "lavfi", "-i", "testsrc=size=32x24:rate=10", "-f", "lavfi", "-i", "sine=d=0.5", "-t", "0.5", "-c:v",
+       "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-movflags", "use_metadata_tags",
+       "-metadata", "com.apple.quicktime.make=Apple", str(phone))
+    res = derain_video(derainer, phone, tmp_path / "cut.mov", start=0.2)
+    assert "com.apple.quicktime.make: Apple" in describe(res.output)  # was lost in the audio's cut pass
+
+
+def test_a_video_named_twice_is_one_job_and_folders_find_y4m_files(tmp_path):
+    clip = synthetic_clip(tmp_path / "a.mp4")
+    jobs = plan_video_jobs([str(clip), str(tmp_path / "." / "a.mp4")], str(tmp_path / "out") + "/")
+    assert [(j.output, j.error) for j in jobs] == [(tmp_path / "out" / "a.mp4", None)]  # was a collision with itself
+    ff("-f", "lavfi", "-i", "testsrc=size=32x24:rate=25", "-frames:v", "2", "-pix_fmt", "yuv420p", str(tmp_path / "b.y4m"))
+    jobs = plan_video_jobs([str(tmp_path)], str(tmp_path / "out2"))
+    assert [j.output for j in jobs] == [tmp_path / "out2" / "a.mp4", tmp_path / "out2" / "b.mkv"]
