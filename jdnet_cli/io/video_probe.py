@@ -51,6 +51,7 @@ class VideoInfo:
     sample_aspect: tuple[int, int] | None = None  # the stream's pixel shape (SAR) when not square, as stored
     stream_tags: dict[str, str] = field(default_factory=dict)  # the processed stream's language and title
     vendor_tags: bool = False  # the file has QuickTime 'mdta' keys (com.apple.quicktime.*, com.android.*)
+    field_order: str | None = None  # 'top' or 'bottom' for interlaced video; None for progressive or unknown
 
     @property
     def high_bit_depth(self) -> bool:
@@ -84,6 +85,8 @@ def _parse_colour(props: str, info: VideoInfo) -> None:
         elif "/" in item:
             space, prim, trc = (item.split("/") + ["", ""])[:3]
             info.color_space, info.color_primaries, info.color_trc = space or None, prim or None, trc or None
+        elif item in ("top first", "bottom first", "top coded first (swapped)", "bottom coded first (swapped)"):
+            info.field_order = item.split()[0]
         elif re.match(r"^(bt|smpte|gbr|fcc|ycgco|ictcp|chroma)", item):
             # One name means space, primaries and transfer are all that name.
             info.color_space = info.color_primaries = info.color_trc = item

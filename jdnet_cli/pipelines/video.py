@@ -274,7 +274,12 @@ def derain_video(
             raise VideoPartlyDone(f"{src}: {damage}; kept the {encoder.frames_written} derained frames in {final}, "
                                f"{dest} was not written", final, encoder.frames_written)
         errors = [] if sequence else reader.decode_errors
-        notes = [note for note in (streams.note, uncopied, hdr_note) if note]
+        interlaced = None
+        if info is not None and info.field_order:
+            # The network sees each frame whole (both fields woven), so what comes out is progressive video.
+            interlaced = (f"is progressive: the input is interlaced ({info.field_order} field first) and jdnet derains "
+                          "whole frames; deinterlace it first (e.g. ffmpeg -vf bwdif) for the best result")
+        notes = [note for note in (streams.note, uncopied, hdr_note, interlaced) if note]
         if errors:
             notes.append(f"was made from a stream with decoder errors (first: {errors[0].rstrip('.')}); frames that did "
                          "not decode are missing or damaged")

@@ -244,3 +244,12 @@ def test_a_video_named_twice_is_one_job_and_folders_find_y4m_files(tmp_path):
     ff("-f", "lavfi", "-i", "testsrc=size=32x24:rate=25", "-frames:v", "2", "-pix_fmt", "yuv420p", str(tmp_path / "b.y4m"))
     jobs = plan_video_jobs([str(tmp_path)], str(tmp_path / "out2"))
     assert [j.output for j in jobs] == [tmp_path / "out2" / "a.mp4", tmp_path / "out2" / "b.mkv"]
+
+
+def test_an_interlaced_input_is_written_progressive_and_a_note_says_so(tmp_path, derainer):
+    src = synthetic_clip(tmp_path / "interlaced.mp4", "-vf", "setfield=tff", "-flags", "+ildct+ilme")
+    assert probe(src).field_order == "top"
+    res = derain_video(derainer, src, tmp_path / "out.mp4")
+    assert res.note == ("is progressive: the input is interlaced (top field first) and jdnet derains whole frames; "
+                        "deinterlace it first (e.g. ffmpeg -vf bwdif) for the best result")  # was: no word
+    assert probe(synthetic_clip(tmp_path / "progressive.mp4")).field_order is None
