@@ -102,7 +102,7 @@ def test_shipped_heavy_weights_beat_the_default_on_heavy_rain():
     scores = {"input": score_pair(rainy, clean)["psnr_y"]}
     for name, weights in [("default", default), ("heavy", heavy)]:
         scores[name] = score_pair(Derainer(weights=weights, device="cpu", tile=0)(rainy), clean)["psnr_y"]
-    assert scores["heavy"] > scores["default"] + 4.0, scores  # measured: 22.6 vs 12.9 dB (stage-25 heavy, stage-30 default), input 11.8
+    assert scores["heavy"] > scores["default"] + 4.0, scores  # measured: 22.6 vs 12.8 dB (stage-25 heavy, stage-31 default), input 11.8
 
 
 def test_version_names_the_shipped_weights_it_would_load(shipped):
